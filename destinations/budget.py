@@ -1,0 +1,68 @@
+"""Byte budgets: shrink message content until a payload fits the vendor's limit.
+
+Big text fields go first (message content and tool-call arguments, each cut with a
+visible marker); a payload that still does not fit is `PayloadTooLarge`, a permanent
+outcome with a reason, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from destinations.base import PayloadTooLarge
+from destinations.trace import Message, ToolCall, Trace
+
+MIN_FIELD_CHARS = 256
+
+
+def truncation_marker(dropped: int) -> str:
+    return f"…[truncated {dropped} chars]"
+
+
+def fit_to_budget(trace: Trace, encode: Callable[[Trace], bytes], max_bytes: int) -> bytes:
+    """`encode(trace)`, with content truncated (halving the per-field cap) until it fits."""
+    body = encode(trace)
+    cap = _longest_field(trace)
+    while len(body) > max_bytes:
+        if cap <= MIN_FIELD_CHARS:
+            raise PayloadTooLarge(
+                f"{len(body)} bytes with content truncated, limit {max_bytes} bytes"
+            )
+        cap = max(cap // 2, MIN_FIELD_CHARS)
+        body = encode(truncate_content(trace, cap))
+    return body
+
+
+def truncate_content(trace: Trace, max_chars: int) -> Trace:
+    """The trace with every message content and tool-call argument cut to `max_chars`."""
+    return dataclasses.replace(
+        trace,
+        input_messages=tuple(_truncate_message(m, max_chars) for m in trace.input_messages),
+        output_messages=tuple(_truncate_message(m, max_chars) for m in trace.output_messages),
+    )
+
+
+def _truncate(text: str | None, max_chars: int) -> str | None:
+    if text is None or len(text) <= max_chars:
+        return text
+    return text[:max_chars] + truncation_marker(len(text) - max_chars)
+
+
+def _truncate_message(message: Message, max_chars: int) -> Message:
+    return dataclasses.replace(
+        message,
+        content=_truncate(message.content, max_chars),
+        tool_calls=tuple(
+            ToolCall(call.id, call.name, _truncate(call.arguments, max_chars) or "")
+            for call in message.tool_calls
+        ),
+    )
+
+
+def _longest_field(trace: Trace) -> int:
+    lengths = [0]
+    for message in (*trace.input_messages, *trace.output_messages):
+        lengths.append(len(message.content or ""))
+        lengths.extend(len(call.arguments) for call in message.tool_calls)
+    return max(lengths)

@@ -1,0 +1,49 @@
+"""The typed registry of destination types, keyed by slug."""
+
+from __future__ import annotations
+
+import importlib
+
+from destinations.base import Destination
+
+# Every vendor module, imported once by `load_all()`; each registers its class on import.
+VENDOR_MODULES: tuple[str, ...] = (
+    "destinations.webhook",
+    "destinations.s3",
+)
+
+_REGISTRY: dict[str, type[Destination]] = {}
+
+
+class UnknownDestinationType(KeyError):
+    def __str__(self) -> str:
+        known = ", ".join(sorted(_REGISTRY))
+        return f"unknown destination type {self.args[0]!r} (known: {known})"
+
+
+def register(cls: type[Destination]) -> type[Destination]:
+    """Class decorator: make a destination type available by its slug."""
+    existing = _REGISTRY.get(cls.slug)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"destination type {cls.slug!r} registered twice")
+    _REGISTRY[cls.slug] = cls
+    return cls
+
+
+def load_all() -> None:
+    for module in VENDOR_MODULES:
+        importlib.import_module(module)
+
+
+def destination_class(slug: str) -> type[Destination]:
+    """Raises `UnknownDestinationType` for a slug no module registered."""
+    load_all()
+    try:
+        return _REGISTRY[slug]
+    except KeyError:
+        raise UnknownDestinationType(slug) from None
+
+
+def known_types() -> list[str]:
+    load_all()
+    return sorted(_REGISTRY)

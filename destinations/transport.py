@@ -1,0 +1,177 @@
+"""The shared HTTP transport: one pooled session, timeouts, TLS verification, pinned addresses.
+
+The transport knows nothing of vendors or Celery. It sends one request and returns a
+frozen `TransportResult`; it never raises for network trouble and never retries (the
+deliver task is the only layer that retries).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import requests
+import urllib3.connection
+import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
+
+from destinations.outcomes import parse_retry_after
+from destinations.url_guard import (
+    BlockedUrl,
+    NetworkPolicy,
+    check_url_form,
+    resolve_public_address,
+)
+
+RESPONSE_EXCERPT_BYTES = 2048
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class TransportResult:
+    """What came back. `status_code` is None when no response arrived; `error` says why."""
+
+    status_code: int | None
+    duration_ms: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    error: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _guarded_connection(base: type, policy: NetworkPolicy) -> type:
+    """A urllib3 connection class that resolves, checks and pins the address on connect."""
+
+    class GuardedConnection(base):  # type: ignore[misc, valid-type]
+        def _new_conn(self):  # noqa: ANN202 - urllib3's own signature
+            hostname = self._dns_host
+            self._dns_host = resolve_public_address(hostname, self.port, policy)
+            try:
+                return super()._new_conn()
+            finally:
+                self._dns_host = hostname
+
+    return GuardedConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def __init__(self, policy: NetworkPolicy, pool_maxsize: int) -> None:
+        self._policy = policy
+        super().__init__(pool_connections=32, pool_maxsize=pool_maxsize, max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().init_poolmanager(*args, **kwargs)
+        http_pool = type(
+            "GuardedHTTPConnectionPool",
+            (urllib3.connectionpool.HTTPConnectionPool,),
+            {"ConnectionCls": _guarded_connection(urllib3.connection.HTTPConnection, self._policy)},
+        )
+        https_pool = type(
+            "GuardedHTTPSConnectionPool",
+            (urllib3.connectionpool.HTTPSConnectionPool,),
+            {
+                "ConnectionCls": _guarded_connection(
+                    urllib3.connection.HTTPSConnection, self._policy
+                )
+            },
+        )
+        self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+
+
+class HttpTransport:
+    """Sends `HttpRequest`s. Thread-safe; one per process is enough."""
+
+    def __init__(
+        self,
+        policy: NetworkPolicy,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        pool_maxsize: int = 32,
+    ) -> None:
+        self.policy = policy
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = requests.Session()
+        # Proxies and .netrc from the environment would bypass the address pinning.
+        self._session.trust_env = False
+        adapter = _GuardedAdapter(policy, pool_maxsize)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def send(self, request: HttpRequest) -> TransportResult:
+        """Send once. Network failures come back as a result with `error` set, never raised.
+
+        Error texts name the kind of failure only, never the URL (which may carry a token).
+        """
+        started = time.perf_counter()
+        try:
+            check_url_form(request.url, self.policy)
+            response = self._session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                data=request.body,
+                timeout=self._timeout,
+                allow_redirects=False,
+                verify=True,
+                stream=True,
+            )
+        except BlockedUrl as exc:
+            return self._failure(started, f"blocked: {exc}")
+        except requests.Timeout:
+            return self._failure(started, "timeout")
+        except requests.ConnectionError as exc:
+            return self._failure(started, _connection_error_kind(exc))
+        except requests.RequestException as exc:
+            return self._failure(started, f"request error: {type(exc).__name__}")
+        try:
+            body = response.raw.read(RESPONSE_EXCERPT_BYTES, decode_content=True) or b""
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            body = b""
+        finally:
+            response.close()
+        headers = {key.lower(): value for key, value in response.headers.items()}
+        return TransportResult(
+            status_code=response.status_code,
+            duration_ms=_elapsed_ms(started),
+            headers=headers,
+            body=body,
+            retry_after=parse_retry_after(headers.get("retry-after")),
+        )
+
+    @staticmethod
+    def _failure(started: float, error: str) -> TransportResult:
+        return TransportResult(status_code=None, duration_ms=_elapsed_ms(started), error=error)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _connection_error_kind(exc: requests.ConnectionError) -> str:
+    cause = exc.args[0] if exc.args else exc
+    reason = getattr(cause, "reason", cause)
+    if isinstance(reason, BlockedUrl):
+        return f"blocked: {reason}"
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return "connection error: name did not resolve"
+    if isinstance(reason, urllib3.exceptions.SSLError) or "SSL" in type(reason).__name__:
+        return "connection error: TLS verification failed"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return "connection error: connection refused or unreachable"
+    return "connection error"

@@ -137,8 +137,8 @@ def result_from_transport(
 ) -> DeliveryResult:
     """A `DeliveryResult` for a transport result, classified by the table unless given."""
     if outcome is None:
-        outcome = Outcome.RETRYABLE if result.status_code is None else classify_status(
-            result.status_code
+        outcome = (
+            Outcome.RETRYABLE if result.status_code is None else classify_status(result.status_code)
         )
     if error is None and outcome is not Outcome.DELIVERED:
         error = result.error or describe_response(result)

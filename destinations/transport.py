@@ -29,10 +29,14 @@ RESPONSE_EXCERPT_BYTES = 2048
 
 @dataclass(frozen=True)
 class HttpRequest:
+    """`response_limit`: how much of the response body to keep (a vendor that answers
+    per-item results in a 207 body asks for more than the default excerpt)."""
+
     method: str
     url: str
     headers: Mapping[str, str]
     body: bytes = b""
+    response_limit: int = RESPONSE_EXCERPT_BYTES
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def _guarded_connection(base: type, policy: NetworkPolicy) -> type:
     """A urllib3 connection class that resolves, checks and pins the address on connect."""
 
     class GuardedConnection(base):  # type: ignore[misc, valid-type]
-        def _new_conn(self):  # noqa: ANN202 - urllib3's own signature
+        def _new_conn(self):
             hostname = self._dns_host
             self._dns_host = resolve_public_address(hostname, self.port, policy)
             try:
@@ -71,7 +75,7 @@ class _GuardedAdapter(HTTPAdapter):
         self._policy = policy
         super().__init__(pool_connections=32, pool_maxsize=pool_maxsize, max_retries=0)
 
-    def init_poolmanager(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
         http_pool = type(
             "GuardedHTTPConnectionPool",
@@ -102,7 +106,7 @@ class HttpTransport:
         pool_maxsize: int = 32,
     ) -> None:
         self.policy = policy
-        self._timeout = (connect_timeout, read_timeout)
+        self.timeouts = (connect_timeout, read_timeout)
         self._session = requests.Session()
         # Proxies and .netrc from the environment would bypass the address pinning.
         self._session.trust_env = False
@@ -123,7 +127,7 @@ class HttpTransport:
                 request.url,
                 headers=dict(request.headers),
                 data=request.body,
-                timeout=self._timeout,
+                timeout=self.timeouts,
                 allow_redirects=False,
                 verify=True,
                 stream=True,
@@ -137,7 +141,7 @@ class HttpTransport:
         except requests.RequestException as exc:
             return self._failure(started, f"request error: {type(exc).__name__}")
         try:
-            body = response.raw.read(RESPONSE_EXCERPT_BYTES, decode_content=True) or b""
+            body = response.raw.read(request.response_limit, decode_content=True) or b""
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
             body = b""
         finally:

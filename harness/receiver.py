@@ -73,7 +73,7 @@ class Receiver:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-BASE_TIME = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
+BASE_TIME = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 
 
 def chat_event(index: int = 0, **overrides: Any) -> dict[str, Any]:

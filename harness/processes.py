@@ -1,0 +1,200 @@
+"""Start and stop real local processes: redis-server, Celery workers and beat, moto."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import redis
+
+from harness.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ManagedProcess:
+    """A child process with its output in a log file; stopped (then killed) on `stop()`."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], workdir: Path
+    ) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            list(argv), env=dict(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, AOF on, in a temporary directory."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        data = workdir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self.process = ManagedProcess(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--protected-mode",
+                "yes",
+            ],
+            os.environ,
+            workdir,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: self._ping(client), timeout=15, what="redis-server to answer")
+
+    @staticmethod
+    def _ping(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def celery_worker(
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    name: str = "worker",
+    queues: str = "broadcast.fanout,broadcast.deliver,broadcast.maintenance",
+    concurrency: int = 8,
+    pool: str = "threads",
+) -> ManagedProcess:
+    """A real worker; returns once it answers a ping."""
+    hostname = f"{name}-{os.getpid()}@%h"
+    process = ManagedProcess(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            hostname,
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ],
+        env,
+        workdir,
+    )
+    from tasks.app import app
+
+    def answered() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"worker exited:\n{process.log_tail()}")
+        replies = app.control.ping(timeout=0.5) or []
+        return any(hostname.split("@")[0] in next(iter(reply)) for reply in replies)
+
+    wait_for(answered, timeout=60, what="the Celery worker to answer a ping")
+    return process
+
+
+def celery_beat(env: Mapping[str, str], workdir: Path) -> ManagedProcess:
+    return ManagedProcess(
+        "beat",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "beat",
+            "-l",
+            "INFO",
+            "-s",
+            str(workdir / "beat-schedule"),
+        ],
+        env,
+        workdir,
+    )
+
+
+class MotoServer:
+    """moto's S3-compatible server on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = ManagedProcess(
+            "moto",
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            os.environ,
+            workdir,
+        )
+        import requests
+
+        def up() -> bool:
+            if not self.process.alive():
+                raise RuntimeError(f"moto exited:\n{self.process.log_tail()}")
+            try:
+                return requests.get(self.url + "/moto-api/", timeout=1).status_code < 500
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=60, what="moto server")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))

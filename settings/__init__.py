@@ -1,0 +1,1 @@
+"""Accounts' broadcast settings: configuration, encryption, Redis store, service, CLI."""

@@ -1,0 +1,347 @@
+"""The `broadcast` console script: a thin shell over `SettingsService`.
+
+Every command takes `--json`. Secrets are masked in every output. A refused operation
+prints one line, `broadcast: error: ...`, to stderr and exits 2, having changed nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from destinations.registry import known_types
+from settings.config import ConfigurationError
+from settings.crypto import SecretsCorrupted, generate_key
+from settings.service import SettingsError, SettingsService
+
+EXIT_REFUSED = 2
+
+
+class Refused(Exception):
+    """A mistake in the command line itself (bad JSON, unreadable file)."""
+
+
+def main(argv: Sequence[str] | None = None, service: SettingsService | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.handler is _keys_generate:
+            result = _keys_generate(None, args)
+        else:
+            result = args.handler(service or _service(), args)
+    except (SettingsError, ConfigurationError, Refused, SecretsCorrupted) as exc:
+        print(f"broadcast: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except redis.ConnectionError:
+        print(
+            "broadcast: error: cannot reach the settings store (BROADCAST_STORE_URL)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    _print(result, args.json, args.render)
+    return 0
+
+
+def _service() -> SettingsService:
+    from tasks.runtime import runtime
+
+    return runtime().service
+
+
+# Command handlers: (service, args) -> printable result
+
+
+def _enable(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    service.set_enabled(args.owner, True, actor=args.actor)
+    return {"owner": args.owner, "enabled": True}
+
+
+def _disable(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    service.set_enabled(args.owner, False, actor=args.actor)
+    return {"owner": args.owner, "enabled": False}
+
+
+def _add_member(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    service.add_member(args.org, args.user, args.role, actor=args.actor)
+    return {"org": args.org, "user": args.user, "role": args.role}
+
+
+def _destination_add(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    return service.add_destination(
+        args.owner,
+        args.type,
+        args.name,
+        _config(args.config),
+        api_keys=_split(args.api_keys),
+        exclude_api_keys=_split(args.exclude_api_keys),
+        sampling_rate=args.sampling,
+        privacy=args.privacy,
+        actor=args.actor,
+    )
+
+
+def _destination_update(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    return service.update_destination(
+        args.id,
+        name=args.name,
+        config=_config(args.config) if args.config is not None else None,
+        api_keys=_split(args.api_keys) if args.api_keys is not None else None,
+        exclude_api_keys=(
+            _split(args.exclude_api_keys) if args.exclude_api_keys is not None else None
+        ),
+        sampling_rate=args.sampling,
+        privacy=args.privacy,
+        enabled=args.enabled,
+        actor=args.actor,
+    )
+
+
+def _destination_list(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return service.list_destinations(args.owner, actor=args.actor)
+
+
+def _destination_show(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    return service.show_destination(args.id, actor=args.actor)
+
+
+def _destination_remove(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    service.remove_destination(args.id, actor=args.actor)
+    return {"id": args.id, "removed": True}
+
+
+def _destination_test(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    result = service.test_destination(args.id, actor=args.actor)
+    if not result["ok"]:
+        raise SettingsError(f"Test Connection failed: {result['message']}")
+    return result
+
+
+def _status(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return service.status(args.owner, actor=args.actor)
+
+
+def _deliveries(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return service.deliveries(args.id, limit=args.limit, actor=args.actor)
+
+
+def _rejected(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return service.rejected_events(args.owner, limit=args.limit)
+
+
+def _types(_service: SettingsService, _args: argparse.Namespace) -> list[str]:
+    return known_types()
+
+
+def _keys_generate(_service: None, _args: argparse.Namespace) -> dict[str, str]:
+    return {"key": generate_key()}
+
+
+# Rendering
+
+
+def _render_destination(d: dict[str, Any]) -> str:
+    filters = []
+    if d["api_keys"]:
+        filters.append("keys=" + ",".join(d["api_keys"]))
+    if d["exclude_api_keys"]:
+        filters.append("exclude=" + ",".join(d["exclude_api_keys"]))
+    if d["sampling_rate"] < 1:
+        filters.append(f"sampling={d['sampling_rate']:g}")
+    if d["privacy"]:
+        filters.append("privacy")
+    lines = [
+        f"{d['id']}  {d['type']}  {d['name']!r}  owner={d['owner']}  "
+        f"{'enabled' if d['enabled'] else 'disabled'}  health={d['health']}"
+        + (f"  [{' '.join(filters)}]" if filters else ""),
+    ]
+    lines += [f"    {key} = {json.dumps(value)}" for key, value in sorted(d["config"].items())]
+    return "\n".join(lines)
+
+
+def _render_status(row: dict[str, Any]) -> str:
+    c = row["counters"]
+    line = (
+        f"{row['id']}  {row['type']}  {row['name']!r}  owner={row['owner']}"
+        f"{'' if row['owner_enabled'] else ' (broadcast off)'}  "
+        f"{'enabled' if row['enabled'] else 'disabled'}  health={row['health']}\n"
+        f"    delivered={c['delivered']} retried={c['retried']} failed={c['failed']} "
+        f"filtered_by_key={c['filtered_by_key']} sampled_out={c['sampled_out']} "
+        f"skipped_unhealthy={c['skipped_unhealthy']} "
+        f"rejected_events(owner)={row['owner_rejected_events']}"
+    )
+    if row["health_reason"]:
+        line += f"\n    health reason: {row['health_reason']}"
+    if row["last_error"]:
+        line += f"\n    last error ({row['last_error_at']}): {row['last_error']}"
+    return line
+
+
+def _render_attempt(entry: dict[str, Any]) -> str:
+    text = (
+        f"{entry['at']}  {entry['request_id']}  attempt {entry['attempt']}  "
+        f"{entry['outcome']}  status={entry['status_code']}  {entry['duration_ms']:.0f}ms"
+    )
+    if entry.get("next"):
+        text += f"  next={entry['next']}"
+    if entry.get("error"):
+        text += f"\n    {entry['error']}"
+    for item in entry.get("rejected") or ():
+        text += f"\n    rejected: {item}"
+    return text
+
+
+def _render_default(result: Any) -> str:
+    if isinstance(result, dict):
+        return "\n".join(f"{key}: {value}" for key, value in result.items())
+    return str(result)
+
+
+def _print(result: Any, as_json: bool, render: Callable[[Any], str] | None) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    render = render or _render_default
+    if isinstance(result, list):
+        print("\n".join(render(item) for item in result) if result else "(none)")
+    else:
+        print(render(result))
+
+
+# Argument parsing
+
+
+def _config(raw: str) -> dict[str, Any]:
+    text = raw
+    if raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text()
+        except OSError as exc:
+            raise Refused(f"--config: cannot read {raw[1:]}: {exc.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Refused(f"--config is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(value, dict):
+        raise Refused("--config must be a JSON object")
+    return value
+
+
+def _split(raw: str | None) -> list[str]:
+    return [item for item in (raw or "").split(",") if item.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument("--actor", help="act as user:ID (permissions checked); default: operator")
+
+    parser = argparse.ArgumentParser(
+        prog="broadcast", description="Configure and inspect Broadcast destinations."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(
+        group: Any,
+        name: str,
+        handler: Callable[..., Any],
+        help_text: str,
+        render: Callable[[Any], str] | None = None,
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler, render=render)
+        return sub
+
+    for name, handler, text in (
+        ("enable", _enable, "turn Broadcast on for an owner"),
+        ("disable", _disable, "turn Broadcast off for an owner"),
+    ):
+        command(commands, name, handler, text).add_argument("--owner", required=True)
+
+    org = commands.add_parser("org", help="organization roles").add_subparsers(
+        dest="org_command", required=True
+    )
+    member = command(org, "add-member", _add_member, "record a user's role in an organization")
+    member.add_argument("org")
+    member.add_argument("user")
+    member.add_argument("--role", required=True, choices=["admin", "member"])
+
+    destination = commands.add_parser("destination", help="manage destinations").add_subparsers(
+        dest="destination_command", required=True
+    )
+    add = command(
+        destination,
+        "add",
+        _destination_add,
+        "add a destination (saved only if Test Connection passes)",
+        _render_destination,
+    )
+    add.add_argument("--owner", required=True)
+    add.add_argument("--type", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--config", required=True, help="JSON object, or @file")
+    add.add_argument("--api-keys", help="only these API key ids (comma-separated)")
+    add.add_argument("--exclude-api-keys", help="never these API key ids (comma-separated)")
+    add.add_argument("--sampling", type=float, default=1.0, help="rate in (0, 1]")
+    add.add_argument("--privacy", action="store_true", help="drop prompts and completions")
+
+    update = command(
+        destination,
+        "update",
+        _destination_update,
+        "change a destination (a config change must pass Test Connection)",
+        _render_destination,
+    )
+    update.add_argument("id")
+    update.add_argument("--name")
+    update.add_argument("--config", help="JSON object merged into the stored config, or @file")
+    update.add_argument("--api-keys")
+    update.add_argument("--exclude-api-keys")
+    update.add_argument("--sampling", type=float)
+    update.add_argument("--privacy", action=argparse.BooleanOptionalAction, default=None)
+    update.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
+
+    command(
+        destination, "list", _destination_list, "list an owner's destinations", _render_destination
+    ).add_argument("--owner", required=True)
+    for name, handler, text, render in (
+        ("show", _destination_show, "show one destination", _render_destination),
+        ("remove", _destination_remove, "remove a destination", None),
+        ("test", _destination_test, "run Test Connection and record the health", None),
+    ):
+        command(destination, name, handler, text, render).add_argument("id")
+
+    status = command(
+        commands, "status", _status, "health and counters per destination", _render_status
+    )
+    status.add_argument("--owner")
+
+    deliveries = command(
+        commands,
+        "deliveries",
+        _deliveries,
+        "latest delivery attempts of a destination",
+        _render_attempt,
+    )
+    deliveries.add_argument("id")
+    deliveries.add_argument("--limit", type=int, default=20)
+
+    rejected = command(commands, "rejected", _rejected, "latest rejected events with reasons")
+    rejected.add_argument("--owner")
+    rejected.add_argument("--limit", type=int, default=20)
+
+    command(commands, "types", _types, "destination types available")
+    keys = commands.add_parser("keys", help="encryption keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    command(keys, "generate", _keys_generate, "print a new encryption key")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

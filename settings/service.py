@@ -1,0 +1,390 @@
+"""The settings service: every operator and dashboard operation, with its checks.
+
+The `broadcast` CLI is a thin shell over this class, and a gateway's own dashboard can
+call it the same way. Every refusal is a `SettingsError` whose message is one line naming
+the problem; a refused operation changes nothing.
+
+Permissions: `actor=None` is the operator (the CLI on the server, trusted). An actor
+`user:ID` may change its own user settings, and an organization's only as an admin.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import marshmallow
+
+from destinations.base import ConnectionCheck, DeliveryContext, Destination
+from destinations.registry import UnknownDestinationType, destination_class
+from destinations.transport import HttpTransport
+from destinations.url_guard import BlockedUrl, NetworkPolicy, check_url
+from settings.crypto import SecretBox
+from settings.masking import MASK_PREFIX, is_mask_of, mask_secrets
+from settings.models import OWNER_PATTERN, DestinationRecord, Health
+from settings.store import SettingsStore, TooManyDestinations
+
+MAX_PER_TYPE = 5
+ROLES = ("admin", "member")
+
+
+class SettingsError(ValueError):
+    """A refused operation; the message is one line that names the problem."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SettingsService:
+    def __init__(
+        self,
+        store: SettingsStore,
+        box: SecretBox,
+        transport: HttpTransport,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.box = box
+        self.transport = transport
+        self.policy: NetworkPolicy = transport.policy
+        self.clock = clock
+
+    # Owners and organizations
+
+    def set_enabled(self, owner: str, enabled: bool, *, actor: str | None = None) -> None:
+        self._authorize(owner, actor)
+        self.store.set_enabled(owner, enabled)
+
+    def add_member(self, org_id: str, user_id: str, role: str, *, actor: str | None = None) -> None:
+        if role not in ROLES:
+            raise SettingsError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        self._authorize(f"org:{org_id}", actor)
+        self.store.set_member(org_id, user_id, role)
+
+    # Destinations
+
+    def add_destination(
+        self,
+        owner: str,
+        type_: str,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        api_keys: Sequence[str] = (),
+        exclude_api_keys: Sequence[str] = (),
+        sampling_rate: float = 1.0,
+        privacy: bool = False,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Validate, run Test Connection, and save only if it passes. Returns the masked view."""
+        self._authorize(owner, actor)
+        cls = self._destination_class(type_)
+        full_config = self._validate_config(cls, config)
+        now = self._now()
+        record = DestinationRecord(
+            id=f"dst_{secrets.token_hex(8)}",
+            owner=owner,
+            type=type_,
+            name=_checked_name(name),
+            config={k: v for k, v in full_config.items() if k not in cls.secret_fields()},
+            sealed_secrets=self.box.seal(
+                {k: v for k, v in full_config.items() if k in cls.secret_fields()}
+            ),
+            api_keys=_key_list(api_keys),
+            exclude_api_keys=_key_list(exclude_api_keys),
+            sampling_rate=_checked_rate(sampling_rate),
+            privacy=privacy,
+            created_at=now,
+            updated_at=now,
+        )
+        self._require_connection(cls, full_config, record)
+        try:
+            self.store.add_destination(record, max_per_type=MAX_PER_TYPE)
+        except TooManyDestinations as exc:
+            raise SettingsError(str(exc)) from None
+        self.store.set_health(record, {"status": Health.HEALTHY, "checked_at": now})
+        return self.view(record)
+
+    def update_destination(
+        self,
+        destination_id: str,
+        *,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        api_keys: Sequence[str] | None = None,
+        exclude_api_keys: Sequence[str] | None = None,
+        sampling_rate: float | None = None,
+        privacy: bool | None = None,
+        enabled: bool | None = None,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Change what is given. `config` is merged into the stored one; a masked secret
+        sent back keeps the stored secret. A config change must pass Test Connection."""
+        record = self._record(destination_id, actor)
+        cls = self._destination_class(record.type)
+        changes: dict[str, Any] = {"updated_at": self._now()}
+        if name is not None:
+            changes["name"] = _checked_name(name)
+        if api_keys is not None:
+            changes["api_keys"] = _key_list(api_keys)
+        if exclude_api_keys is not None:
+            changes["exclude_api_keys"] = _key_list(exclude_api_keys)
+        if sampling_rate is not None:
+            changes["sampling_rate"] = _checked_rate(sampling_rate)
+        if privacy is not None:
+            changes["privacy"] = privacy
+        if enabled is not None:
+            changes["enabled"] = enabled
+        full_config = None
+        if config is not None:
+            stored = self.decrypted_config(record)
+            merged = {**stored, **_unmask(config, stored, cls.secret_fields())}
+            full_config = self._validate_config(cls, merged)
+            secret_names = cls.secret_fields()
+            changes["config"] = {k: v for k, v in full_config.items() if k not in secret_names}
+            changes["sealed_secrets"] = self.box.seal(
+                {k: v for k, v in full_config.items() if k in secret_names}
+            )
+        updated = replace(record, **changes)
+        if full_config is not None:
+            self._require_connection(cls, full_config, updated)
+            self.store.set_health(
+                updated,
+                {"status": Health.HEALTHY, "reason": "", "checked_at": changes["updated_at"]},
+            )
+        self.store.replace_destination(updated)
+        return self.view(updated)
+
+    def remove_destination(self, destination_id: str, *, actor: str | None = None) -> None:
+        self.store.remove_destination(self._record(destination_id, actor))
+
+    def list_destinations(self, owner: str, *, actor: str | None = None) -> list[dict[str, Any]]:
+        self._authorize(owner, actor)
+        return [self.view(record) for record in self.store.list_destinations(owner)]
+
+    def show_destination(self, destination_id: str, *, actor: str | None = None) -> dict[str, Any]:
+        return self.view(self._record(destination_id, actor))
+
+    def test_destination(self, destination_id: str, *, actor: str | None = None) -> dict[str, Any]:
+        """Run Test Connection on a saved destination and record the result as its health."""
+        record = self._record(destination_id, actor)
+        cls = self._destination_class(record.type)
+        check = self._check(cls, self.decrypted_config(record), record)
+        self.record_check(record, check)
+        return {
+            "id": record.id,
+            "ok": check.ok,
+            "message": check.message,
+            "status_code": check.status_code,
+        }
+
+    def record_check(self, record: DestinationRecord, check: ConnectionCheck) -> None:
+        """Health from a Test Connection: passed, keys rejected, or unreachable."""
+        now = self._now()
+        if check.ok:
+            update = {"status": Health.HEALTHY, "reason": "", "checked_at": now}
+        elif check.outcome == "auth_failed":
+            update = {"status": Health.AUTH_FAILED, "reason": check.message, "checked_at": now}
+        else:
+            update = {"status": Health.UNREACHABLE, "reason": check.message, "checked_at": now}
+        if self.store.health(record.id).status != update["status"]:
+            update["changed_at"] = now
+        self.store.set_health(record, update)
+
+    # Status
+
+    def status(self, owner: str | None = None, *, actor: str | None = None) -> list[dict[str, Any]]:
+        owners = [owner] if owner else self.store.owners()
+        rows = []
+        for each in owners:
+            self._authorize(each, actor)
+            enabled = self.store.is_enabled(each)
+            rejected = self.store.rejected_count(each)
+            for record in self.store.list_destinations(each):
+                health = self.store.health(record.id)
+                rows.append(
+                    {
+                        "id": record.id,
+                        "owner": each,
+                        "owner_enabled": enabled,
+                        "type": record.type,
+                        "name": record.name,
+                        "enabled": record.enabled,
+                        "health": health.status.value,
+                        "health_reason": self._redact(health.reason, record),
+                        "checked_at": health.checked_at,
+                        "counters": self.store.counters(record.id),
+                        "owner_rejected_events": rejected,
+                        "last_error": self._redact(health.last_error, record),
+                        "last_error_at": health.last_error_at,
+                    }
+                )
+        return rows
+
+    def deliveries(
+        self, destination_id: str, *, limit: int = 20, actor: str | None = None
+    ) -> list[dict[str, Any]]:
+        record = self._record(destination_id, actor)
+        return self.store.attempts(record.id, limit)
+
+    def rejected_events(self, owner: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return self.store.rejected_events(owner, limit)
+
+    # Helpers shared with the deliver task
+
+    def decrypted_config(self, record: DestinationRecord) -> dict[str, Any]:
+        return {**record.config, **self.box.open(record.sealed_secrets)}
+
+    def view(self, record: DestinationRecord) -> dict[str, Any]:
+        """The record as shown to people and dashboards: secrets masked, never decrypted out."""
+        data = asdict(record)
+        data.pop("sealed_secrets")
+        cls = self._destination_class(record.type)
+        data["config"] = {
+            **record.config,
+            **mask_secrets(self.box.open(record.sealed_secrets), cls.secret_fields()),
+        }
+        data["api_keys"] = list(record.api_keys)
+        data["exclude_api_keys"] = list(record.exclude_api_keys)
+        data["health"] = self.store.health(record.id).status.value
+        return data
+
+    def _redact(self, text: str, record: DestinationRecord) -> str:
+        return redact(text, self.box.open(record.sealed_secrets)) if text else text
+
+    # Internals
+
+    def _authorize(self, owner: str, actor: str | None) -> None:
+        if not OWNER_PATTERN.match(owner):
+            raise SettingsError(f"owner must be user:ID or org:ID, not {owner!r}")
+        if actor is None:
+            return
+        if not actor.startswith("user:"):
+            raise SettingsError(f"actor must be user:ID, not {actor!r}")
+        kind, owner_id = owner.split(":", 1)
+        actor_id = actor.split(":", 1)[1]
+        if kind == "user" and owner_id != actor_id:
+            raise SettingsError(f"{actor} may not change the settings of {owner}")
+        if kind == "org" and self.store.member_role(owner_id, actor_id) != "admin":
+            raise SettingsError(f"{actor} is not an admin of organization {owner_id}")
+
+    def _record(self, destination_id: str, actor: str | None) -> DestinationRecord:
+        record = self.store.get_destination(destination_id)
+        if record is None:
+            raise SettingsError(f"no destination {destination_id!r}")
+        self._authorize(record.owner, actor)
+        return record
+
+    @staticmethod
+    def _destination_class(type_: str) -> type[Destination]:
+        try:
+            return destination_class(type_)
+        except UnknownDestinationType as exc:
+            raise SettingsError(str(exc)) from None
+
+    def _validate_config(self, cls: type[Destination], config: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(config, Mapping):
+            raise SettingsError("config must be a JSON object")
+        for name, value in config.items():
+            if (
+                isinstance(value, str)
+                and value.startswith(MASK_PREFIX)
+                and name in cls.secret_fields()
+            ):
+                raise SettingsError(f"config field {name!r}: a masked value needs a stored secret")
+        try:
+            validated = cls.config_schema().load(dict(config))
+        except marshmallow.ValidationError as exc:
+            raise SettingsError(_describe_config_error(cls.slug, exc.messages)) from None
+        for name in cls.url_fields():
+            url = validated.get(name)
+            if url:
+                try:
+                    check_url(url, self.policy)
+                except (BlockedUrl, OSError) as exc:
+                    raise SettingsError(f"config field {name!r}: {exc}") from None
+        return validated
+
+    def _check(
+        self, cls: type[Destination], config: Mapping[str, Any], record: DestinationRecord
+    ) -> ConnectionCheck:
+        context = DeliveryContext(destination_id=record.id, owner=record.owner, now=self.clock())
+        return cls(config, self.transport).test_connection(context)
+
+    def _require_connection(
+        self, cls: type[Destination], config: Mapping[str, Any], record: DestinationRecord
+    ) -> None:
+        check = self._check(cls, config, record)
+        if not check.ok:
+            message = redact(
+                check.message, {k: config[k] for k in cls.secret_fields() if k in config}
+            )
+            raise SettingsError(f"Test Connection failed, nothing saved: {message}")
+
+    def _now(self) -> str:
+        return self.clock().isoformat()
+
+
+def redact(text: str, secret_values: Mapping[str, Any]) -> str:
+    """Replace every secret value (and each value of a secret mapping) found in `text`."""
+    for value in _secret_strings(secret_values.values()):
+        if len(value) >= 4:
+            text = text.replace(value, "[redacted]")
+    return text
+
+
+def _secret_strings(values: Iterable[Any]) -> Iterable[str]:
+    for value in values:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, Mapping):
+            yield from _secret_strings(value.values())
+
+
+def _unmask(
+    config: Mapping[str, Any], stored: Mapping[str, Any], secret_names: frozenset[str]
+) -> dict[str, Any]:
+    """Put stored secrets back where the caller sent their masks unchanged."""
+    result = dict(config)
+    for name in secret_names & set(config):
+        sent, kept = config[name], stored.get(name)
+        if isinstance(sent, str) and isinstance(kept, str) and is_mask_of(sent, kept):
+            result[name] = kept
+        elif isinstance(sent, Mapping) and isinstance(kept, Mapping):
+            result[name] = {
+                key: kept[key]
+                if isinstance(value, str) and key in kept and is_mask_of(value, kept[key])
+                else value
+                for key, value in sent.items()
+            }
+    return result
+
+
+def _describe_config_error(slug: str, messages: Any) -> str:
+    if isinstance(messages, Mapping):
+        for name, problems in messages.items():
+            text = " ".join(problems) if isinstance(problems, list) else str(problems)
+            return f"{slug} config field {name!r}: {text}"
+    return f"{slug} config: {messages}"
+
+
+def _checked_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise SettingsError("name must be 1 to 100 characters")
+    return name
+
+
+def _checked_rate(rate: float) -> float:
+    if not 0.0 < rate <= 1.0:
+        raise SettingsError(f"sampling rate must be in (0, 1], not {rate}")
+    return float(rate)
+
+
+def _key_list(keys: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(key.strip() for key in keys if key.strip()))

@@ -1,0 +1,80 @@
+"""The Celery app and the project's one task decorator.
+
+Every task is declared with `broadcast_task(...)`, whose keyword parameters are explicit,
+so a misspelt option is a TypeError at import instead of a silently stored attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_init
+
+from settings.config import ConfigurationError
+
+logger = logging.getLogger("broadcast")
+
+app = Celery("broadcast")
+app.config_from_object("celeryconfig")
+
+
+class BroadcastTask(Task):
+    """Base for every task: logs failures with stable event names and no arguments.
+
+    Arguments are left out of logs on purpose: they carry prompts and completions.
+    """
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        logger.error(
+            "broadcast.task.failed task=%s id=%s error=%s", self.name, task_id, type(exc).__name__
+        )
+
+
+def broadcast_task(
+    *,
+    name: str,
+    max_retries: int | None = 0,
+    soft_time_limit: int | None = None,
+    time_limit: int | None = None,
+) -> Callable[[Callable[..., Any]], Task]:
+    """Register a bound task with the project's defaults (acks late, no result).
+
+    Queues come from `task_routes` in celeryconfig.py, the one place that routes tasks.
+    """
+
+    def decorate(function: Callable[..., Any]) -> Task:
+        options: dict[str, Any] = {
+            "name": name,
+            "bind": True,
+            "base": BroadcastTask,
+            "acks_late": True,
+            "reject_on_worker_lost": True,
+            "ignore_result": True,
+            "max_retries": max_retries,
+        }
+        if soft_time_limit is not None:
+            options["soft_time_limit"] = soft_time_limit
+        if time_limit is not None:
+            options["time_limit"] = time_limit
+        return app.task(**options)(function)
+
+    return decorate
+
+
+@worker_init.connect
+def _check_settings_at_start(**_: Any) -> None:
+    """Fail the worker's start, not its first delivery, when settings are missing."""
+    from tasks.runtime import runtime
+
+    current = runtime()
+    try:
+        current.box  # noqa: B018 - building the box validates the encryption keys
+        current.store.redis.ping()
+    except ConfigurationError as exc:
+        logger.critical("broadcast.start.refused reason=%s", exc)
+        raise SystemExit(f"broadcast: {exc}") from None

@@ -1,0 +1,50 @@
+"""Which destinations get a trace (ARCHITECTURE.md, "Eligibility"), as pure functions."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+
+from destinations.trace import Trace
+from settings.models import Health, Route
+
+
+class Decision(StrEnum):
+    ELIGIBLE = "eligible"
+    DISABLED = "skipped_disabled"
+    UNHEALTHY = "skipped_unhealthy"
+    FILTERED_BY_KEY = "filtered_by_key"
+    SAMPLED_OUT = "sampled_out"
+
+
+def decide(route: Route, trace: Trace) -> Decision:
+    """The decision for one destination, checked in the documented order.
+
+    (The owner's own enabled flag is checked once per event by the caller.)
+    """
+    if not route.enabled:
+        return Decision.DISABLED
+    if route.health is Health.AUTH_FAILED:
+        return Decision.UNHEALTHY
+    if not passes_key_filter(route, trace.api_key_id):
+        return Decision.FILTERED_BY_KEY
+    if not sampled_in(route.id, trace.session_id or trace.request_id, route.sampling_rate):
+        return Decision.SAMPLED_OUT
+    return Decision.ELIGIBLE
+
+
+def passes_key_filter(route: Route, api_key_id: str | None) -> bool:
+    """Exclude wins; an empty include list admits every key and keyless requests."""
+    if api_key_id is not None and api_key_id in route.exclude_api_keys:
+        return False
+    if not route.api_keys:
+        return True
+    return api_key_id is not None and api_key_id in route.api_keys
+
+
+def sampled_in(destination_id: str, sampling_key: str, rate: float) -> bool:
+    """Deterministic per (destination, session or request): a session is wholly in or out."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{destination_id}\x1f{sampling_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < rate * 2**64

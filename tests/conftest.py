@@ -1,0 +1,104 @@
+"""Shared fixtures: a real redis-server, a real Celery worker, the settings service.
+
+The environment is set here, before anything imports `tasks` or `celeryconfig`, so the
+test process (which sends `broadcast.delay`) and the worker it starts use the same
+throwaway Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.processes import (
+    ManagedProcess,
+    MotoServer,
+    RedisServer,
+    celery_worker,
+    free_port,
+    scratch_dir,
+)
+from harness.receiver import Receiver, Reply, Responder
+from settings.crypto import generate_key
+
+WORKDIR = scratch_dir("broadcast-tests-")
+REDIS_PORT = free_port()
+TEST_ENV = {
+    "BROADCAST_BROKER_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+    "BROADCAST_STORE_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+    "BROADCAST_ENCRYPTION_KEYS": generate_key(),
+    "BROADCAST_ALLOW_PRIVATE_NETWORKS": "1",
+    # Short waits so retry tests take seconds; the policy is the same.
+    "BROADCAST_RETRY_BASE_SECONDS": "0.2",
+    "BROADCAST_RETRY_CAP_SECONDS": "10",
+    "BROADCAST_MAX_SHORT_RETRIES": "4",
+    "BROADCAST_READ_TIMEOUT": "5",
+}
+os.environ.update(TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Path:
+    return WORKDIR
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(WORKDIR, port=REDIS_PORT)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(redis_server: RedisServer) -> Iterator[ManagedProcess]:
+    """One real worker (threads pool) consuming every Broadcast queue."""
+    process = celery_worker(os.environ, WORKDIR)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer(WORKDIR)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def service(redis_server: RedisServer):
+    """The settings service of the test process, on the test Redis."""
+    from tasks.runtime import runtime
+
+    return runtime().service
+
+
+@pytest.fixture
+def store(service):
+    return service.store
+
+
+@pytest.fixture
+def user_id(service) -> str:
+    """A fresh user with Broadcast enabled; its owner is `user:<id>`."""
+    uid = f"u{uuid.uuid4().hex[:12]}"
+    service.set_enabled(f"user:{uid}", True)
+    return uid
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    """Factory: `receiver(responder)` starts a real HTTP server, stopped after the test."""
+    started: list[Receiver] = []
+
+    def start(responder: Responder | None = None) -> Receiver:
+        instance = Receiver(responder or (lambda _r: Reply(200, b"{}"))).start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()

@@ -4,7 +4,7 @@ Broker and store URLs come from the environment (`settings.config.load_config`),
 local Redis as the default.
 """
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from settings.config import load_config
 
@@ -23,8 +23,14 @@ enable_utc = True
 FANOUT_QUEUE = "broadcast.fanout"
 DELIVER_QUEUE = "broadcast.deliver"
 MAINTENANCE_QUEUE = "broadcast.maintenance"
-task_queues = (Queue(FANOUT_QUEUE), Queue(DELIVER_QUEUE), Queue(MAINTENANCE_QUEUE))
+# Each queue has its own direct exchange and routing key, so a message lands in one queue.
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in (FANOUT_QUEUE, DELIVER_QUEUE, MAINTENANCE_QUEUE)
+)
 task_default_queue = FANOUT_QUEUE
+task_default_exchange = FANOUT_QUEUE
+task_default_routing_key = FANOUT_QUEUE
 task_routes = {
     "broadcast.fan_out": {"queue": FANOUT_QUEUE},
     "broadcast.deliver": {"queue": DELIVER_QUEUE},

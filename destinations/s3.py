@@ -63,7 +63,11 @@ class S3Config(ConfigSchema):
     bucket = fields.String(required=True, validate=validate.Length(min=3, max=63))
     region = fields.String(load_default="us-east-1")
     endpoint_url = fields.Url(
-        load_default=None, allow_none=True, schemes={"http", "https"}, metadata={"url": True}
+        load_default=None,
+        allow_none=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        metadata={"url": True},
     )
     access_key_id = fields.String(required=True, validate=validate.Length(min=1))
     secret_access_key = fields.String(

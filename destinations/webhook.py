@@ -60,7 +60,9 @@ def _validate_headers(value: Mapping[str, str]) -> None:
 
 
 class WebhookConfig(ConfigSchema):
-    url = fields.Url(required=True, schemes={"http", "https"}, metadata={"url": True})
+    url = fields.Url(
+        required=True, schemes={"http", "https"}, require_tld=False, metadata={"url": True}
+    )
     method = fields.String(load_default="POST", validate=validate.OneOf(["POST", "PUT"]))
     headers = fields.Dict(
         keys=fields.String(),

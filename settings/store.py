@@ -35,6 +35,7 @@ COUNTERS = (
     "sampled_out",
     "skipped_unhealthy",
     "skipped_disabled",
+    "skipped_owner_disabled",
 )
 
 

@@ -11,6 +11,7 @@ from settings.models import Health, Route
 
 class Decision(StrEnum):
     ELIGIBLE = "eligible"
+    OWNER_DISABLED = "skipped_owner_disabled"
     DISABLED = "skipped_disabled"
     UNHEALTHY = "skipped_unhealthy"
     FILTERED_BY_KEY = "filtered_by_key"

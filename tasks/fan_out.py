@@ -39,13 +39,10 @@ def fan_out(self: Task, event: Any) -> None:
         _reject(event, exc)
         return
     snapshot = _owner_cache().snapshot(trace.owner)
-    if not snapshot.enabled:
-        logger.debug("broadcast.fan_out.owner_disabled request=%s", trace.request_id)
-        return
     skipped: list[tuple[str, str]] = []
     eligible: list[str] = []
     for route in snapshot.routes:
-        decision = decide(route, trace)
+        decision = decide(route, trace) if snapshot.enabled else Decision.OWNER_DISABLED
         if decision is Decision.ELIGIBLE:
             eligible.append(route.id)
         else:

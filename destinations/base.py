@@ -165,5 +165,7 @@ def check_from_transport(result: TransportResult, *, rejected_message: str) -> C
     if outcome is Outcome.DELIVERED:
         return ConnectionCheck(outcome, "connection ok", result.status_code)
     if outcome is Outcome.AUTH_FAILED:
-        return ConnectionCheck(outcome, rejected_message, result.status_code)
+        return ConnectionCheck(
+            outcome, f"{rejected_message} ({describe_response(result)})", result.status_code
+        )
     return ConnectionCheck(outcome, describe_response(result), result.status_code)

@@ -108,34 +108,16 @@ def celery_worker(
     queues: str = "broadcast.fanout,broadcast.deliver,broadcast.maintenance",
     concurrency: int = 8,
     pool: str = "threads",
+    include: str | None = None,
 ) -> ManagedProcess:
-    """A real worker; returns once it answers a ping."""
+    """A real worker; returns once it answers a ping. `include`: extra task modules."""
     hostname = f"{name}-{os.getpid()}@%h"
-    process = ManagedProcess(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks",
-            "worker",
-            "-Q",
-            queues,
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "-n",
-            hostname,
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-        ],
-        env,
-        workdir,
-    )
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues]
+    argv += ["-P", pool, "-c", str(concurrency), "-n", hostname, "-l", "INFO"]
+    argv += ["--without-gossip", "--without-mingle"]
+    if include:
+        argv += ["--include", include]
+    process = ManagedProcess(name, argv, env, workdir)
     from tasks.app import app
 
     def answered() -> bool:

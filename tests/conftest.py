@@ -102,3 +102,13 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
     yield start
     for instance in started:
         instance.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Keep the scratch directory (process logs) only when something failed."""
+    if exitstatus == 0:
+        import shutil
+
+        shutil.rmtree(WORKDIR, ignore_errors=True)
+    else:
+        print(f"\nprocess logs kept in {WORKDIR}")

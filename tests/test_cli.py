@@ -18,8 +18,9 @@ BROADCAST = str(Path(sys.executable).parent / "broadcast")
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BROADCAST, *argv], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ))
+    return subprocess.run(
+        [BROADCAST, *argv], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
 
 
 def ok(*argv: str):
@@ -47,9 +48,25 @@ def test_full_operator_session(owner, receiver, tmp_path):
     assert ok("enable", "--owner", owner) == {"owner": owner, "enabled": True}
     config_file = tmp_path / "hook.json"
     config_file.write_text(json.dumps({"url": sink.url, "headers": {"Authorization": token}}))
-    added = ok("destination", "add", "--owner", owner, "--type", "webhook", "--name", "Hook",
-               "--config", f"@{config_file}", "--api-keys", "k1,k2", "--exclude-api-keys", "k3",
-               "--sampling", "0.25", "--privacy")
+    added = ok(
+        "destination",
+        "add",
+        "--owner",
+        owner,
+        "--type",
+        "webhook",
+        "--name",
+        "Hook",
+        "--config",
+        f"@{config_file}",
+        "--api-keys",
+        "k1,k2",
+        "--exclude-api-keys",
+        "k3",
+        "--sampling",
+        "0.25",
+        "--privacy",
+    )
     assert added["api_keys"] == ["k1", "k2"] and added["exclude_api_keys"] == ["k3"]
     assert added["sampling_rate"] == 0.25 and added["privacy"] is True
     assert added["config"]["headers"]["Authorization"] == "****" + token[-4:]
@@ -74,21 +91,34 @@ def test_mistakes_exit_non_zero_with_one_line_and_change_nothing(owner, receiver
     add = ("destination", "add", "--owner", owner, "--name", "x")
     assert "unknown destination type 'nope'" in refused(*add, "--type", "nope", "--config", url)
     assert "config field 'colour': Unknown field" in refused(
-        *add, "--type", "webhook", "--config", json.dumps({"url": sink.url, "colour": 1}))
-    assert "config field 'url': Missing data" in refused(*add, "--type", "webhook",
-                                                          "--config", "{}")
+        *add, "--type", "webhook", "--config", json.dumps({"url": sink.url, "colour": 1})
+    )
+    assert "config field 'url': Missing data" in refused(
+        *add, "--type", "webhook", "--config", "{}"
+    )
     assert "--config is not valid JSON" in refused(*add, "--type", "webhook", "--config", "{")
     for index in range(5):
         ok(*add[:-1], f"hook{index}", "--type", "webhook", "--config", url)
-    assert "already has 5 webhook destinations" in refused(*add, "--type", "webhook",
-                                                           "--config", url)
+    assert "already has 5 webhook destinations" in refused(
+        *add, "--type", "webhook", "--config", url
+    )
     assert len(ok("destination", "list", "--owner", owner)) == 5
 
 
 def test_failed_test_connection_refuses_the_save(owner, receiver):
     sink = receiver(lambda _r: Reply(403, b"forbidden"))
-    line = refused("destination", "add", "--owner", owner, "--type", "webhook", "--name", "x",
-                   "--config", json.dumps({"url": sink.url}))
+    line = refused(
+        "destination",
+        "add",
+        "--owner",
+        owner,
+        "--type",
+        "webhook",
+        "--name",
+        "x",
+        "--config",
+        json.dumps({"url": sink.url}),
+    )
     assert "Test Connection failed, nothing saved" in line and "HTTP 403" in line
     assert ok("destination", "list", "--owner", owner) == []
 
@@ -99,11 +129,23 @@ def test_organization_roles(receiver):
     ok("org", "add-member", org, "alice", "--role", "admin")
     ok("org", "add-member", org, "bob", "--role", "member")
     ok("enable", "--owner", f"org:{org}", "--actor", "user:alice")
-    assert "user:bob is not an admin" in refused("disable", "--owner", f"org:{org}",
-                                                 "--actor", "user:bob")
+    assert "user:bob is not an admin" in refused(
+        "disable", "--owner", f"org:{org}", "--actor", "user:bob"
+    )
     assert "not an admin" in refused(
-        "destination", "add", "--owner", f"org:{org}", "--type", "webhook", "--name", "x",
-        "--config", json.dumps({"url": sink.url}), "--actor", "user:bob")
+        "destination",
+        "add",
+        "--owner",
+        f"org:{org}",
+        "--type",
+        "webhook",
+        "--name",
+        "x",
+        "--config",
+        json.dumps({"url": sink.url}),
+        "--actor",
+        "user:bob",
+    )
     assert ok("destination", "list", "--owner", f"org:{org}") == []
 
 

@@ -54,7 +54,10 @@ def test_worker_refuses_to_start_without_keys(redis_server, workdir):
     env = {k: v for k, v in os.environ.items() if k != "BROADCAST_ENCRYPTION_KEYS"}
     run = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "solo", "-l", "INFO"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode != 0
     assert "BROADCAST_ENCRYPTION_KEYS is not set" in run.stdout + run.stderr

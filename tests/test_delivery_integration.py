@@ -124,7 +124,7 @@ def test_privacy_mode_sends_no_prompt_or_completion(worker, service, user_id, re
     )
     request = wait_for(lambda: sink.requests("/hook"))[0]
     body = request.body.decode()
-    for text in ("What's the weather", "Paris", "get_weather\",\"arguments"):
+    for text in ("What's the weather", "Paris", 'get_weather","arguments'):
         assert text not in body
     generation = json.loads(body)["data"]["observations"][-1]
     assert generation["input"] is None and generation["output"] is None
@@ -140,8 +140,7 @@ def test_key_filters_through_the_worker(worker, service, user_id, receiver):
         "all": add_hook(service, user_id, sinks["all"]),
         "include": add_hook(service, user_id, sinks["include"], api_keys=["k1"]),
         "exclude": add_hook(service, user_id, sinks["exclude"], exclude_api_keys=["k1"]),
-        "both": add_hook(service, user_id, sinks["both"], api_keys=["k1"],
-                         exclude_api_keys=["k1"]),
+        "both": add_hook(service, user_id, sinks["both"], api_keys=["k1"], exclude_api_keys=["k1"]),
     }
     broadcast.delay(event(user_id, 1, api_key_id="k1"))
     broadcast.delay(event(user_id, 2, api_key_id="k2"))
@@ -165,12 +164,12 @@ def test_sampling_through_the_worker_keeps_sessions_whole(worker, service, user_
     events = [event(user_id, i, session_id=f"s{i % 10}") for i in range(40)]
     for item in events:
         broadcast.delay(item)
-    wait_for(lambda: (c := service.store.counters(destination_id))["delivered"]
-             + c["sampled_out"] == 40)
+    wait_for(
+        lambda: (c := service.store.counters(destination_id))["delivered"] + c["sampled_out"] == 40
+    )
     sessions_in = {json.loads(r.body)["data"]["sessionId"] for r in sink.requests()}
     for session in sessions_in:  # every request of a kept session arrived
-        assert sum(json.loads(r.body)["data"]["sessionId"] == session
-                   for r in sink.requests()) == 4
+        assert sum(json.loads(r.body)["data"]["sessionId"] == session for r in sink.requests()) == 4
     assert 0 < len(sessions_in) < 10
 
 

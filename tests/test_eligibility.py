@@ -12,8 +12,13 @@ from tasks.events import build_trace
 
 def route(**overrides) -> Route:
     values = dict(
-        id="dst_1", type="webhook", enabled=True, health=Health.HEALTHY,
-        api_keys=frozenset(), exclude_api_keys=frozenset(), sampling_rate=1.0,
+        id="dst_1",
+        type="webhook",
+        enabled=True,
+        health=Health.HEALTHY,
+        api_keys=frozenset(),
+        exclude_api_keys=frozenset(),
+        sampling_rate=1.0,
     )
     values.update(overrides)
     return Route(**values)

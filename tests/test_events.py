@@ -62,17 +62,28 @@ def test_privacy_drops_content_and_keeps_the_rest():
 @pytest.mark.parametrize(
     ("event", "expected"),
     [
-        (chat_event(1, usage={"prompt_tokens": "x", "completion_tokens": 1}),
-         "event gen-000001 rejected: usage.prompt_tokens: Not a valid integer."),
+        (
+            chat_event(1, usage={"prompt_tokens": "x", "completion_tokens": 1}),
+            "event gen-000001 rejected: usage.prompt_tokens: Not a valid integer.",
+        ),
         (chat_event(2, model=None), "event gen-000002 rejected: model: Field may not be null."),
         ({**chat_event(3), "id": None}, "event (no id) rejected: id: Field may not be null."),
-        (chat_event(4, trace={"parent_span_id": "nothex"}),
-         "event gen-000004 rejected: trace.parent_span_id: Must be 16 lowercase hex characters."),
-        (chat_event(5, started_at="yesterday"), "event gen-000005 rejected: started_at: Not a valid"),
-        (chat_event(6, finished_at="2026-11-23T09:00:00Z"),
-         "event gen-000006 rejected: finished_at: Must not be before started_at."),
-        (chat_event(7, request={"messages": [{"role": "robot", "content": "hi"}]}),
-         "event gen-000007 rejected: request.messages.0.role: Must be one of"),
+        (
+            chat_event(4, trace={"parent_span_id": "nothex"}),
+            "event gen-000004 rejected: trace.parent_span_id: Must be 16 lowercase hex characters.",
+        ),
+        (
+            chat_event(5, started_at="yesterday"),
+            "event gen-000005 rejected: started_at: Not a valid",
+        ),
+        (
+            chat_event(6, finished_at="2026-11-23T09:00:00Z"),
+            "event gen-000006 rejected: finished_at: Must not be before started_at.",
+        ),
+        (
+            chat_event(7, request={"messages": [{"role": "robot", "content": "hi"}]}),
+            "event gen-000007 rejected: request.messages.0.role: Must be one of",
+        ),
         (chat_event(8, user="u" * 129), "event gen-000008 rejected: user: Longer than maximum"),
         (chat_event(9, status="maybe"), "event gen-000009 rejected: status: Must be one of"),
         ("not an object", "event (no id) rejected: the event must be a JSON object, not str"),

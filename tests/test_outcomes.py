@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -15,13 +15,25 @@ from tasks.retry_policy import RetryPolicy
 @pytest.mark.parametrize(
     ("status", "outcome"),
     [
-        (200, Outcome.DELIVERED), (202, Outcome.DELIVERED), (207, Outcome.DELIVERED),
-        (400, Outcome.PERMANENT), (404, Outcome.PERMANENT), (409, Outcome.PERMANENT),
-        (413, Outcome.PERMANENT), (410, Outcome.PERMANENT),
-        (401, Outcome.AUTH_FAILED), (403, Outcome.AUTH_FAILED),
-        (408, Outcome.RETRYABLE), (429, Outcome.RETRYABLE), (500, Outcome.RETRYABLE),
-        (502, Outcome.RETRYABLE), (503, Outcome.RETRYABLE), (504, Outcome.RETRYABLE),
-        (501, Outcome.PERMANENT), (505, Outcome.PERMANENT), (301, Outcome.PERMANENT),
+        (200, Outcome.DELIVERED),
+        (202, Outcome.DELIVERED),
+        (207, Outcome.DELIVERED),
+        (400, Outcome.PERMANENT),
+        (404, Outcome.PERMANENT),
+        (409, Outcome.PERMANENT),
+        (413, Outcome.PERMANENT),
+        (410, Outcome.PERMANENT),
+        (401, Outcome.AUTH_FAILED),
+        (403, Outcome.AUTH_FAILED),
+        (408, Outcome.RETRYABLE),
+        (429, Outcome.RETRYABLE),
+        (500, Outcome.RETRYABLE),
+        (502, Outcome.RETRYABLE),
+        (503, Outcome.RETRYABLE),
+        (504, Outcome.RETRYABLE),
+        (501, Outcome.PERMANENT),
+        (505, Outcome.PERMANENT),
+        (301, Outcome.PERMANENT),
     ],
 )
 def test_status_table(status, outcome):
@@ -29,7 +41,7 @@ def test_status_table(status, outcome):
 
 
 def test_retry_after_seconds_and_date():
-    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30
     assert parse_retry_after("garbage") is None

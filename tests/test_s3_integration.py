@@ -22,8 +22,11 @@ SECRET_KEY = "s3cr3t-" + uuid.uuid4().hex
 def bucket(moto_server):
     name = f"traces-{uuid.uuid4().hex[:10]}"
     client = boto3.client(
-        "s3", endpoint_url=moto_server.url, region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+        "s3",
+        endpoint_url=moto_server.url,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
     )
     client.create_bucket(Bucket=name)
     return client, name
@@ -31,8 +34,12 @@ def bucket(moto_server):
 
 def s3_config(moto_server, bucket_name, **extra):
     return {
-        "bucket": bucket_name, "region": "us-east-1", "endpoint_url": moto_server.url,
-        "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY, **extra,
+        "bucket": bucket_name,
+        "region": "us-east-1",
+        "endpoint_url": moto_server.url,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        **extra,
     }
 
 
@@ -41,12 +48,12 @@ def keys(client, bucket_name, prefix=""):
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
-def test_objects_are_written_where_the_template_says(
-    worker, service, user_id, moto_server, bucket
-):
+def test_objects_are_written_where_the_template_says(worker, service, user_id, moto_server, bucket):
     client, name = bucket
     view = service.add_destination(
-        f"user:{user_id}", "s3", "Archive",
+        f"user:{user_id}",
+        "s3",
+        "Archive",
         s3_config(moto_server, name, path_template="traces/{year}/{month}/{day}/{apiKeyName}"),
     )
     assert view["config"]["secret_access_key"].startswith("****")

@@ -53,22 +53,45 @@ def test_no_plaintext_secret_anywhere(worker, service, user_id, receiver, moto_s
     hook = receiver()
     leaky = receiver(echo_401)
     owner = f"user:{user_id}"
-    ok_hook = service.add_destination(owner, "webhook", "Hook", {
-        "url": hook.url, "headers": {"Authorization": header_secret},
-        "signing_secret": signing_secret,
-    })
-    bad_hook = service.add_destination(owner, "webhook", "Leaky", {
-        "url": leaky.url, "headers": {"Authorization": header_secret},
-    })
+    ok_hook = service.add_destination(
+        owner,
+        "webhook",
+        "Hook",
+        {
+            "url": hook.url,
+            "headers": {"Authorization": header_secret},
+            "signing_secret": signing_secret,
+        },
+    )
+    bad_hook = service.add_destination(
+        owner,
+        "webhook",
+        "Leaky",
+        {
+            "url": leaky.url,
+            "headers": {"Authorization": header_secret},
+        },
+    )
     import boto3
 
-    boto3.client("s3", endpoint_url=moto_server.url, region_name="us-east-1",
-                 aws_access_key_id="AKIA1", aws_secret_access_key=s3_secret
-                 ).create_bucket(Bucket="leak-check")
-    archive = service.add_destination(owner, "s3", "Archive", {
-        "bucket": "leak-check", "endpoint_url": moto_server.url, "access_key_id": "AKIA1",
-        "secret_access_key": s3_secret,
-    })
+    boto3.client(
+        "s3",
+        endpoint_url=moto_server.url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIA1",
+        aws_secret_access_key=s3_secret,
+    ).create_bucket(Bucket="leak-check")
+    archive = service.add_destination(
+        owner,
+        "s3",
+        "Archive",
+        {
+            "bucket": "leak-check",
+            "endpoint_url": moto_server.url,
+            "access_key_id": "AKIA1",
+            "secret_access_key": s3_secret,
+        },
+    )
 
     published: list[bytes] = []
 
@@ -87,8 +110,12 @@ def test_no_plaintext_secret_anywhere(worker, service, user_id, receiver, moto_s
 
     assert len(published) == 3  # one deliver message per destination
     outputs = []
-    for argv in (["destination", "list", "--owner", owner], ["status", "--owner", owner],
-                 ["deliveries", bad_hook["id"]], ["destination", "show", archive["id"]]):
+    for argv in (
+        ["destination", "list", "--owner", owner],
+        ["status", "--owner", owner],
+        ["deliveries", bad_hook["id"]],
+        ["destination", "show", archive["id"]],
+    ):
         for fmt in ([], ["--json"]):
             buffer = io.StringIO()
             with redirect_stdout(buffer):

@@ -52,8 +52,11 @@ def test_sixth_destination_of_a_type_is_refused(service, user_id, sink):
         ("webhook", {}, "webhook config field 'url': Missing data for required field."),
         ("webhook", {"url": "http://x", "colour": "red"}, "config field 'colour': Unknown field."),
         ("webhook", {"url": "http://127.0.0.1:1/", "method": "GET"}, "config field 'method'"),
-        ("webhook", {"url": "http://127.0.0.1:1/", "signing_secret": "nope"},
-         "config field 'signing_secret': Must start with 'whsec_'."),
+        (
+            "webhook",
+            {"url": "http://127.0.0.1:1/", "signing_secret": "nope"},
+            "config field 'signing_secret': Must start with 'whsec_'.",
+        ),
     ],
 )
 def test_config_mistakes_name_the_problem(service, user_id, type_, config, message):
@@ -68,8 +71,9 @@ def test_organization_admins_only(service, sink):
     org = f"o{uuid.uuid4().hex[:8]}"
     service.add_member(org, "alice", "admin")
     service.add_member(org, "bob", "member")
-    view = service.add_destination(f"org:{org}", "webhook", "Org hook", hook(sink),
-                                   actor="user:alice")
+    view = service.add_destination(
+        f"org:{org}", "webhook", "Org hook", hook(sink), actor="user:alice"
+    )
     with pytest.raises(SettingsError, match="user:bob is not an admin of organization"):
         service.add_destination(f"org:{org}", "webhook", "Bob's", hook(sink), actor="user:bob")
     with pytest.raises(SettingsError, match="not an admin"):
@@ -86,7 +90,9 @@ def test_organization_admins_only(service, sink):
 def test_secrets_are_masked_and_a_masked_value_keeps_the_secret(service, user_id, sink):
     token = "Bearer tok_" + uuid.uuid4().hex
     view = service.add_destination(
-        f"user:{user_id}", "webhook", "Hook",
+        f"user:{user_id}",
+        "webhook",
+        "Hook",
         hook(sink, headers={"Authorization": token}, signing_secret=SIGNING_SECRET),
     )
     shown = view["config"]

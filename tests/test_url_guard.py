@@ -16,9 +16,20 @@ LENIENT = NetworkPolicy(allow_private_networks=True)
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-        "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "100.100.100.200", "fd00:ec2::254",
-        "224.0.0.1", "100.64.0.1",
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        "100.100.100.200",
+        "fd00:ec2::254",
+        "224.0.0.1",
+        "100.64.0.1",
     ],
 )
 def test_non_public_addresses(address):
@@ -53,8 +64,9 @@ def test_lenient_policy_allows_loopback_http():
 
 def test_transport_refuses_loopback_at_connect_time(receiver):
     sink = receiver()
-    result = HttpTransport(STRICT).send(HttpRequest("POST", sink.url.replace("http:", "https:"),
-                                                    {}, b"{}"))
+    result = HttpTransport(STRICT).send(
+        HttpRequest("POST", sink.url.replace("http:", "https:"), {}, b"{}")
+    )
     assert result.status_code is None and result.error.startswith("blocked")
     assert sink.requests() == []
 

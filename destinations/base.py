@@ -137,9 +137,7 @@ def result_from_transport(
 ) -> DeliveryResult:
     """A `DeliveryResult` for a transport result, classified by the table unless given."""
     if outcome is None:
-        outcome = (
-            Outcome.RETRYABLE if result.status_code is None else classify_status(result.status_code)
-        )
+        outcome = _classify(result)
     if error is None and outcome is not Outcome.DELIVERED:
         error = result.error or describe_response(result)
     return DeliveryResult(
@@ -160,7 +158,8 @@ def describe_response(result: TransportResult) -> str:
 def check_from_transport(result: TransportResult, *, rejected_message: str) -> ConnectionCheck:
     """Turn a Test Connection response into a `ConnectionCheck` with the outcome table."""
     if result.status_code is None:
-        return ConnectionCheck(Outcome.RETRYABLE, f"unreachable: {result.error}")
+        prefix = "refused" if result.refused else "unreachable"
+        return ConnectionCheck(_classify(result), f"{prefix}: {result.error}")
     outcome = classify_status(result.status_code)
     if outcome is Outcome.DELIVERED:
         return ConnectionCheck(outcome, "connection ok", result.status_code)
@@ -169,3 +168,10 @@ def check_from_transport(result: TransportResult, *, rejected_message: str) -> C
             outcome, f"{rejected_message} ({describe_response(result)})", result.status_code
         )
     return ConnectionCheck(outcome, describe_response(result), result.status_code)
+
+
+def _classify(result: TransportResult) -> Outcome:
+    """The outcome table, plus: no response is retryable unless the request was refused."""
+    if result.status_code is None:
+        return Outcome.PERMANENT if result.refused else Outcome.RETRYABLE
+    return classify_status(result.status_code)

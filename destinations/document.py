@@ -23,8 +23,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
+from destinations.chat_format import ChatMessage, chat_message
 from destinations.ids import derived_hex
-from destinations.trace import Message, Trace
+from destinations.trace import Trace
 
 SCHEMA = "broadcast.trace/v1"
 
@@ -40,8 +41,8 @@ class Observation(TypedDict, total=False):
     model: str
     provider: str
     completionStartTime: str | None
-    input: list[dict[str, Any]] | None
-    output: list[dict[str, Any]] | None
+    input: list[ChatMessage] | None
+    output: list[ChatMessage] | None
     finishReasons: list[str]
     modelParameters: dict[str, Any]
     tools: list[dict[str, Any]]
@@ -104,8 +105,12 @@ def trace_document(trace: Trace, destination_id: str) -> TraceDocument:
             completionStartTime=completion_start,
             model=trace.model,
             provider=trace.provider,
-            input=None if trace.content_redacted else [_message(m) for m in trace.input_messages],
-            output=None if trace.content_redacted else [_message(m) for m in trace.output_messages],
+            input=None
+            if trace.content_redacted
+            else [chat_message(m) for m in trace.input_messages],
+            output=None
+            if trace.content_redacted
+            else [chat_message(m) for m in trace.output_messages],
             finishReasons=list(trace.finish_reasons),
             modelParameters=dict(trace.model_parameters),
             tools=list(trace.tools),
@@ -145,20 +150,6 @@ def trace_document(trace: Trace, destination_id: str) -> TraceDocument:
         toolCallsMade=trace.tool_calls_made,
         observations=observations,
     )
-
-
-def _message(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id:
-        out["tool_call_id"] = message.tool_call_id
-    if message.name:
-        out["name"] = message.name
-    return out
 
 
 def _iso(moment: datetime) -> str:

@@ -10,6 +10,15 @@ from destinations.base import Destination
 VENDOR_MODULES: tuple[str, ...] = (
     "destinations.webhook",
     "destinations.s3",
+    "destinations.langfuse",
+    "destinations.datadog",
+    "destinations.braintrust",
+    "destinations.otel_collector",
+    "destinations.phoenix",
+    "destinations.arize",
+    "destinations.langsmith",
+    "destinations.weave",
+    "destinations.otlp_presets",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -41,7 +41,11 @@ class HttpRequest:
 
 @dataclass(frozen=True)
 class TransportResult:
-    """What came back. `status_code` is None when no response arrived; `error` says why."""
+    """What came back. `status_code` is None when no response arrived; `error` says why.
+
+    `refused` marks a request that was never sent because it cannot be (a blocked URL, a
+    malformed header): unlike a network failure, trying again will not help.
+    """
 
     status_code: int | None
     duration_ms: float
@@ -49,6 +53,7 @@ class TransportResult:
     body: bytes = b""
     error: str | None = None
     retry_after: float | None = None
+    refused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -133,11 +138,14 @@ class HttpTransport:
                 stream=True,
             )
         except BlockedUrl as exc:
-            return self._failure(started, f"blocked: {exc}")
+            return self._failure(started, f"blocked: {exc}", refused=True)
         except requests.Timeout:
             return self._failure(started, "timeout")
         except requests.ConnectionError as exc:
-            return self._failure(started, _connection_error_kind(exc))
+            kind = _connection_error_kind(exc)
+            return self._failure(started, kind, refused=kind.startswith("blocked"))
+        except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as exc:
+            return self._failure(started, f"invalid request: {type(exc).__name__}", refused=True)
         except requests.RequestException as exc:
             return self._failure(started, f"request error: {type(exc).__name__}")
         try:
@@ -156,8 +164,10 @@ class HttpTransport:
         )
 
     @staticmethod
-    def _failure(started: float, error: str) -> TransportResult:
-        return TransportResult(status_code=None, duration_ms=_elapsed_ms(started), error=error)
+    def _failure(started: float, error: str, *, refused: bool = False) -> TransportResult:
+        return TransportResult(
+            status_code=None, duration_ms=_elapsed_ms(started), error=error, refused=refused
+        )
 
     def close(self) -> None:
         self._session.close()

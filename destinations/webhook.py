@@ -3,12 +3,13 @@
 | what | wire |
 | --- | --- |
 | body | `{"type": "trace.completed", "timestamp": ISO, "data": <broadcast.trace/v1 document>}` |
+| `format: otlp` body | OTLP JSON `{"resourceSpans": ...}`, as `otel-collector` sends it |
 | `headers` config | sent as given (secret: masked on read, encrypted at rest) |
 | `signing_secret` (`whsec_...`) | `webhook-id`, `webhook-timestamp`, `webhook-signature` headers |
 | `webhook-id` | `msg_` + hash of (request id, destination id): the same on every retry |
 
-Test Connection sends `{}` with `X-Test-Connection: true` (signed when a secret is set)
-and expects a 2xx.
+Test Connection sends `{}` (`format: otlp`: an empty OTLP export) with
+`X-Test-Connection: true` (signed when a secret is set) and expects a 2xx.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ from destinations.base import (
     check_from_transport,
 )
 from destinations.document import trace_document
+from destinations.headers import custom_headers_validator
 from destinations.ids import derived_hex
+from destinations.otlp import otlp_json_body
 from destinations.registry import register
 from destinations.trace import Trace
 from destinations.transport import HttpRequest
 
 EVENT_TYPE = "trace.completed"
+FORMAT_JSON, FORMAT_OTLP = "json", "otlp"
+FORMATS = (FORMAT_JSON, FORMAT_OTLP)
+EMPTY_OTLP = b'{"resourceSpans":[]}'
 RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "webhook-id", "webhook-timestamp", "webhook-signature"}
 )
@@ -53,22 +59,17 @@ def _validate_signing_secret(value: str) -> None:
         raise ValidationError("Must encode 24 to 64 random bytes.")
 
 
-def _validate_headers(value: Mapping[str, str]) -> None:
-    clashes = sorted(name for name in value if name.lower() in RESERVED_HEADERS)
-    if clashes:
-        raise ValidationError(f"Headers {', '.join(clashes)} are set by Broadcast.")
-
-
 class WebhookConfig(ConfigSchema):
     url = fields.Url(
         required=True, schemes={"http", "https"}, require_tld=False, metadata={"url": True}
     )
     method = fields.String(load_default="POST", validate=validate.OneOf(["POST", "PUT"]))
+    format = fields.String(load_default=FORMAT_JSON, validate=validate.OneOf(FORMATS))
     headers = fields.Dict(
         keys=fields.String(),
         values=fields.String(),
         load_default=dict,
-        validate=_validate_headers,
+        validate=custom_headers_validator(RESERVED_HEADERS),
         metadata={"secret": True},
     )
     signing_secret = fields.String(
@@ -113,14 +114,17 @@ class WebhookDestination(HttpDestination):
     config_schema = WebhookConfig
 
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
-        body = webhook_body(trace, context)
+        if self.config.get("format") == FORMAT_OTLP:
+            body = otlp_json_body(trace, context.destination_id)
+        else:
+            body = webhook_body(trace, context)
         headers = signed_headers(
             self.config, webhook_id(trace, context.destination_id), context.now, body
         )
         return HttpRequest(self.config["method"], self.config["url"], headers, body)
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
-        body = b"{}"
+        body = EMPTY_OTLP if self.config.get("format") == FORMAT_OTLP else b"{}"
         message_id = "msg_" + derived_hex("connection-test", context.destination_id, nbytes=16)
         headers = signed_headers(self.config, message_id, context.now, body)
         headers["X-Test-Connection"] = "true"

@@ -1,0 +1,281 @@
+"""Braintrust: project log rows to `POST {base_url}/v1/project_logs/{project_id}/insert`.
+
+| trace | Braintrust |
+| --- | --- |
+| `trace_id` (else derived from the request) | `root_span_id` of every row: requests group |
+| `trace_name` (default: the model) | root row, `span_attributes` `{name, type: task}` |
+| `span_name` | an intermediate row, `span_attributes` `{name, type: task}` |
+| `generation_name` (default: the model) | the LLM row, `span_attributes` `{name, type: llm}` |
+| `parent_span_id` | `span_parents` of our top row; no root row then (the caller owns it) |
+| `user` / `session_id` | `metadata.user_id` / `metadata.session_id` on every row |
+| `tags` (a list of strings) | the root row's `tags` (Braintrust takes tags on roots only) |
+| other `trace` keys | `metadata` on every row |
+| model, provider, parameters | LLM row `metadata` `model` (Braintrust prices it too), ... |
+| messages | LLM row `input` (chat messages) and `output` (assistant messages) |
+| usage | LLM row `metrics`: `prompt_tokens`, `completion_tokens`, `tokens`, cache, reasoning |
+| timing | `metrics.start` / `metrics.end` (unix seconds), `time_to_first_token` (s) |
+| cost (USD) | LLM row `metrics` `input_cost`, `output_cost`, `total_cost` |
+| failed request | `error` (the message) on the LLM row and the root |
+
+Row ids come from (request id, destination id), the root row's from (trace id,
+destination id): Braintrust replaces a row inserted again with the same id, so retries do
+not duplicate and requests sharing a `trace_id` share one root row. The root row repeats
+the request's input and output only when the trace is this request's alone.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, NotRequired, TypedDict
+from urllib.parse import quote
+
+from marshmallow import fields, validate
+
+from destinations.base import (
+    ConfigSchema,
+    ConnectionCheck,
+    DeliveryContext,
+    HttpDestination,
+    check_from_transport,
+)
+from destinations.budget import fit_to_budget
+from destinations.chat_format import ChatMessage, chat_messages
+from destinations.ids import derived_hex, derived_uuid
+from destinations.outcomes import Outcome
+from destinations.registry import register
+from destinations.trace import Trace
+from destinations.transport import HttpRequest
+
+DEFAULT_BASE_URL = "https://api.braintrust.dev"
+# The API states no limit; Braintrust's SDK splits its own log uploads at about 6 MB.
+MAX_PAYLOAD_BYTES = 6_000_000
+KEY_REJECTED = "Braintrust key rejected: check the API key"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BraintrustConfig(ConfigSchema):
+    api_key = fields.String(
+        required=True, validate=validate.Length(min=1, max=512), metadata={"secret": True}
+    )
+    # Goes into the URL path: ids are UUIDs, so anything else is refused on save.
+    project_id = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^[0-9A-Za-z][0-9A-Za-z_-]{0,127}$", error="Must be a Braintrust project id."
+        ),
+    )
+    base_url = fields.Url(
+        load_default=DEFAULT_BASE_URL,
+        schemes={"http", "https"},
+        require_tld=False,
+        metadata={"url": True},
+    )
+
+
+class SpanAttributes(TypedDict):
+    name: str
+    type: str
+
+
+class LogRow(TypedDict):
+    id: str
+    span_id: str
+    root_span_id: str
+    span_attributes: SpanAttributes
+    metadata: dict[str, Any]
+    metrics: dict[str, int | float]
+    span_parents: NotRequired[list[str]]
+    tags: NotRequired[list[str]]
+    input: NotRequired[list[ChatMessage]]
+    output: NotRequired[list[ChatMessage]]
+    error: NotRequired[str]
+
+
+class InsertRequest(TypedDict):
+    events: list[LogRow]
+
+
+def root_span_id_for(trace: Trace, destination_id: str) -> str:
+    """The caller's `trace_id` as given, else 32 hex characters derived from the request."""
+    return trace.metadata.trace_id or derived_hex(
+        trace.request_id, destination_id, "trace", nbytes=16
+    )
+
+
+def insert_request(trace: Trace, destination_id: str) -> InsertRequest:
+    """Pure: the rows for one request (root, optional intermediate span, LLM span)."""
+    meta = trace.metadata
+    root_span_id = root_span_id_for(trace, destination_id)
+    times = {"start": _seconds(trace.started_at), "end": _seconds(trace.finished_at)}
+    tags, shared_metadata = _split_tags(trace)
+    error = _error_text(trace)
+    rows: list[LogRow] = []
+
+    def row(kind: str, name: str, span_type: str, span_id: str, parent: str | None) -> LogRow:
+        out = LogRow(
+            id=derived_uuid(trace.request_id, destination_id, kind),
+            span_id=span_id,
+            root_span_id=root_span_id,
+            span_attributes=SpanAttributes(name=name, type=span_type),
+            metadata=dict(shared_metadata),
+            metrics=dict(times),
+        )
+        if parent is not None:
+            out["span_parents"] = [parent]
+        return out
+
+    parent = meta.parent_span_id
+    if parent is None:
+        root = row("root", trace.trace_name, "task", root_span_id, None)
+        # One root row per trace: requests sharing a trace_id replace it, not repeat it.
+        root["id"] = derived_uuid(trace.grouping_id, destination_id, "root")
+        if tags:
+            root["tags"] = tags
+        if meta.trace_id is None:
+            _set_io(root, trace)
+        if error:
+            root["error"] = error
+        rows.append(root)
+        parent = root_span_id
+    elif tags:
+        shared_metadata["tags"] = tags
+    if meta.span_name:
+        span_id = derived_hex(trace.request_id, destination_id, "span", nbytes=8)
+        rows.append(row("span", meta.span_name, "task", span_id, parent))
+        parent = span_id
+
+    llm = row(
+        "llm",
+        trace.generation_name,
+        "llm",
+        derived_hex(trace.request_id, destination_id, "llm", nbytes=8),
+        parent,
+    )
+    llm["metadata"].update(_llm_metadata(trace))
+    llm["metrics"].update(llm_metrics(trace))
+    _set_io(llm, trace)
+    if error:
+        llm["error"] = error
+    rows.append(llm)
+    return InsertRequest(events=rows)
+
+
+def llm_metrics(trace: Trace) -> dict[str, int | float]:
+    usage, cost = trace.usage, trace.cost
+    values: dict[str, int | float | None] = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "tokens": usage.total_tokens,
+        "prompt_cached_tokens": usage.cached_input_tokens,
+        "prompt_cache_creation_tokens": usage.cache_write_input_tokens,
+        "completion_reasoning_tokens": usage.reasoning_tokens,
+        "input_cost": cost.input,
+        "output_cost": cost.output,
+        "total_cost": cost.total,
+    }
+    if trace.time_to_first_token_ms is not None:
+        values["time_to_first_token"] = trace.time_to_first_token_ms / 1000.0
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def encode(body: InsertRequest) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@register
+class BraintrustDestination(HttpDestination):
+    slug = "braintrust"
+    display_name = "Braintrust"
+    config_schema = BraintrustConfig
+
+    def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
+        body = fit_to_budget(
+            trace, lambda t: encode(insert_request(t, context.destination_id)), MAX_PAYLOAD_BYTES
+        )
+        headers = {**self._auth_headers(), "Content-Type": "application/json"}
+        path = f"/v1/project_logs/{self._project()}/insert"
+        return HttpRequest("POST", self._url(path), headers, body)
+
+    def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
+        result = self.transport.send(
+            HttpRequest("GET", self._url(f"/v1/project/{self._project()}"), self._auth_headers())
+        )
+        if result.status_code == 403:
+            return ConnectionCheck(
+                Outcome.AUTH_FAILED,
+                "Braintrust key rejected for this project: it has no access to it",
+                403,
+            )
+        if result.status_code in (400, 404):
+            return ConnectionCheck(
+                Outcome.PERMANENT,
+                f"unknown project: Braintrust has no project {self.config['project_id']!r}",
+                result.status_code,
+            )
+        return check_from_transport(result, rejected_message=KEY_REJECTED)
+
+    def _project(self) -> str:
+        return quote(self.config["project_id"], safe="")
+
+    def _url(self, path: str) -> str:
+        return self.config.get("base_url", DEFAULT_BASE_URL).rstrip("/") + path
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config['api_key']}"}
+
+
+def _seconds(moment: datetime) -> float:
+    return (moment - _EPOCH) / timedelta(seconds=1)
+
+
+def _error_text(trace: Trace) -> str | None:
+    if not trace.is_error:
+        return None
+    return trace.error.message if trace.error else "request failed"
+
+
+def _split_tags(trace: Trace) -> tuple[list[str], dict[str, Any]]:
+    """The caller's `tags` when they are a list of strings, and the metadata every row gets."""
+    extra = dict(trace.metadata.extra)
+    tags = extra.get("tags")
+    if isinstance(tags, list) and all(isinstance(tag, str) for tag in tags):
+        del extra["tags"]
+    else:
+        tags = []
+    if trace.end_user:
+        extra["user_id"] = trace.end_user
+    if trace.session_id:
+        extra["session_id"] = trace.session_id
+    return list(tags), extra
+
+
+def _llm_metadata(trace: Trace) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        **trace.model_parameters,
+        "model": trace.model,
+        "provider": trace.provider,
+        "request_id": trace.request_id,
+        "streamed": trace.streamed,
+        "tools_offered": trace.tools_offered,
+        "tool_calls_made": trace.tool_calls_made,
+    }
+    if trace.tool_choice is not None:
+        metadata["tool_choice"] = trace.tool_choice
+    # Tool definitions are part of the prompt: they go wherever the messages go.
+    if trace.tools and trace.input_messages:
+        metadata["tools"] = list(trace.tools)
+    if trace.finish_reasons:
+        metadata["finish_reasons"] = list(trace.finish_reasons)
+    if trace.error and trace.error.code is not None:
+        metadata["error_code"] = trace.error.code
+    if trace.content_redacted:
+        metadata["privacy_mode"] = True
+    return metadata
+
+
+def _set_io(row: LogRow, trace: Trace) -> None:
+    if trace.input_messages:
+        row["input"] = chat_messages(trace.input_messages)
+    if trace.output_messages:
+        row["output"] = chat_messages(trace.output_messages)

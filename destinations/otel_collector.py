@@ -1,0 +1,67 @@
+"""OpenTelemetry Collector (or any OTLP/HTTP traces receiver): GenAI semantic conventions.
+
+| trace | OTLP (see `otlp/spans.py` and `otlp/genai.py` for the full tables) |
+| --- | --- |
+| `trace_id` | `traceId` (derived unless already 32 hex), original in `broadcast.trace.id` |
+| `trace_name` / `span_name` / `generation_name` | span `name` of root / intermediate / generation |
+| `parent_span_id` | `parentSpanId` of our topmost span |
+| `user` / `session_id` | `user.id` / `session.id` (+ `gen_ai.conversation.id`) |
+| other `trace` keys | `trace.metadata.<key>` |
+| model, usage, cost, messages | `gen_ai.*` |
+
+Config: `endpoint` is the full `/v1/traces` URL; `headers` (secret) are sent as given,
+e.g. `Authorization: Bearer …`; `encoding` json (default) or protobuf; `compression`
+none (default) or gzip. Test Connection posts an empty export request.
+"""
+
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from destinations.base import ConfigSchema
+from destinations.headers import custom_headers_validator
+from destinations.otlp.encoding import Encoding
+from destinations.otlp.exporter import OtlpDestination
+from destinations.registry import register
+
+# Headers the exporter sets itself; a user header of the same name would corrupt the body.
+RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length"})
+
+
+class OtelCollectorConfig(ConfigSchema):
+    endpoint = fields.Url(
+        required=True, schemes={"http", "https"}, require_tld=False, metadata={"url": True}
+    )
+    headers = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        load_default=dict,
+        validate=custom_headers_validator(RESERVED_HEADERS),
+        metadata={"secret": True},
+    )
+    encoding = fields.String(
+        load_default=Encoding.JSON.value, validate=validate.OneOf([e.value for e in Encoding])
+    )
+    compression = fields.String(load_default="none", validate=validate.OneOf(["none", "gzip"]))
+
+
+@register
+class OtelCollectorDestination(OtlpDestination):
+    slug = "otel-collector"
+    display_name = "OpenTelemetry Collector"
+    config_schema = OtelCollectorConfig
+
+    def traces_url(self) -> str:
+        return self.config["endpoint"]
+
+    def auth_headers(self) -> dict[str, str]:
+        return dict(self.config.get("headers") or {})
+
+    def wire_encoding(self) -> Encoding:
+        return Encoding(self.config.get("encoding", Encoding.JSON.value))
+
+    def use_gzip(self) -> bool:
+        return self.config.get("compression") == "gzip"
+
+    def rejected_message(self) -> str:
+        return "the collector rejected the credentials in the configured headers"

@@ -1,0 +1,135 @@
+"""`OtlpDestination`: the shared base of every destination that speaks OTLP/HTTP traces.
+
+A vendor subclass says where (`traces_url`), how it authenticates (`auth_headers`), which
+dialect it speaks (`span_attributes`) and which resource attributes route the spans
+(`resource_attributes`); this base does the rest, once:
+
+- the body: the trace's spans (`spans.export_request`) in protobuf or OTLP JSON,
+  truncated to the byte budget (`max_body_bytes`), optionally gzipped;
+- outcomes: the shared outcome table, plus OTLP partial success — a 2xx whose
+  `ExportTraceServiceResponse.partialSuccess.rejectedSpans > 0` is delivered, with the
+  rejection recorded in `DeliveryResult.rejected`;
+- Test Connection: an empty `ExportTraceServiceRequest` with the credentials, which
+  tells 401/403 from success without creating any span.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from destinations.base import (
+    ConnectionCheck,
+    DeliveryContext,
+    DeliveryResult,
+    HttpDestination,
+    check_from_transport,
+    result_from_transport,
+)
+from destinations.budget import fit_to_budget
+from destinations.otlp.encoding import Encoding, encode, gzipped, parse_response
+from destinations.otlp.genai import genai_attributes
+from destinations.otlp.spans import PlannedSpan, export_request
+from destinations.outcomes import Outcome
+from destinations.trace import Trace
+from destinations.transport import HttpRequest, TransportResult
+
+USER_AGENT = "broadcast/0.1 (OTLP/HTTP)"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class OtlpDestination(HttpDestination):
+    """Base for OTLP/HTTP trace destinations. Subclasses implement `traces_url` at least."""
+
+    encoding: ClassVar[Encoding] = Encoding.PROTOBUF
+    gzip: ClassVar[bool] = False
+    max_body_bytes: ClassVar[int] = DEFAULT_MAX_BODY_BYTES
+
+    # -- what a vendor says -------------------------------------------------------------
+
+    @abstractmethod
+    def traces_url(self) -> str:
+        """The full URL of the vendor's OTLP/HTTP traces endpoint."""
+
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def resource_attributes(self) -> dict[str, Any]:
+        return {}
+
+    def span_attributes(self, trace: Trace, span: PlannedSpan) -> Mapping[str, Any]:
+        """The dialect: GenAI semantic conventions unless the vendor speaks another."""
+        return genai_attributes(trace, span)
+
+    def wire_encoding(self) -> Encoding:
+        return self.encoding
+
+    def use_gzip(self) -> bool:
+        return self.gzip
+
+    # -- the shared machinery -----------------------------------------------------------
+
+    def export_request(self, trace: Trace, context: DeliveryContext) -> ExportTraceServiceRequest:
+        """Pure: the OTLP message for `trace`, before encoding."""
+        return export_request(
+            trace, context.destination_id, self.span_attributes, self.resource_attributes()
+        )
+
+    def export_body(self, trace: Trace, context: DeliveryContext) -> bytes:
+        """Pure: the encoded (not yet compressed) body. Raises `PayloadTooLarge`."""
+        encoding = self.wire_encoding()
+        return fit_to_budget(
+            trace,
+            lambda candidate: encode(self.export_request(candidate, context), encoding),
+            self.max_body_bytes,
+        )
+
+    def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
+        return self._post(self.export_body(trace, context))
+
+    def interpret(self, result: TransportResult) -> DeliveryResult:
+        delivery = result_from_transport(result)
+        if delivery.outcome is not Outcome.DELIVERED:
+            return delivery
+        response = parse_response(result.body, result.headers.get("content-type", ""))
+        partial = response.partial_success
+        if partial.rejected_spans <= 0:
+            return delivery
+        rejection = f"{partial.rejected_spans} span(s) rejected"
+        if partial.error_message:
+            rejection += f": {partial.error_message}"
+        return DeliveryResult(
+            outcome=Outcome.DELIVERED,
+            status_code=result.status_code,
+            duration_ms=result.duration_ms,
+            rejected=(rejection,),
+        )
+
+    def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
+        """POST an empty export request: proves the endpoint and the credentials."""
+        body = encode(ExportTraceServiceRequest(), self.wire_encoding())
+        return check_from_transport(
+            self.transport.send(self._post(body)), rejected_message=self.rejected_message()
+        )
+
+    def rejected_message(self) -> str:
+        return f"{self.display_name} rejected the credentials"
+
+    def _post(self, body: bytes) -> HttpRequest:
+        headers = {
+            "Content-Type": self.wire_encoding().content_type,
+            "User-Agent": USER_AGENT,
+            **self.auth_headers(),
+        }
+        if self.use_gzip():
+            body = gzipped(body)
+            headers["Content-Encoding"] = "gzip"
+        return HttpRequest("POST", self.traces_url(), headers, body)
+
+
+def join_url(base: str, path: str) -> str:
+    """`base` (with or without a trailing slash) followed by `path` (starting with `/`)."""
+    return base.rstrip("/") + path

@@ -57,4 +57,27 @@ worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True
 
-beat_schedule: dict = {}
+# Beat (exactly one runs). Every job is cheap and idempotent; the long intervals live in
+# Redis, per destination, not here:
+# - parked deliveries come due on the long retry schedule (BROADCAST_PARK_SCHEDULE_SECONDS,
+#   5 min, 30 min, 2 h, 5 h, 10 h, 10 h); the sweep re-queues them, bounded per destination;
+# - credentials are re-validated every BROADCAST_REVALIDATE_SECONDS (6 h, spread +-10 %
+#   per destination), and every BROADCAST_AUTH_FAILED_RECHECK_SECONDS (15 min) while rejected.
+beat_schedule = {
+    "sweep-parked-deliveries": {
+        "task": "broadcast.maintenance.sweep_parked",
+        "schedule": 10.0,
+    },
+    "flush-owner-notifications": {
+        "task": "broadcast.maintenance.flush_notifications",
+        "schedule": 10.0,
+    },
+    "revalidate-due-credentials": {
+        "task": "broadcast.maintenance.revalidate_due",
+        "schedule": 60.0,
+    },
+    "trim-dead-letters": {
+        "task": "broadcast.maintenance.trim_dead_letters",
+        "schedule": 3600.0,
+    },
+}

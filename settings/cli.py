@@ -10,14 +10,17 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
+from tqdm import tqdm
 
 from destinations.registry import known_types
 from settings.config import ConfigurationError
 from settings.crypto import SecretsCorrupted, generate_key
+from settings.dead_letters import DeadLetter
 from settings.service import SettingsError, SettingsService
 
 EXIT_REFUSED = 2
@@ -134,6 +137,57 @@ def _rejected(service: SettingsService, args: argparse.Namespace) -> list[dict[s
     return service.rejected_events(args.owner, limit=args.limit)
 
 
+def _notify_set(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    return service.set_notification_target(
+        args.owner, args.url, args.signing_secret, actor=args.actor
+    )
+
+
+def _events(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return service.events(args.owner, limit=args.limit, actor=args.actor)
+
+
+def _dead_letters(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    letters = service.dead_letters(
+        args.id,
+        since=_time(args.since),
+        until=_time(args.until),
+        ids=args.ids,
+        limit=args.limit,
+        actor=args.actor,
+    )
+    return [_letter_view(letter) for letter in letters]
+
+
+def _replay(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    letters = service.dead_letters(
+        args.id,
+        since=_time(args.since),
+        until=_time(args.until),
+        ids=args.ids,
+        actor=args.actor,
+    )
+    if args.ids:
+        missing = sorted(set(args.ids) - {letter.id for letter in letters})
+        if missing:
+            raise Refused(f"no dead letter {', '.join(missing)} for {args.id}")
+    with tqdm(
+        total=len(letters),
+        desc="replaying",
+        unit="trace",
+        file=sys.stderr,
+        disable=args.json or None,
+    ) as progress:
+        count = service.replay(
+            args.id, letters, on_progress=lambda _l: progress.update(1), actor=args.actor
+        )
+    return {
+        "id": args.id,
+        "replayed": count,
+        "request_ids": [letter.request_id for letter in letters],
+    }
+
+
 def _types(_service: SettingsService, _args: argparse.Namespace) -> list[str]:
     return known_types()
 
@@ -172,14 +226,37 @@ def _render_status(row: dict[str, Any]) -> str:
         f"{'enabled' if row['enabled'] else 'disabled'}  health={row['health']}\n"
         f"    delivered={c['delivered']} retried={c['retried']} failed={c['failed']} "
         f"filtered_by_key={c['filtered_by_key']} sampled_out={c['sampled_out']} "
-        f"skipped_unhealthy={c['skipped_unhealthy']} "
+        f"parked={c['parked']} dead_lettered={c['dead_lettered']} "
         f"rejected_events(owner)={row['owner_rejected_events']}"
     )
+    line += (
+        f"\n    circuit={row['circuit']} parked={row['parked']} "
+        f"dead_letters={row['dead_letters']} last_check={row['checked_at'] or '-'} "
+        f"next_check={row['next_check'] or '-'}"
+    )
+    if row["parked"]:
+        line += f" next_parked_due={row['next_parked_due']}"
     if row["health_reason"]:
         line += f"\n    health reason: {row['health_reason']}"
     if row["last_error"]:
         line += f"\n    last error ({row['last_error_at']}): {row['last_error']}"
     return line
+
+
+def _render_event(event: dict[str, Any]) -> str:
+    details = " ".join(f"{k}={v}" for k, v in sorted(event["data"].items()))
+    return f"{_iso(event['at'])}  {event['type']}  {details}"
+
+
+def _render_letter(letter: dict[str, Any]) -> str:
+    text = f"{letter['id']}  {letter['request_id']}  {letter['at']}  {letter['reason']}"
+    if letter["replayed_at"]:
+        text += f"  (replayed {letter['replayed_at']})"
+    return text
+
+
+def _render_replay(result: dict[str, Any]) -> str:
+    return f"replayed {result['replayed']} dead letter(s) of {result['id']}"
 
 
 def _render_attempt(entry: dict[str, Any]) -> str:
@@ -230,6 +307,35 @@ def _config(raw: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Refused("--config must be a JSON object")
     return value
+
+
+def _time(raw: str | None) -> float | None:
+    """--since/--until: ISO 8601 (UTC when no offset is given) or unix seconds."""
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise Refused(f"not a time: {raw!r} (ISO 8601 or unix seconds)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+def _letter_view(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "request_id": letter.request_id,
+        "at": _iso(letter.at),
+        "reason": letter.reason,
+        "replayed_at": _iso(letter.replayed_at) if letter.replayed_at else None,
+    }
 
 
 def _split(raw: str | None) -> list[str]:
@@ -334,6 +440,35 @@ def _parser() -> argparse.ArgumentParser:
     rejected = command(commands, "rejected", _rejected, "latest rejected events with reasons")
     rejected.add_argument("--owner")
     rejected.add_argument("--limit", type=int, default=20)
+
+    notify = commands.add_parser("notify", help="owners' health notifications").add_subparsers(
+        dest="notify_command", required=True
+    )
+    notify_set = command(
+        notify,
+        "set",
+        _notify_set,
+        "post the owner's health events to a URL (signed with a whsec_ secret)",
+    )
+    notify_set.add_argument("--owner", required=True)
+    notify_set.add_argument("--url", required=True)
+    notify_set.add_argument("--signing-secret")
+
+    events = command(commands, "events", _events, "an owner's health events", _render_event)
+    events.add_argument("--owner", required=True)
+    events.add_argument("--limit", type=int, default=50)
+
+    for name, handler, text, render in (
+        ("dead-letters", _dead_letters, "deliveries given up on, with reasons", _render_letter),
+        ("replay", _replay, "re-queue dead letters (idempotent at the vendor)", _render_replay),
+    ):
+        sub = command(commands, name, handler, text, render)
+        sub.add_argument("id", help="destination id")
+        sub.add_argument("--since", help="ISO 8601 or unix seconds")
+        sub.add_argument("--until", help="ISO 8601 or unix seconds")
+        sub.add_argument("--id", dest="ids", action="append", help="a dead letter id (repeat)")
+        if name == "dead-letters":
+            sub.add_argument("--limit", type=int)
 
     command(commands, "types", _types, "destination types available")
     keys = commands.add_parser("keys", help="encryption keys").add_subparsers(

@@ -31,6 +31,25 @@ class BroadcastConfig:
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 120.0
     max_short_retries: int = 6
+    # Long retry tier: the waits between attempts of a parked delivery (about a day in all).
+    park_schedule_seconds: tuple[float, ...] = (300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    # Circuit per destination: this many retryable failures within the window open it; an
+    # open circuit lets one probe through per interval.
+    circuit_failures: int = 5
+    circuit_window_seconds: float = 60.0
+    circuit_probe_seconds: float = 30.0
+    # Parked deliveries a sweep re-queues per destination (the drain rate after recovery).
+    drain_per_sweep: int = 50
+    # How long a swept delivery is leased before it may be swept again.
+    claim_lease_seconds: float = 600.0
+    # Credentials rejected for this long: the destination is disabled.
+    auth_failed_disable_seconds: float = 3 * 86400.0
+    dead_letter_retention_seconds: float = 7 * 86400.0
+    # Re-validation of credentials (beat): every destination, and rejected ones more often.
+    revalidate_seconds: float = 6 * 3600.0
+    auth_failed_recheck_seconds: float = 900.0
+    # Dead letters of one destination that trigger a notification to its owner.
+    dead_letter_notify_threshold: int = 10
 
 
 # Setting name -> environment variable.
@@ -45,6 +64,17 @@ ENVIRONMENT = {
     "retry_base_seconds": "BROADCAST_RETRY_BASE_SECONDS",
     "retry_cap_seconds": "BROADCAST_RETRY_CAP_SECONDS",
     "max_short_retries": "BROADCAST_MAX_SHORT_RETRIES",
+    "park_schedule_seconds": "BROADCAST_PARK_SCHEDULE_SECONDS",
+    "circuit_failures": "BROADCAST_CIRCUIT_FAILURES",
+    "circuit_window_seconds": "BROADCAST_CIRCUIT_WINDOW_SECONDS",
+    "circuit_probe_seconds": "BROADCAST_CIRCUIT_PROBE_SECONDS",
+    "drain_per_sweep": "BROADCAST_DRAIN_PER_SWEEP",
+    "claim_lease_seconds": "BROADCAST_CLAIM_LEASE_SECONDS",
+    "auth_failed_disable_seconds": "BROADCAST_AUTH_FAILED_DISABLE_SECONDS",
+    "dead_letter_retention_seconds": "BROADCAST_DEAD_LETTER_RETENTION_SECONDS",
+    "revalidate_seconds": "BROADCAST_REVALIDATE_SECONDS",
+    "auth_failed_recheck_seconds": "BROADCAST_AUTH_FAILED_RECHECK_SECONDS",
+    "dead_letter_notify_threshold": "BROADCAST_DEAD_LETTER_NOTIFY_THRESHOLD",
 }
 
 
@@ -75,6 +105,8 @@ def _parse(name: str, raw: str) -> Any:
     try:
         if name == "encryption_keys":
             return tuple(key.strip() for key in raw.split(",") if key.strip())
+        if isinstance(default, tuple):
+            return tuple(float(item) for item in raw.split(",") if item.strip())
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(raw)

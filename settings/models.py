@@ -46,14 +46,25 @@ class DestinationRecord:
         return cls(**data)
 
 
+class Circuit(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
 @dataclass(frozen=True)
 class HealthRecord:
+    """A destination's health. Times are ISO 8601 except the circuit's unix-seconds floats,
+    which the sweep compares with its clock."""
+
     status: Health = Health.HEALTHY
     reason: str = ""
     changed_at: str = ""
     checked_at: str = ""
     last_error: str = ""
     last_error_at: str = ""
+    circuit: Circuit = Circuit.CLOSED
+    circuit_opened_at: float = 0.0
+    probe_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Route:
     type: str
     enabled: bool
     health: Health
+    circuit: Circuit
     api_keys: frozenset[str]
     exclude_api_keys: frozenset[str]
     sampling_rate: float

@@ -23,9 +23,14 @@ from destinations.registry import UnknownDestinationType, destination_class
 from destinations.transport import HttpTransport
 from destinations.url_guard import BlockedUrl, NetworkPolicy, check_url
 from settings.crypto import SecretBox
+from settings.dead_letters import DeadLetter
+from settings.health import HealthKeeper
 from settings.masking import MASK_PREFIX, is_mask_of, mask_secrets
 from settings.models import OWNER_PATTERN, DestinationRecord, Health
 from settings.store import SettingsStore, TooManyDestinations
+
+# Hands a trace to the delivery queue: (destination id, trace wire dict, accepted at).
+EnqueueDelivery = Callable[[str, dict[str, Any], float], None]
 
 MAX_PER_TYPE = 5
 ROLES = ("admin", "member")
@@ -45,12 +50,16 @@ class SettingsService:
         store: SettingsStore,
         box: SecretBox,
         transport: HttpTransport,
+        health: HealthKeeper,
         *,
+        enqueue_delivery: EnqueueDelivery,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.box = box
         self.transport = transport
+        self.health = health
+        self.enqueue_delivery = enqueue_delivery
         self.policy: NetworkPolicy = transport.policy
         self.clock = clock
 
@@ -108,6 +117,7 @@ class SettingsService:
         except TooManyDestinations as exc:
             raise SettingsError(str(exc)) from None
         self.store.set_health(record, {"status": Health.HEALTHY, "checked_at": now})
+        self.health.schedule_first_check(record.id, self.clock().timestamp())
         return self.view(record)
 
     def update_destination(
@@ -153,15 +163,22 @@ class SettingsService:
         updated = replace(record, **changes)
         if full_config is not None:
             self._require_connection(cls, full_config, updated)
-            self.store.set_health(
-                updated,
-                {"status": Health.HEALTHY, "reason": "", "checked_at": changes["updated_at"]},
-            )
         self.store.replace_destination(updated)
+        now = self.clock().timestamp()
+        if full_config is not None:
+            # New credentials passed: a destination in auth_failed recovers, and what it
+            # parked meanwhile is delivered.
+            self.store.set_health(updated, {"checked_at": changes["updated_at"]})
+            self.health.check_passed(updated, now)
+        if enabled is True and not record.enabled:
+            self.health.schedule_first_check(record.id, now)
+        elif enabled is False:
+            self.health.unschedule_check(record.id)
         return self.view(updated)
 
     def remove_destination(self, destination_id: str, *, actor: str | None = None) -> None:
         self.store.remove_destination(self._record(destination_id, actor))
+        self.health.unschedule_check(destination_id)
 
     def list_destinations(self, owner: str, *, actor: str | None = None) -> list[dict[str, Any]]:
         self._authorize(owner, actor)
@@ -173,8 +190,7 @@ class SettingsService:
     def test_destination(self, destination_id: str, *, actor: str | None = None) -> dict[str, Any]:
         """Run Test Connection on a saved destination and record the result as its health."""
         record = self._record(destination_id, actor)
-        cls = self._destination_class(record.type)
-        check = self._check(cls, self.decrypted_config(record), record)
+        check = self.check_connection(record)
         self.record_check(record, check)
         return {
             "id": record.id,
@@ -183,18 +199,15 @@ class SettingsService:
             "status_code": check.status_code,
         }
 
+    def check_connection(self, record: DestinationRecord) -> ConnectionCheck:
+        """Run Test Connection on a stored destination (credentials decrypted in memory)."""
+        return self._check(
+            self._destination_class(record.type), self.decrypted_config(record), record
+        )
+
     def record_check(self, record: DestinationRecord, check: ConnectionCheck) -> None:
         """Health from a Test Connection: passed, keys rejected, or unreachable."""
-        now = self._now()
-        if check.ok:
-            update = {"status": Health.HEALTHY, "reason": "", "checked_at": now}
-        elif check.outcome == "auth_failed":
-            update = {"status": Health.AUTH_FAILED, "reason": check.message, "checked_at": now}
-        else:
-            update = {"status": Health.UNREACHABLE, "reason": check.message, "checked_at": now}
-        if self.store.health(record.id).status != update["status"]:
-            update["changed_at"] = now
-        self.store.set_health(record, update)
+        self.health.record_check(record, check, self.clock().timestamp())
 
     # Status
 
@@ -222,6 +235,11 @@ class SettingsService:
                         "owner_rejected_events": rejected,
                         "last_error": self._redact(health.last_error, record),
                         "last_error_at": health.last_error_at,
+                        "circuit": health.circuit.value,
+                        "parked": self.health.parking.count(record.id),
+                        "next_parked_due": _iso_or_none(self.health.parking.next_due(record.id)),
+                        "dead_letters": self.health.dead_letters.count(record.id),
+                        "next_check": _iso_or_none(self.health.next_check(record.id)),
                     }
                 )
         return rows
@@ -234,6 +252,68 @@ class SettingsService:
 
     def rejected_events(self, owner: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         return self.store.rejected_events(owner, limit)
+
+    # Notifications, health events, dead letters
+
+    def set_notification_target(
+        self, owner: str, url: str, signing_secret: str | None = None, *, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Where the owner's health events are posted (Standard Webhooks-signed when a
+        `whsec_` secret is given)."""
+        self._authorize(owner, actor)
+        try:
+            check_url(url, self.policy)
+        except (BlockedUrl, OSError) as exc:
+            raise SettingsError(f"--url: {exc}") from None
+        if signing_secret is not None and not signing_secret.startswith("whsec_"):
+            raise SettingsError("--signing-secret must start with whsec_")
+        self.health.notifications.set_target(owner, url, signing_secret)
+        return {
+            "owner": owner,
+            "url": url,
+            "signing_secret": mask_secrets({"s": signing_secret}, frozenset({"s"}))["s"],
+        }
+
+    def events(self, owner: str, *, limit: int = 50, actor: str | None = None) -> list[dict]:
+        self._authorize(owner, actor)
+        return self.health.notifications.events(owner, limit)
+
+    def dead_letters(
+        self,
+        destination_id: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        actor: str | None = None,
+    ) -> list[DeadLetter]:
+        record = self._record(destination_id, actor)
+        return self.health.dead_letters.list(
+            record.id, since=since, until=until, ids=list(ids) if ids else None, limit=limit
+        )
+
+    def replay(
+        self,
+        destination_id: str,
+        letters: Iterable[DeadLetter],
+        *,
+        on_progress: Callable[[DeadLetter], None] | None = None,
+        actor: str | None = None,
+    ) -> int:
+        """Re-queue each dead letter; returns how many. Vendor ids are derived from the
+        request and destination, so replaying twice still delivers once."""
+        record = self._record(destination_id, actor)
+        if not record.enabled:
+            raise SettingsError(f"destination {record.id} is disabled; enable it before replaying")
+        count = 0
+        for letter in letters:
+            self.enqueue_delivery(record.id, letter.trace, letter.accepted_at)
+            self.health.dead_letters.mark_replayed(record.id, letter.id, self.clock().timestamp())
+            count += 1
+            if on_progress is not None:
+                on_progress(letter)
+        return count
 
     # Helpers shared with the deliver task
 
@@ -388,3 +468,7 @@ def _checked_rate(rate: float) -> float:
 
 def _key_list(keys: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(key.strip() for key in keys if key.strip()))
+
+
+def _iso_or_none(moment: float | None) -> str | None:
+    return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None

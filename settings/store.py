@@ -18,12 +18,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 import redis
 
-from settings.models import DestinationRecord, Health, HealthRecord, OwnerSnapshot, Route
+from settings.models import (
+    Circuit,
+    DestinationRecord,
+    Health,
+    HealthRecord,
+    OwnerSnapshot,
+    Route,
+)
 
 PREFIX = "bc:"
 REJECTED_LOG_SIZE = 500
@@ -33,9 +40,23 @@ COUNTERS = (
     "failed",
     "filtered_by_key",
     "sampled_out",
-    "skipped_unhealthy",
     "skipped_disabled",
     "skipped_owner_disabled",
+    "parked",
+    "dead_lettered",
+)
+
+
+# Every key kept under `bc:destination:{id}:` (deleted with the destination).
+DESTINATION_PARTS = (
+    "health",
+    "counters",
+    "log",
+    "parked",
+    "dead",
+    "replayed",
+    "failures",
+    "dead_since_notice",
 )
 
 
@@ -123,7 +144,7 @@ class SettingsStore:
     def remove_destination(self, record: DestinationRecord) -> None:
         base = destination_key(record.id)
         with self.redis.pipeline() as pipe:
-            pipe.delete(base, f"{base}:health", f"{base}:counters", f"{base}:log")
+            pipe.delete(base, *(f"{base}:{part}" for part in DESTINATION_PARTS))
             pipe.srem(f"{owner_key(record.owner)}:destinations", record.id)
             pipe.hincrby(owner_key(record.owner), "version", 1)
             pipe.execute()
@@ -171,6 +192,7 @@ class SettingsStore:
                         type=record.type,
                         enabled=record.enabled,
                         health=healths[record.id].status,
+                        circuit=healths[record.id].circuit,
                         api_keys=frozenset(record.api_keys),
                         exclude_api_keys=frozenset(record.exclude_api_keys),
                         sampling_rate=record.sampling_rate,
@@ -192,21 +214,29 @@ class SettingsStore:
             raw = pipe.execute()
         return {destination_id: _health_from(h) for destination_id, h in zip(ids, raw, strict=True)}
 
-    def set_health(self, record: DestinationRecord, update: Mapping[str, str]) -> HealthRecord:
-        """Merge `update` into the health record; bump the owner's version when status changes.
+    def set_health(self, record: DestinationRecord, update: Mapping[str, Any]) -> HealthRecord:
+        """Merge `update` into the health record; bump the owner's version when the status or
+        the circuit changes (fan-out routes on both).
 
         Returns the health as it was before the update.
         """
         key = f"{destination_key(record.id)}:health"
         before = self.health(record.id)
+        routing_changed = ("status" in update and update["status"] != before.status) or (
+            "circuit" in update and update["circuit"] != before.circuit
+        )
         with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping=dict(update))
-            if "status" in update and update["status"] != before.status:
+            pipe.hset(key, mapping={k: str(v) for k, v in update.items()})
+            if routing_changed:
                 pipe.hincrby(owner_key(record.owner), "version", 1)
             pipe.execute()
         return before
 
     # Counters and logs
+
+    def bump_version(self, owner: str) -> None:
+        """Invalidate fan-out caches of `owner` (something that routing reads changed)."""
+        self.redis.hincrby(owner_key(owner), "version", 1)
 
     def count(self, destination_id: str, counter: str, amount: int = 1) -> None:
         self.redis.hincrby(f"{destination_key(destination_id)}:counters", counter, amount)
@@ -258,8 +288,7 @@ def _health_from(raw: Mapping[bytes, bytes]) -> HealthRecord:
     known = {spec.name for spec in fields(HealthRecord)}
     values: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items() if k.decode() in known}
     values["status"] = Health(values.get("status", Health.HEALTHY))
+    values["circuit"] = Circuit(values.get("circuit", Circuit.CLOSED))
+    for name in ("circuit_opened_at", "probe_at"):
+        values[name] = float(values.get(name) or 0.0)
     return HealthRecord(**values)
-
-
-def health_fields(health: HealthRecord) -> dict[str, str]:
-    return {key: str(value) for key, value in asdict(health).items()}

@@ -2,12 +2,25 @@
 
 The message carries the destination id and the trace, never credentials: they are loaded
 and decrypted here, in memory, for this one delivery.
+
+What happens after an attempt (ARCHITECTURE.md, "Outcomes and retries"):
+
+| outcome | fresh delivery | parked delivery (`parked_id`) |
+| --- | --- | --- |
+| delivered | done | entry removed; a probe closes the circuit |
+| retryable | short Celery retries, then parked | re-parked at the next step, or dead letter |
+| credentials rejected | `auth_failed`, parked | `auth_failed`, re-parked at the same step |
+| permanent | dead-lettered | dead-lettered |
+
+A destination whose credentials are rejected or whose circuit is open is not attempted:
+the delivery is parked straight away (a probe is the one exception).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,13 +30,25 @@ from destinations.base import DeliveryContext, DeliveryResult
 from destinations.outcomes import Outcome
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
-from settings.models import DestinationRecord, Health
+from settings.models import Circuit, DestinationRecord, Health
+from settings.parking import ParkedDelivery
 from settings.service import redact
 from tasks.app import broadcast_task
 from tasks.retry_policy import RetryPolicy
-from tasks.runtime import runtime
+from tasks.runtime import Runtime, runtime
 
 logger = logging.getLogger("broadcast.deliver")
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """What follows an attempt: `description` goes to the delivery log."""
+
+    description: str = ""
+    retry_delay: float | None = None
+
+
+DONE = NextStep()
 
 
 def retry_policy() -> RetryPolicy:
@@ -37,33 +62,238 @@ def retry_policy() -> RetryPolicy:
 
 @broadcast_task(name="broadcast.deliver", max_retries=None)
 def deliver(
-    self: Task, destination_id: str, trace_wire: dict[str, Any], accepted_at: float
+    self: Task,
+    destination_id: str,
+    trace_wire: dict[str, Any],
+    accepted_at: float,
+    parked_id: str | None = None,
+    probe: bool = False,
 ) -> None:
-    """Deliver once; on a retryable outcome schedule the next short retry (see retry_policy)."""
+    """Deliver once, then retry, park, or dead-letter as the table above says."""
     current = runtime()
     record = current.store.get_destination(destination_id)
     trace = Trace.from_wire(trace_wire)
+    parked = current.parking.get(parked_id) if parked_id else None
+    if parked_id and parked is None:
+        # Already settled by an earlier run of the same claim: never deliver twice.
+        logger.info("broadcast.deliver.already_settled parked=%s", parked_id)
+        return
     if record is None or record.owner != trace.owner:
         # Removed since fan-out (or, defensively, not this trace's owner): nothing to send.
         logger.info("broadcast.deliver.dropped destination=%s reason=gone", destination_id)
+        if parked is not None:
+            current.parking.remove(parked)
         return
     if not record.enabled:
         current.store.count(record.id, "skipped_disabled")
+        if parked is not None:
+            current.parking.remove(parked)
         return
+    now = time.time()
+    health = current.store.health(record.id)
+    if not probe and (health.status is Health.AUTH_FAILED or health.circuit is Circuit.OPEN):
+        # Not attempted: waiting costs this destination's traces nothing but time.
+        park_unattempted(current, record, trace, trace_wire, accepted_at, now, parked)
+        return
+
     secrets = current.box.open(record.sealed_secrets)
-    attempt = self.request.retries
-    result = _attempt(record, {**record.config, **secrets}, trace, attempt)
+    attempt = self.request.retries + (parked.step + 1 if parked else 0)
+    result = _attempt(current, record, {**record.config, **secrets}, trace, attempt)
     error = redact(result.error, secrets) if result.error else None
-    delay = None
-    if result.outcome is Outcome.RETRYABLE:
-        delay = retry_policy().next_delay(result.outcome, attempt, result.retry_after)
-    _record(record, trace, result, error, attempt, accepted_at, retrying=delay is not None)
+    now = time.time()
+    next_step = _settle(
+        current,
+        record,
+        trace_wire,
+        accepted_at,
+        result,
+        error,
+        now,
+        parked,
+        retries=self.request.retries,
+    )
+    _record(current, record, trace.request_id, result, error, attempt, accepted_at, next_step)
+    if next_step.retry_delay is not None:
+        raise self.retry(countdown=next_step.retry_delay, max_retries=None)
+
+
+def park_unattempted(
+    current: Runtime,
+    record: DestinationRecord,
+    trace: Trace,
+    trace_wire: dict[str, Any],
+    accepted_at: float,
+    now: float,
+    parked: ParkedDelivery | None = None,
+) -> None:
+    """Park a delivery for a destination that cannot take it now (credentials rejected, or
+    circuit open): due when credentials are re-checked, or at the circuit's next probe."""
+    health = current.store.health(record.id)
+    if health.status is Health.AUTH_FAILED:
+        reason = f"credentials rejected: {health.reason}"
+        due_at = now + current.config.auth_failed_recheck_seconds
+    else:
+        reason = "circuit open"
+        due_at = max(health.probe_at, now)
+    step = parked.step if parked else 0
+    next_step = park(
+        current,
+        record,
+        trace_wire,
+        accepted_at,
+        now,
+        parked,
+        reason=reason,
+        step=step,
+        due_at=due_at,
+    )
+    if parked is None:  # a re-park of a parked entry is not news for the delivery log
+        skipped = DeliveryResult(Outcome.RETRYABLE, None, 0.0, error=reason)
+        _record(
+            current,
+            record,
+            trace.request_id,
+            skipped,
+            reason,
+            step,
+            accepted_at,
+            next_step,
+            outcome="parked",
+        )
+
+
+def _settle(
+    current: Runtime,
+    record: DestinationRecord,
+    trace_wire: dict[str, Any],
+    accepted_at: float,
+    result: DeliveryResult,
+    error: str | None,
+    now: float,
+    parked: ParkedDelivery | None,
+    *,
+    retries: int,
+) -> NextStep:
+    """Apply the outcome; returns what happens next."""
+    keeper = current.health
+    reason = error or result.outcome.value
+    if result.outcome is Outcome.DELIVERED:
+        current.store.count(record.id, "delivered")
+        keeper.delivery_succeeded(record, now)
+        if parked is not None:
+            current.parking.remove(parked)
+        return DONE
+    current.store.set_health(record, {"last_error": reason, "last_error_at": _iso(now)})
+    if result.outcome is Outcome.PERMANENT:
+        return _give_up(current, record, trace_wire, accepted_at, reason, now, parked)
+    if result.outcome is Outcome.AUTH_FAILED:
+        keeper.credentials_rejected(record, reason, now)
+        return park(
+            current,
+            record,
+            trace_wire,
+            accepted_at,
+            now,
+            parked,
+            reason=f"credentials rejected: {reason}",
+            step=parked.step if parked else 0,
+            due_at=now + current.config.auth_failed_recheck_seconds,
+        )
+    opened = keeper.delivery_failed(record, now)
+    schedule = current.config.park_schedule_seconds
+    if parked is not None:
+        step = parked.step + 1
+        if step >= len(schedule):
+            return _give_up(
+                current,
+                record,
+                trace_wire,
+                accepted_at,
+                f"gave up after {step + 1} parked attempts: {reason}",
+                now,
+                parked,
+            )
+        return park(
+            current,
+            record,
+            trace_wire,
+            accepted_at,
+            now,
+            parked,
+            reason=reason,
+            step=step,
+            due_at=now + schedule[step],
+        )
+    delay = (
+        None if opened else retry_policy().next_delay(result.outcome, retries, result.retry_after)
+    )
     if delay is not None:
-        raise self.retry(countdown=delay, max_retries=None)
+        current.store.count(record.id, "retried")
+        return NextStep(f"retry in {delay:.1f} s", retry_delay=delay)
+    due_at = now + max(schedule[0], result.retry_after or 0.0)
+    return park(
+        current,
+        record,
+        trace_wire,
+        accepted_at,
+        now,
+        None,
+        reason=("circuit opened: " if opened else "") + reason,
+        step=0,
+        due_at=due_at,
+    )
+
+
+def park(
+    current: Runtime,
+    record: DestinationRecord,
+    trace_wire: dict[str, Any],
+    accepted_at: float,
+    now: float,
+    parked: ParkedDelivery | None,
+    *,
+    reason: str,
+    step: int,
+    due_at: float,
+) -> NextStep:
+    """Park (or re-park) a delivery in Redis; the beat sweep brings it back when due."""
+    current.parking.park(
+        record.id,
+        trace_wire,
+        accepted_at=accepted_at,
+        now=now,
+        due_at=due_at,
+        step=step,
+        reason=reason,
+        parked_id=parked.id if parked else None,
+    )
+    if parked is None:
+        current.store.count(record.id, "parked")
+    return NextStep(f"parked until {_iso(due_at)}: {reason}")
+
+
+def _give_up(
+    current: Runtime,
+    record: DestinationRecord,
+    trace_wire: dict[str, Any],
+    accepted_at: float,
+    reason: str,
+    now: float,
+    parked: ParkedDelivery | None,
+) -> NextStep:
+    current.store.count(record.id, "failed")
+    current.health.dead_letter(record, trace_wire, accepted_at, reason, now)
+    if parked is not None:
+        current.parking.remove(parked)
+    return NextStep(f"dead-lettered: {reason}")
 
 
 def _attempt(
-    record: DestinationRecord, config: dict[str, Any], trace: Trace, attempt: int
+    current: Runtime,
+    record: DestinationRecord,
+    config: dict[str, Any],
+    trace: Trace,
+    attempt: int,
 ) -> DeliveryResult:
     """Run the vendor's delivery. A bug in a vendor module becomes a recorded permanent
     failure for this one trace (logged with its traceback), never a dead worker."""
@@ -74,11 +304,14 @@ def _attempt(
     if record.privacy:
         trace = trace.without_content()
     context = DeliveryContext(
-        destination_id=record.id, owner=record.owner, now=datetime.now(UTC), attempt=attempt
+        destination_id=record.id,
+        owner=record.owner,
+        now=datetime.now(UTC),
+        attempt=attempt,
     )
     try:
-        return cls(config, runtime().transport).deliver(trace, context)
-    except Exception as exc:
+        return cls(config, current.transport).deliver(trace, context)
+    except Exception as exc:  # boundary: one trace fails, the worker goes on
         logger.exception(
             "broadcast.deliver.internal_error destination=%s request=%s",
             record.id,
@@ -90,53 +323,41 @@ def _attempt(
 
 
 def _record(
+    current: Runtime,
     record: DestinationRecord,
-    trace: Trace,
+    request_id: str,
     result: DeliveryResult,
     error: str | None,
     attempt: int,
     accepted_at: float,
+    next_step: NextStep,
     *,
-    retrying: bool,
+    outcome: str | None = None,
 ) -> None:
-    store = runtime().store
-    now = datetime.now(UTC).isoformat()
     entry = {
-        "at": now,
-        "request_id": trace.request_id,
+        "at": _iso(time.time()),
+        "request_id": request_id,
         "attempt": attempt + 1,
-        "outcome": result.outcome.value,
+        "outcome": outcome or result.outcome.value,
         "status_code": result.status_code,
         "duration_ms": round(result.duration_ms, 2),
         "latency_ms": round((time.time() - accepted_at) * 1000.0, 2),
         "error": error,
         "rejected": list(result.rejected),
-        "next": "retry" if retrying else None,
+        "next": next_step.description or None,
     }
-    store.record_attempt(record.id, entry)
-    if result.outcome is Outcome.DELIVERED:
-        store.count(record.id, "delivered")
-        logger.info(
-            "broadcast.deliver.delivered destination=%s request=%s status=%s",
-            record.id,
-            trace.request_id,
-            result.status_code,
-        )
-        return
-    store.set_health(record, {"last_error": error or result.outcome.value, "last_error_at": now})
-    if retrying:
-        store.count(record.id, "retried")
-    else:
-        store.count(record.id, "failed")
-    if result.outcome is Outcome.AUTH_FAILED:
-        store.set_health(
-            record, {"status": Health.AUTH_FAILED, "reason": error or "", "changed_at": now}
-        )
-    logger.warning(
-        "broadcast.deliver.%s destination=%s request=%s status=%s error=%s",
-        "retrying" if retrying else result.outcome.value,
+    current.store.record_attempt(record.id, entry)
+    log = logger.info if result.outcome is Outcome.DELIVERED else logger.warning
+    log(
+        "broadcast.deliver.%s destination=%s request=%s status=%s next=%s error=%s",
+        outcome or result.outcome.value,
         record.id,
-        trace.request_id,
+        request_id,
         result.status_code,
+        next_step.description or "-",
         error,
     )
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat()

@@ -6,14 +6,14 @@ import hashlib
 from enum import StrEnum
 
 from destinations.trace import Trace
-from settings.models import Health, Route
+from settings.models import Circuit, Health, Route
 
 
 class Decision(StrEnum):
     ELIGIBLE = "eligible"
     OWNER_DISABLED = "skipped_owner_disabled"
     DISABLED = "skipped_disabled"
-    UNHEALTHY = "skipped_unhealthy"
+    PARK = "parked"
     FILTERED_BY_KEY = "filtered_by_key"
     SAMPLED_OUT = "sampled_out"
 
@@ -25,12 +25,13 @@ def decide(route: Route, trace: Trace) -> Decision:
     """
     if not route.enabled:
         return Decision.DISABLED
-    if route.health is Health.AUTH_FAILED:
-        return Decision.UNHEALTHY
     if not passes_key_filter(route, trace.api_key_id):
         return Decision.FILTERED_BY_KEY
     if not sampled_in(route.id, trace.session_id or trace.request_id, route.sampling_rate):
         return Decision.SAMPLED_OUT
+    if route.health is Health.AUTH_FAILED or route.circuit is Circuit.OPEN:
+        # Eligible, but the destination cannot take it now: parked, not attempted.
+        return Decision.PARK
     return Decision.ELIGIBLE
 
 

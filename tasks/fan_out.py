@@ -12,7 +12,7 @@ from typing import Any
 from celery import Task
 
 from tasks.app import broadcast_task
-from tasks.deliver import deliver
+from tasks.deliver import deliver, park_unattempted
 from tasks.eligibility import Decision, decide
 from tasks.events import InvalidEvent, build_trace, event_id_of
 from tasks.owner_cache import OwnerCache
@@ -41,25 +41,33 @@ def fan_out(self: Task, event: Any) -> None:
     snapshot = _owner_cache().snapshot(trace.owner)
     skipped: list[tuple[str, str]] = []
     eligible: list[str] = []
+    to_park: list[str] = []
     for route in snapshot.routes:
         decision = decide(route, trace) if snapshot.enabled else Decision.OWNER_DISABLED
         if decision is Decision.ELIGIBLE:
             eligible.append(route.id)
+        elif decision is Decision.PARK:
+            to_park.append(route.id)
         else:
             skipped.append((route.id, decision.value))
     if skipped:
         runtime().store.count_many(skipped)
-    if not eligible:
+    if not eligible and not to_park:
         return
     wire = trace.to_wire()
     accepted_at = time.time()
     for destination_id in eligible:
         deliver.apply_async(args=(destination_id, wire, accepted_at))
+    for destination_id in to_park:
+        record = runtime().store.get_destination(destination_id)
+        if record is not None:
+            park_unattempted(runtime(), record, trace, wire, accepted_at, accepted_at)
     logger.info(
-        "broadcast.fan_out.enqueued request=%s owner=%s destinations=%d skipped=%d",
+        "broadcast.fan_out.enqueued request=%s owner=%s destinations=%d parked=%d skipped=%d",
         trace.request_id,
         trace.owner,
         len(eligible),
+        len(to_park),
         len(skipped),
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.samples import chat_event
-from settings.models import Health, Route
+from settings.models import Circuit, Health, Route
 from tasks.eligibility import Decision, decide, passes_key_filter, sampled_in
 from tasks.events import build_trace
 
@@ -16,6 +16,7 @@ def route(**overrides) -> Route:
         type="webhook",
         enabled=True,
         health=Health.HEALTHY,
+        circuit=Circuit.CLOSED,
         api_keys=frozenset(),
         exclude_api_keys=frozenset(),
         sampling_rate=1.0,
@@ -46,7 +47,11 @@ def test_decisions_in_order():
     trace = build_trace(chat_event(1))
     assert decide(route(), trace) is Decision.ELIGIBLE
     assert decide(route(enabled=False, health=Health.AUTH_FAILED), trace) is Decision.DISABLED
-    assert decide(route(health=Health.AUTH_FAILED), trace) is Decision.UNHEALTHY
+    assert decide(route(health=Health.AUTH_FAILED), trace) is Decision.PARK
+    assert decide(route(circuit=Circuit.OPEN), trace) is Decision.PARK
+    assert decide(route(health=Health.AUTH_FAILED, api_keys=frozenset({"other"})), trace) is (
+        Decision.FILTERED_BY_KEY
+    )
     assert decide(route(health=Health.UNREACHABLE), trace) is Decision.ELIGIBLE
     assert decide(route(exclude_api_keys=frozenset({"key_live_1"})), trace) is (
         Decision.FILTERED_BY_KEY

@@ -1,0 +1,78 @@
+"""Owners' notifications: a per-owner event log, and an outbox for the signed POSTs.
+
+Every health event (credentials rejected, destination disabled, recovered, dead letters
+over a threshold) is recorded in the owner's event log, always. When the owner registered
+a notification URL, the event also goes into the outbox, which the maintenance sweep
+turns into `broadcast.maintenance.notify` tasks (Standard Webhooks-signed POSTs).
+
+| key | type | holds |
+| --- | --- | --- |
+| `bc:owner:{owner}:notify` | hash | `url`, `sealed_secret` (the signing secret, encrypted) |
+| `bc:owner:{owner}:events` | list | the owner's latest events, newest first, capped |
+| `bc:notify:outbox` | list | events waiting to be posted |
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import redis
+
+from settings.crypto import SecretBox
+from settings.store import PREFIX, owner_key
+
+EVENT_LOG_SIZE = 500
+OUTBOX_KEY = f"{PREFIX}notify:outbox"
+
+
+class Notifications:
+    def __init__(self, client: redis.Redis, box: SecretBox) -> None:
+        self.redis = client
+        self.box = box
+
+    def set_target(self, owner: str, url: str, signing_secret: str | None) -> None:
+        sealed = self.box.seal({"signing_secret": signing_secret}) if signing_secret else ""
+        self.redis.hset(f"{owner_key(owner)}:notify", mapping={"url": url, "sealed_secret": sealed})
+
+    def clear_target(self, owner: str) -> None:
+        self.redis.delete(f"{owner_key(owner)}:notify")
+
+    def target(self, owner: str) -> tuple[str, str | None] | None:
+        """(url, signing secret or None), decrypted; None when the owner registered none."""
+        raw = self.redis.hgetall(f"{owner_key(owner)}:notify")
+        if not raw:
+            return None
+        sealed = raw.get(b"sealed_secret", b"").decode()
+        secret = self.box.open(sealed)["signing_secret"] if sealed else None
+        return raw[b"url"].decode(), secret
+
+    def record(self, owner: str, kind: str, details: dict[str, Any], now: float) -> dict[str, Any]:
+        event = {
+            "id": f"evt_{secrets.token_hex(12)}",
+            "owner": owner,
+            "type": kind,
+            "at": now,
+            "data": details,
+        }
+        body = json.dumps(event, sort_keys=True)
+        with self.redis.pipeline() as pipe:
+            pipe.lpush(f"{owner_key(owner)}:events", body)
+            pipe.ltrim(f"{owner_key(owner)}:events", 0, EVENT_LOG_SIZE - 1)
+            if self.redis.exists(f"{owner_key(owner)}:notify"):
+                pipe.rpush(OUTBOX_KEY, body)
+            pipe.execute()
+        return event
+
+    def events(self, owner: str, limit: int = 50) -> list[dict[str, Any]]:
+        raw = self.redis.lrange(f"{owner_key(owner)}:events", 0, max(limit, 1) - 1)
+        return [json.loads(item) for item in raw]
+
+    def take_outbox(self, limit: int) -> list[dict[str, Any]]:
+        """Remove and return up to `limit` events waiting to be posted, oldest first."""
+        with self.redis.pipeline() as pipe:
+            pipe.lrange(OUTBOX_KEY, 0, limit - 1)
+            pipe.ltrim(OUTBOX_KEY, limit, -1)
+            raw, _ = pipe.execute()
+        return [json.loads(item) for item in raw]

@@ -8,7 +8,7 @@
 | `generation_name` (default: the model) | the LLM row, `span_attributes` `{name, type: llm}` |
 | `parent_span_id` | `span_parents` of our top row; no root row then (the caller owns it) |
 | `user` / `session_id` | `metadata.user_id` / `metadata.session_id` on every row |
-| `tags` (a list of strings) | the root row's `tags` (Braintrust takes tags on roots only) |
+| `tags` (a list of strings) | the root row's `tags` (roots only); `metadata.tags` without one |
 | other `trace` keys | `metadata` on every row |
 | model, provider, parameters | LLM row `metadata` `model` (Braintrust prices it too), ... |
 | messages | LLM row `input` (chat messages) and `output` (assistant messages) |
@@ -112,9 +112,9 @@ def insert_request(trace: Trace, destination_id: str) -> InsertRequest:
     error = _error_text(trace)
     rows: list[LogRow] = []
 
-    def row(kind: str, name: str, span_type: str, span_id: str, parent: str | None) -> LogRow:
+    def row(row_id: str, name: str, span_type: str, span_id: str, parent: str | None) -> LogRow:
         out = LogRow(
-            id=derived_uuid(trace.request_id, destination_id, kind),
+            id=row_id,
             span_id=span_id,
             root_span_id=root_span_id,
             span_attributes=SpanAttributes(name=name, type=span_type),
@@ -127,9 +127,9 @@ def insert_request(trace: Trace, destination_id: str) -> InsertRequest:
 
     parent = meta.parent_span_id
     if parent is None:
-        root = row("root", trace.trace_name, "task", root_span_id, None)
         # One root row per trace: requests sharing a trace_id replace it, not repeat it.
-        root["id"] = derived_uuid(trace.grouping_id, destination_id, "root")
+        root_id = derived_uuid(trace.grouping_id, destination_id, "root")
+        root = row(root_id, trace.trace_name, "task", root_span_id, None)
         if tags:
             root["tags"] = tags
         if meta.trace_id is None:
@@ -142,11 +142,12 @@ def insert_request(trace: Trace, destination_id: str) -> InsertRequest:
         shared_metadata["tags"] = tags
     if meta.span_name:
         span_id = derived_hex(trace.request_id, destination_id, "span", nbytes=8)
-        rows.append(row("span", meta.span_name, "task", span_id, parent))
+        span_row_id = derived_uuid(trace.request_id, destination_id, "span")
+        rows.append(row(span_row_id, meta.span_name, "task", span_id, parent))
         parent = span_id
 
     llm = row(
-        "llm",
+        derived_uuid(trace.request_id, destination_id, "llm"),
         trace.generation_name,
         "llm",
         derived_hex(trace.request_id, destination_id, "llm", nbytes=8),
@@ -162,6 +163,7 @@ def insert_request(trace: Trace, destination_id: str) -> InsertRequest:
 
 
 def llm_metrics(trace: Trace) -> dict[str, int | float]:
+    """The LLM row's token, cost and time-to-first-token metrics; unknown ones left out."""
     usage, cost = trace.usage, trace.cost
     values: dict[str, int | float | None] = {
         "prompt_tokens": usage.input_tokens,
@@ -180,6 +182,7 @@ def llm_metrics(trace: Trace) -> dict[str, int | float]:
 
 
 def encode(body: InsertRequest) -> bytes:
+    """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -198,6 +201,7 @@ class BraintrustDestination(HttpDestination):
         return HttpRequest("POST", self._url(path), headers, body)
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
+        """Read the project: 403 is a key without access to it, 400/404 an unknown project."""
         result = self.transport.send(
             HttpRequest("GET", self._url(f"/v1/project/{self._project()}"), self._auth_headers())
         )

@@ -51,4 +51,5 @@ def chat_message(message: Message) -> ChatMessage:
 
 
 def chat_messages(messages: tuple[Message, ...]) -> list[ChatMessage]:
+    """`chat_message` for each message, in order."""
     return [chat_message(message) for message in messages]

@@ -12,6 +12,7 @@
 | other `trace` keys, model parameters | `llm` span `meta.metadata` (non-scalars as JSON) |
 | model, provider | `meta.model_name`, `meta.model_provider` (lower-cased) |
 | messages, tool calls, tool results | `meta.input.messages`, `meta.output.messages` |
+| `tools` (with input messages) | `meta.tool_definitions` |
 | usage | `metrics`: `input_tokens`, `output_tokens`, `total_tokens`, cache and reasoning |
 | time to first token | `metrics.time_to_first_token` (seconds) |
 | cost (USD) | `metrics` `input_cost`, `output_cost`, `total_cost` |
@@ -20,9 +21,8 @@
 Span ids are derived from (request id, destination id); the root span's from (trace id,
 destination id), so requests sharing a `trace_id` share one root; its `input`/`output`
 text (last user turn, first completion) is set only when the trace is this request's
-alone. Datadog refuses spans
-older than 24 hours: such a delivery is permanent without being sent. 202 = delivered;
-a 429 waits for `Retry-After`, else `X-RateLimit-Reset`.
+alone. Datadog refuses spans older than 24 hours: such a delivery is permanent without
+being sent. 202 = delivered; a 429 waits for `Retry-After`, else `X-RateLimit-Reset`.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def spans_request(trace: Trace, destination_id: str, ml_app: str) -> SpansReques
     """Pure: the intake body for one request (root, optional workflow span, llm span)."""
     meta = trace.metadata
     trace_id = meta.trace_id or derived_hex(trace.request_id, destination_id, "trace", nbytes=16)
-    start_ns, duration = _ns(trace.started_at), _ns(trace.finished_at) - _ns(trace.started_at)
+    start_ns = _ns(trace.started_at)
+    duration = _ns(trace.finished_at) - start_ns
     status = "error" if trace.is_error else "ok"
     error = _error(trace)
 
@@ -227,6 +228,7 @@ def spans_request(trace: Trace, destination_id: str, ml_app: str) -> SpansReques
 
 
 def metrics(trace: Trace) -> dict[str, int | float]:
+    """The llm span's token, cost and time-to-first-token metrics; unknown ones left out."""
     usage, cost = trace.usage, trace.cost
     values: dict[str, int | float | None] = {
         "input_tokens": usage.input_tokens,
@@ -253,10 +255,12 @@ def metrics(trace: Trace) -> dict[str, int | float]:
 
 
 def encode(body: SpansRequest) -> bytes:
+    """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def too_old(trace: Trace, now: datetime) -> bool:
+    """Whether Datadog's intake would refuse the trace's spans for their age."""
     return now - trace.started_at > MAX_SPAN_AGE
 
 
@@ -267,6 +271,8 @@ class DatadogDestination(HttpDestination):
     config_schema = DatadogConfig
 
     def deliver(self, trace: Trace, context: DeliveryContext) -> DeliveryResult:
+        """As for every HTTP destination, but spans Datadog would refuse for their age are
+        permanent without a request."""
         if too_old(trace, context.now):
             return DeliveryResult(
                 Outcome.PERMANENT,

@@ -10,11 +10,13 @@
 | `user` / `session_id` | trace `userId` / `sessionId` |
 | `environment`, `release`, `version` | first-class fields (when Langfuse accepts the value) |
 | other `trace` keys | trace `metadata` |
-| messages | generation `input` (chat messages), `output` (the assistant message) |
+| model, parameters (and a string `tool_choice`) | generation `model`, `modelParameters` |
+| provider, finish reasons, tools, error code | generation `metadata` |
+| messages | generation `input` (chat messages), `output` (the assistant message, or a list) |
 | usage | `usageDetails`, see `usage_details` |
 | cost (USD) | `costDetails` `input`, `output`, `total` |
 | time to first token | `completionStartTime` |
-| failed request | generation `level: ERROR`, `statusMessage` |
+| failed request | `level: ERROR` on the span and the generation; generation `statusMessage` |
 
 Every id (envelope ids, trace id when derived, observation ids) comes from
 (request id, destination id), so a retried batch is de-duplicated by Langfuse. Trace
@@ -25,6 +27,7 @@ Every id (envelope ids, trace id when derived, observation ids) comes from
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -231,12 +234,14 @@ def usage_details(trace: Trace) -> dict[str, int]:
 
 
 def cost_details(trace: Trace) -> dict[str, float]:
+    """Langfuse's cost buckets (USD), only those the trace knows; empty when none."""
     cost = trace.cost
     pairs = (("input", cost.input), ("output", cost.output), ("total", cost.total))
     return {key: value for key, value in pairs if value is not None}
 
 
 def encode(batch: IngestionBatch) -> bytes:
+    """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
     return json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -292,6 +297,7 @@ class LangfuseDestination(HttpDestination):
         return self._partial(result, Outcome.DELIVERED, rejected)
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
+        """List the keys' projects: proves the keys and that they belong to a project."""
         result = self.transport.send(
             HttpRequest("GET", self._url(PROJECTS_PATH), self._auth_headers())
         )
@@ -316,17 +322,10 @@ class LangfuseDestination(HttpDestination):
     def _partial(
         result: TransportResult, outcome: Outcome, rejected: tuple[str, ...]
     ) -> DeliveryResult:
-        error = None
-        if outcome is not Outcome.DELIVERED:
-            error = "; ".join(rejected) or describe_response(result)
-        return DeliveryResult(
-            outcome=outcome,
-            status_code=result.status_code,
-            duration_ms=result.duration_ms,
-            error=error,
-            retry_after=result.retry_after,
-            rejected=rejected,
-        )
+        # The refused items are the error; with none named, the response describes it.
+        error = "; ".join(rejected) if outcome is not Outcome.DELIVERED else None
+        delivery = result_from_transport(result, outcome, error or None)
+        return dataclasses.replace(delivery, rejected=rejected)
 
 
 def _message_of(item: Mapping[str, Any]) -> str:

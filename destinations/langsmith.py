@@ -32,6 +32,7 @@ from destinations.base import (
     DeliveryContext,
     check_from_transport,
 )
+from destinations.otlp.config import secret_field, url_field
 from destinations.otlp.encoding import Encoding, compact_json
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.otlp.genai import genai_attributes, provider_name
@@ -46,16 +47,9 @@ METADATA_PREFIX = "langsmith.metadata."
 
 
 class LangSmithConfig(ConfigSchema):
-    api_key = fields.String(
-        required=True, validate=validate.Length(min=1), metadata={"secret": True}
-    )
+    api_key = secret_field()
     project = fields.String(load_default=DEFAULT_PROJECT, validate=validate.Length(min=1, max=256))
-    endpoint = fields.Url(
-        load_default=DEFAULT_ENDPOINT,
-        schemes={"http", "https"},
-        require_tld=False,
-        metadata={"url": True},
-    )
+    endpoint = url_field(load_default=DEFAULT_ENDPOINT)
     workspace_id = fields.String(load_default=None, allow_none=True)
 
 
@@ -146,6 +140,7 @@ class LangSmithDestination(OtlpDestination):
 
     @property
     def project(self) -> str:
+        """The LangSmith project (tracing session) runs are sent to."""
         return self.config.get("project") or DEFAULT_PROJECT
 
     def _base(self) -> str:
@@ -164,6 +159,7 @@ class LangSmithDestination(OtlpDestination):
         return langsmith_attributes(trace, span, self.project)
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
+        """Look the project up by name: proves the key (and workspace) without writing."""
         query = urlencode({"name": self.project, "limit": 1})
         headers = {
             key: value for key, value in self.auth_headers().items() if key != "Langsmith-Project"

@@ -20,6 +20,7 @@ from marshmallow import fields, validate
 
 from destinations.base import ConfigSchema
 from destinations.headers import custom_headers_validator
+from destinations.otlp.config import url_field
 from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination
 from destinations.registry import register
@@ -29,9 +30,7 @@ RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-lengt
 
 
 class OtelCollectorConfig(ConfigSchema):
-    endpoint = fields.Url(
-        required=True, schemes={"http", "https"}, require_tld=False, metadata={"url": True}
-    )
+    endpoint = url_field(required=True)
     headers = fields.Dict(
         keys=fields.String(),
         values=fields.String(),

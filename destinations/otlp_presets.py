@@ -27,6 +27,7 @@ import base64
 from marshmallow import fields, validate
 
 from destinations.base import ConfigSchema
+from destinations.otlp.config import secret_field, url_field
 from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.registry import register
@@ -39,33 +40,23 @@ NEW_RELIC_ENDPOINTS = {
 NEW_RELIC_MAX_BODY_BYTES = 1_000_000
 
 
-def _url_field(**kwargs: object) -> fields.Url:
-    return fields.Url(
-        schemes={"http", "https"}, require_tld=False, metadata={"url": True}, **kwargs
-    )
-
-
-def _secret_field() -> fields.String:
-    return fields.String(required=True, validate=validate.Length(min=1), metadata={"secret": True})
-
-
 class GrafanaConfig(ConfigSchema):
-    base_url = _url_field(required=True)
+    base_url = url_field(required=True)
     instance_id = fields.String(required=True, validate=validate.Regexp(r"^\d+$"))
-    api_key = _secret_field()
+    api_key = secret_field()
 
 
 class NewRelicConfig(ConfigSchema):
-    license_key = _secret_field()
+    license_key = secret_field()
     region = fields.String(load_default="us", validate=validate.OneOf(sorted(NEW_RELIC_ENDPOINTS)))
     # Overrides the region's endpoint: FedRAMP (`https://gov-otlp.nr-data.net/v1/traces`),
     # an infinite-tracing trace observer, or a proxy in front of New Relic.
-    endpoint = _url_field(load_default=None, allow_none=True)
+    endpoint = url_field(load_default=None, allow_none=True)
 
 
 class DynatraceConfig(ConfigSchema):
-    environment_url = _url_field(required=True)
-    api_token = _secret_field()
+    environment_url = url_field(required=True)
+    api_token = secret_field()
 
 
 @register

@@ -27,9 +27,10 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_STATUS = frozenset({401, 403})
 NEVER_RETRY_5XX = frozenset({501, 505})
 
-# A Retry-After longer than this is not waited for inside a worker: the retry policy caps
-# it, and the long tier (parking) takes over.
-MAX_RETRY_AFTER_SECONDS = 3600.0
+# Longer Retry-After values are read as this: a vendor asking for more than a day is
+# treated like one asking for a day. (Waits longer than the short tier's cap are never
+# spent in a worker; the delivery is parked in Redis until then.)
+MAX_RETRY_AFTER_SECONDS = 86400.0
 
 
 def classify_status(status_code: int) -> Outcome:

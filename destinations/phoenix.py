@@ -29,6 +29,7 @@ from destinations.base import (
     DeliveryContext,
     check_from_transport,
 )
+from destinations.otlp.config import url_field
 from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.otlp.openinference import openinference_attributes, resource_attributes
@@ -41,9 +42,7 @@ DEFAULT_PROJECT = "default"
 
 
 class PhoenixConfig(ConfigSchema):
-    endpoint = fields.Url(
-        required=True, schemes={"http", "https"}, require_tld=False, metadata={"url": True}
-    )
+    endpoint = url_field(required=True)
     api_key = fields.String(load_default=None, allow_none=True, metadata={"secret": True})
     project_name = fields.String(
         load_default=DEFAULT_PROJECT, validate=validate.Length(min=1, max=256)
@@ -72,6 +71,7 @@ class PhoenixDestination(OtlpDestination):
         return openinference_attributes(trace, span)
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
+        """An authenticated read of the projects list: proves the endpoint and the key."""
         url = join_url(self.config["endpoint"], "/v1/projects?limit=1")
         result = self.transport.send(
             HttpRequest("GET", url, {"Accept": "application/json", **self.auth_headers()})

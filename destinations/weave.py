@@ -24,6 +24,7 @@ from typing import Any
 from marshmallow import fields, validate
 
 from destinations.base import ConfigSchema
+from destinations.otlp.config import secret_field, url_field
 from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.otlp.genai import genai_attributes
@@ -35,17 +36,10 @@ DEFAULT_BASE_URL = "https://trace.wandb.ai"
 
 
 class WeaveConfig(ConfigSchema):
-    api_key = fields.String(
-        required=True, validate=validate.Length(min=1), metadata={"secret": True}
-    )
+    api_key = secret_field()
     entity = fields.String(required=True, validate=validate.Length(min=1, max=256))
     project = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    base_url = fields.Url(
-        load_default=DEFAULT_BASE_URL,
-        schemes={"http", "https"},
-        require_tld=False,
-        metadata={"url": True},
-    )
+    base_url = url_field(load_default=DEFAULT_BASE_URL)
 
 
 def weave_attributes(trace: Trace, span: PlannedSpan) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import marshmallow
@@ -31,6 +31,7 @@ from harness.waiting import wait_for
 from settings.service import SettingsError
 from tasks import broadcast
 from tasks.events import build_trace
+from tests.emulators import recent_event
 from tests.emulators.braintrust import API_KEY, PROJECT_ID, BraintrustEmulator, insert_problems
 
 DESTINATION = "dst_braintrust"
@@ -376,18 +377,6 @@ def test_a_payload_that_cannot_fit_is_permanent_and_not_sent(
 # --- end to end: broadcast.delay, a real worker, the emulator -----------------------------
 
 
-def recent_event(user_id: str, index: int, **overrides: Any) -> dict[str, Any]:
-    started = datetime.now(UTC) - timedelta(seconds=2)
-    return chat_event(
-        index,
-        user_id=user_id,
-        id=f"{user_id}-braintrust-{index}",
-        started_at=started.isoformat(),
-        finished_at=(started + timedelta(milliseconds=850)).isoformat(),
-        **overrides,
-    )
-
-
 @pytest.mark.integration
 def test_end_to_end_through_the_worker(
     worker: Any, service: Any, user_id: str, braintrust: BraintrustEmulator
@@ -404,7 +393,9 @@ def test_end_to_end_through_the_worker(
     view = service.add_destination(
         owner, "braintrust", "Braintrust", {**config, "api_key": API_KEY}, privacy=True
     )
-    broadcast.delay(recent_event(user_id, 1, trace={"trace_id": "wf-bt", "tags": ["e2e"]}))
+    broadcast.delay(
+        recent_event(user_id, 1, "braintrust", trace={"trace_id": "wf-bt", "tags": ["e2e"]})
+    )
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 1, what="delivered")
     (request,) = braintrust.insert_requests()
     assert b"What is" not in request.body and b"The answer" not in request.body

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import marshmallow
@@ -31,6 +31,7 @@ from harness.waiting import wait_for
 from settings.service import SettingsError
 from tasks import broadcast
 from tasks.events import build_trace
+from tests.emulators import recent_event
 from tests.emulators.datadog import API_KEY, DatadogEmulator, spans_problems
 
 DESTINATION = "dst_datadog"
@@ -418,18 +419,6 @@ def test_a_payload_that_cannot_fit_is_permanent_and_not_sent(
 # --- end to end: broadcast.delay, a real worker, the emulator -----------------------------
 
 
-def recent_event(user_id: str, index: int, **overrides: Any) -> dict[str, Any]:
-    started = datetime.now(UTC) - timedelta(seconds=2)
-    return chat_event(
-        index,
-        user_id=user_id,
-        id=f"{user_id}-datadog-{index}",
-        started_at=started.isoformat(),
-        finished_at=(started + timedelta(milliseconds=850)).isoformat(),
-        **overrides,
-    )
-
-
 @pytest.mark.integration
 def test_end_to_end_through_the_worker(
     worker: Any, service: Any, user_id: str, datadog: DatadogEmulator
@@ -445,7 +434,9 @@ def test_end_to_end_through_the_worker(
     datadog.scripted.append(
         Reply(429, b'{"errors":["Too many requests"]}', {"X-RateLimit-Reset": "1"})
     )
-    broadcast.delay(recent_event(user_id, 1, trace={"trace_name": "Checkout", "span_name": "Plan"}))
+    broadcast.delay(
+        recent_event(user_id, 1, "datadog", trace={"trace_name": "Checkout", "span_name": "Plan"})
+    )
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 1, what="delivered")
     first, second = datadog.intake_requests()
     assert second.received_at - first.received_at >= 1.0  # X-RateLimit-Reset was honoured

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import marshmallow
@@ -32,6 +32,7 @@ from harness.waiting import wait_for
 from settings.service import SettingsError
 from tasks import broadcast
 from tasks.events import build_trace
+from tests.emulators import recent_event
 from tests.emulators.langfuse import PUBLIC_KEY, SECRET_KEY, LangfuseEmulator, batch_problems
 
 DESTINATION = "dst_langfuse"
@@ -450,18 +451,6 @@ def test_a_payload_that_cannot_fit_is_permanent_and_not_sent(
 # --- end to end: broadcast.delay, a real worker, the emulator -----------------------------
 
 
-def recent_event(user_id: str, index: int, **overrides: Any) -> dict[str, Any]:
-    started = datetime.now(UTC) - timedelta(seconds=2)
-    return chat_event(
-        index,
-        user_id=user_id,
-        id=f"{user_id}-langfuse-{index}",
-        started_at=started.isoformat(),
-        finished_at=(started + timedelta(milliseconds=850)).isoformat(),
-        **overrides,
-    )
-
-
 @pytest.mark.integration
 def test_end_to_end_through_the_worker(
     worker: Any, service: Any, user_id: str, langfuse: LangfuseEmulator
@@ -476,7 +465,9 @@ def test_end_to_end_through_the_worker(
         owner, "langfuse", "Langfuse", {**config, "secret_key": SECRET_KEY}
     )
     langfuse.reject_types = {"span-create"}
-    broadcast.delay(recent_event(user_id, 1, trace={"trace_id": "wf-e2e", "span_name": "Step"}))
+    broadcast.delay(
+        recent_event(user_id, 1, "langfuse", trace={"trace_id": "wf-e2e", "span_name": "Step"})
+    )
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 1, what="delivered")
     (entry,) = service.deliveries(view["id"])
     assert entry["outcome"] == "delivered" and entry["status_code"] == 207

@@ -5,6 +5,7 @@
 - `genai`: the OpenTelemetry GenAI semantic-conventions dialect;
 - `openinference`: the OpenInference dialect (Arize AX, Phoenix);
 - `exporter`: `OtlpDestination`, the base of every OTLP destination.
+- `config`: the config fields the OTLP destinations share (URLs, credentials).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ class Encoding(StrEnum):
 
     @property
     def content_type(self) -> str:
+        """The `Content-Type` of a body in this encoding."""
         return "application/json" if self is Encoding.JSON else "application/x-protobuf"
 
 
@@ -80,6 +81,7 @@ def attributes(values: Mapping[str, Any]) -> list[KeyValue]:
 
 
 def encode(request: ExportTraceServiceRequest, encoding: Encoding) -> bytes:
+    """The request body in `encoding`, uncompressed."""
     return encode_json(request) if encoding is Encoding.JSON else request.SerializeToString()
 
 
@@ -126,7 +128,7 @@ def parse_response(body: bytes, content_type: str) -> ExportTraceServiceResponse
 
 
 def gzipped(body: bytes) -> bytes:
-    # mtime=0 keeps the compressed bytes deterministic, like everything else we send.
+    """`body` gzipped with mtime 0, so the same body always compresses to the same bytes."""
     return gzip.compress(body, compresslevel=6, mtime=0)
 
 

@@ -15,6 +15,7 @@ dialect it speaks (`span_attributes`) and which resource attributes route the sp
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -55,9 +56,11 @@ class OtlpDestination(HttpDestination):
         """The full URL of the vendor's OTLP/HTTP traces endpoint."""
 
     def auth_headers(self) -> dict[str, str]:
+        """Headers that carry the credentials (none by default)."""
         return {}
 
     def resource_attributes(self) -> dict[str, Any]:
+        """Resource attributes beside `service.name`, e.g. the vendor's project routing."""
         return {}
 
     def span_attributes(self, trace: Trace, span: PlannedSpan) -> Mapping[str, Any]:
@@ -65,9 +68,11 @@ class OtlpDestination(HttpDestination):
         return genai_attributes(trace, span)
 
     def wire_encoding(self) -> Encoding:
+        """The body's encoding: the class's `encoding` unless the config chooses."""
         return self.encoding
 
     def use_gzip(self) -> bool:
+        """Whether to gzip the body: the class's `gzip` unless the config chooses."""
         return self.gzip
 
     # -- the shared machinery -----------------------------------------------------------
@@ -91,6 +96,7 @@ class OtlpDestination(HttpDestination):
         return self._post(self.export_body(trace, context))
 
     def interpret(self, result: TransportResult) -> DeliveryResult:
+        """The outcome table; a 2xx with rejected spans is still delivered, recording them."""
         delivery = result_from_transport(result)
         if delivery.outcome is not Outcome.DELIVERED:
             return delivery
@@ -101,12 +107,7 @@ class OtlpDestination(HttpDestination):
         rejection = f"{partial.rejected_spans} span(s) rejected"
         if partial.error_message:
             rejection += f": {partial.error_message}"
-        return DeliveryResult(
-            outcome=Outcome.DELIVERED,
-            status_code=result.status_code,
-            duration_ms=result.duration_ms,
-            rejected=(rejection,),
-        )
+        return dataclasses.replace(delivery, rejected=(rejection,))
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
         """POST an empty export request: proves the endpoint and the credentials."""
@@ -116,6 +117,7 @@ class OtlpDestination(HttpDestination):
         )
 
     def rejected_message(self) -> str:
+        """What Test Connection says on 401/403, naming where the credentials live."""
         return f"{self.display_name} rejected the credentials"
 
     def _post(self, body: bytes) -> HttpRequest:

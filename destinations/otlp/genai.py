@@ -32,6 +32,7 @@ On the generation span (prefix `gen_ai.` left out):
 | error code | `error.type` (no prefix) |
 
 (*) USD; the conventions have no cost attribute, these are the names vendors read.
+Time to first chunk is sent for streamed requests only.
 Content attributes are simply absent when the trace has no messages (privacy mode).
 """
 
@@ -48,7 +49,6 @@ from destinations.trace import Message, ToolCall, Trace
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
 SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
-CONTENT_ATTRIBUTES = frozenset({INPUT_MESSAGES, OUTPUT_MESSAGES, SYSTEM_INSTRUCTIONS})
 METADATA_PREFIX = "trace.metadata."
 
 # Gateway provider names → the semconv's well-known `gen_ai.provider.name` values;
@@ -84,6 +84,7 @@ _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 def provider_name(provider: str) -> str:
+    """`gen_ai.provider.name` for a gateway provider name (see `WELL_KNOWN_PROVIDERS`)."""
     key = provider.strip().lower()
     return WELL_KNOWN_PROVIDERS.get(key, key.replace(" ", "_"))
 
@@ -109,6 +110,7 @@ def common_attributes(trace: Trace) -> dict[str, Any]:
 
 
 def generation_attributes(trace: Trace) -> dict[str, Any]:
+    """What only the generation span carries: model, usage, cost, parameters, content."""
     usage, cost = trace.usage, trace.cost
     values: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
@@ -139,6 +141,8 @@ def generation_attributes(trace: Trace) -> dict[str, Any]:
 
 
 def request_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """`gen_ai.request.*` for the sampling parameters the conventions name; others are left
+    out (a non-numeric value for a numeric parameter too)."""
     values: dict[str, Any] = {}
     for key, value in parameters.items():
         if key in _PARAMETERS and isinstance(value, int | float) and not isinstance(value, bool):

@@ -71,6 +71,7 @@ def openinference_attributes(trace: Trace, span: PlannedSpan) -> dict[str, Any]:
 
 
 def resource_attributes(project_name: str) -> dict[str, str]:
+    """The resource attribute Arize and Phoenix route spans to a project by."""
     return {PROJECT_NAME: project_name}
 
 

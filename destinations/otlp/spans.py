@@ -8,7 +8,7 @@
 | `span_name` (only when given) | intermediate span `name`, kind INTERNAL, child of the root |
 | `generation_name` (default: `chat {model}`) | generation span `name`, kind CLIENT |
 | `parent_span_id` | `parentSpanId` of our topmost span (then no root of ours) |
-| `status: error` | `status` ERROR with the message; `exception` event on the generation |
+| `status: error` | `status` ERROR + message on every span; `exception` event on generation |
 
 Each span is the child of the one above it in this table.
 
@@ -54,6 +54,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Level(StrEnum):
+    """Where a span sits in the hierarchy; also the role its span id is derived from."""
+
     TRACE = "trace"
     SPAN = "span"
     GENERATION = "generation"
@@ -71,15 +73,10 @@ class PlannedSpan:
 
 @dataclass(frozen=True)
 class Hierarchy:
+    """The OTLP trace id and the spans to send under it, topmost first, generation last."""
+
     trace_id: str
-    spans: tuple[PlannedSpan, ...]  # topmost first, the generation last
-
-    @property
-    def generation(self) -> PlannedSpan:
-        return self.spans[-1]
-
-    def span(self, level: Level) -> PlannedSpan | None:
-        return next((span for span in self.spans if span.level is level), None)
+    spans: tuple[PlannedSpan, ...]
 
 
 Dialect = Callable[[Trace, PlannedSpan], Mapping[str, Any]]
@@ -94,10 +91,12 @@ def otlp_trace_id(trace: Trace, destination_id: str) -> str:
 
 
 def span_id(trace: Trace, destination_id: str, level: Level) -> str:
+    """16 hex, from (request id, destination id, level): the same on every retry."""
     return derived_hex(trace.request_id, destination_id, level.value, nbytes=8)
 
 
 def generation_span_name(trace: Trace) -> str:
+    """The caller's `generation_name`, else `chat {model}` as the GenAI conventions name it."""
     return trace.metadata.generation_name or f"chat {trace.model}"
 
 
@@ -188,6 +187,7 @@ def unix_nanos(moment: datetime) -> int:
 
 
 def error_message(trace: Trace) -> str:
+    """The provider's error message, or a generic one for a failure that carries none."""
     if trace.error is None:
         return "request failed"
     return trace.error.message

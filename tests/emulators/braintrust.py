@@ -18,7 +18,8 @@ from typing import Any
 
 from openapi_schema_validator import OAS30Validator
 
-from harness.receiver import ReceivedRequest, Receiver, Reply
+from harness.receiver import ReceivedRequest, Reply
+from tests.emulators import Emulator, json_reply
 
 API_KEY = "bt-emulator-key"
 PROJECT_ID = "6ae68365-7620-4630-921b-bac416634fc8"
@@ -46,7 +47,7 @@ def insert_problems(payload: Any) -> list[str]:
     return problems
 
 
-class BraintrustEmulator:
+class BraintrustEmulator(Emulator):
     """`with BraintrustEmulator() as braintrust:` serves on `braintrust.url`.
 
     `scripted`: replies sent, in order, before any normal handling (for 429s and 5xx).
@@ -56,7 +57,7 @@ class BraintrustEmulator:
         self.api_key = api_key
         self.project_id = project_id
         self._lock = threading.Lock()
-        self.receiver = Receiver(self._respond)
+        super().__init__()
         self.reset()
 
     def reset(self) -> None:
@@ -64,19 +65,8 @@ class BraintrustEmulator:
         self.rows: dict[str, dict[str, Any]] = {}
         self.receiver.clear()
 
-    @property
-    def url(self) -> str:
-        return self.receiver.url
-
     def insert_requests(self) -> list[ReceivedRequest]:
         return self.receiver.requests("/v1/project_logs/")
-
-    def __enter__(self) -> BraintrustEmulator:
-        self.receiver.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.receiver.stop()
 
     def _respond(self, request: ReceivedRequest) -> Reply:
         with self._lock:
@@ -87,28 +77,24 @@ class BraintrustEmulator:
         project = _PROJECT.match(request.path)
         if request.method == "GET" and project:
             if project.group(1) != self.project_id:
-                return _json(404, {"error": "Project not found"})
-            return _json(200, {"id": self.project_id, "org_id": "org", "name": "demo"})
+                return json_reply(404, {"error": "Project not found"})
+            return json_reply(200, {"id": self.project_id, "org_id": "org", "name": "demo"})
         insert = _INSERT.match(request.path)
         if request.method == "POST" and insert:
             if insert.group(1) != self.project_id:
-                return _json(404, {"error": "Project not found"})
+                return json_reply(404, {"error": "Project not found"})
             return self._insert(request.body)
-        return _json(404, {"error": "not found"})
+        return json_reply(404, {"error": "not found"})
 
     def _insert(self, body: bytes) -> Reply:
         try:
             payload = json.loads(body)
         except ValueError:
-            return _json(400, {"error": "invalid JSON"})
+            return json_reply(400, {"error": "invalid JSON"})
         problems = insert_problems(payload)
         if problems:
-            return _json(400, {"error": "; ".join(problems)})
+            return json_reply(400, {"error": "; ".join(problems)})
         with self._lock:
             for row in payload["events"]:
                 self.rows[row["id"]] = row
-        return _json(200, {"row_ids": [row["id"] for row in payload["events"]]})
-
-
-def _json(status: int, payload: Any) -> Reply:
-    return Reply(status, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        return json_reply(200, {"row_ids": [row["id"] for row in payload["events"]]})

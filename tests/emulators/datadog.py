@@ -16,7 +16,8 @@ from typing import Any
 
 import jsonschema
 
-from harness.receiver import ReceivedRequest, Receiver, Reply
+from harness.receiver import ReceivedRequest, Reply
+from tests.emulators import Emulator, json_reply
 
 API_KEY = "dd-emulator-api-key"
 SCHEMA_PATH = (
@@ -35,7 +36,7 @@ def spans_problems(payload: Any) -> list[str]:
     ]
 
 
-class DatadogEmulator:
+class DatadogEmulator(Emulator):
     """`with DatadogEmulator() as datadog:` serves on `datadog.url`.
 
     `scripted`: replies sent, in order, before any normal handling (for 429s and 5xx).
@@ -45,7 +46,7 @@ class DatadogEmulator:
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
         self._lock = threading.Lock()
-        self.receiver = Receiver(self._respond)
+        super().__init__()
         self.reset()
 
     def reset(self) -> None:
@@ -54,10 +55,6 @@ class DatadogEmulator:
         self.payloads: list[dict[str, Any]] = []
         self.receiver.clear()
 
-    @property
-    def url(self) -> str:
-        return self.receiver.url
-
     def intake_requests(self) -> list[ReceivedRequest]:
         return self.receiver.requests("/api/intake/llm-obs/v1/trace/spans")
 
@@ -65,42 +62,31 @@ class DatadogEmulator:
         with self._lock:
             return [span for p in self.payloads for span in p["data"]["attributes"]["spans"]]
 
-    def __enter__(self) -> DatadogEmulator:
-        self.receiver.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.receiver.stop()
-
     def _respond(self, request: ReceivedRequest) -> Reply:
         with self._lock:
             if self.scripted:
                 return self.scripted.pop(0)
         if request.headers.get("dd-api-key") != self.api_key:
-            return _json(403, {"errors": ["Forbidden"]})
+            return json_reply(403, {"errors": ["Forbidden"]})
         if request.method == "GET" and request.path == "/api/v1/validate":
-            return _json(200, {"valid": True})
+            return json_reply(200, {"valid": True})
         if request.method == "POST" and request.path == "/api/intake/llm-obs/v1/trace/spans":
             return self._intake(request)
-        return _json(404, {"errors": ["Not found"]})
+        return json_reply(404, {"errors": ["Not found"]})
 
     def _intake(self, request: ReceivedRequest) -> Reply:
         if request.headers.get("content-type") != "application/json":
-            return _json(415, {"errors": ["Content-Type must be application/json"]})
+            return json_reply(415, {"errors": ["Content-Type must be application/json"]})
         try:
             payload = json.loads(request.body)
         except ValueError:
-            return _json(400, {"errors": ["invalid JSON"]})
+            return json_reply(400, {"errors": ["invalid JSON"]})
         problems = spans_problems(payload)
         if problems:
-            return _json(400, {"errors": problems})
+            return json_reply(400, {"errors": problems})
         now_ns = self.now_ns if self.now_ns is not None else time.time_ns()
         if any(now_ns - s["start_ns"] > MAX_AGE_NS for s in payload["data"]["attributes"]["spans"]):
-            return _json(400, {"errors": ["span timestamps must be within the last 24 hours"]})
+            return json_reply(400, {"errors": ["span timestamps must be within the last 24 hours"]})
         with self._lock:
             self.payloads.append(payload)
         return Reply(202, b"")
-
-
-def _json(status: int, payload: Any) -> Reply:
-    return Reply(status, json.dumps(payload).encode(), {"Content-Type": "application/json"})

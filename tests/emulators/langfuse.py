@@ -19,7 +19,8 @@ import pydantic
 from langfuse.api import IngestionEvent
 from langfuse.api.core.pydantic_utilities import parse_obj_as
 
-from harness.receiver import ReceivedRequest, Receiver, Reply
+from harness.receiver import ReceivedRequest, Reply
+from tests.emulators import Emulator, json_reply
 
 PUBLIC_KEY = "pk-lf-emulator"
 SECRET_KEY = "sk-lf-emulator"
@@ -47,7 +48,7 @@ def batch_problems(payload: Any) -> list[str]:
     ]
 
 
-class LangfuseEmulator:
+class LangfuseEmulator(Emulator):
     """`with LangfuseEmulator() as langfuse:` serves on `langfuse.url`.
 
     `reject_types`: event types answered with a 400 item inside the 207.
@@ -59,7 +60,7 @@ class LangfuseEmulator:
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
         self.expected_auth = f"Basic {token}"
         self._lock = threading.Lock()
-        self.receiver = Receiver(self._respond)
+        super().__init__()
         self.reset()
 
     def reset(self) -> None:
@@ -70,10 +71,6 @@ class LangfuseEmulator:
         self.events: dict[str, dict[str, Any]] = {}
         self.receiver.clear()
 
-    @property
-    def url(self) -> str:
-        return self.receiver.url
-
     def ingestion_requests(self) -> list[ReceivedRequest]:
         return self.receiver.requests("/api/public/ingestion")
 
@@ -81,35 +78,29 @@ class LangfuseEmulator:
         with self._lock:
             return [event for event in self.events.values() if event["type"] == event_type]
 
-    def __enter__(self) -> LangfuseEmulator:
-        self.receiver.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.receiver.stop()
-
     def _respond(self, request: ReceivedRequest) -> Reply:
         with self._lock:
             if self.scripted:
                 return self.scripted.pop(0)
         if request.headers.get("authorization") != self.expected_auth:
-            return _json(
-                401,
-                {"message": "Invalid credentials. Confirm the keys and the host."},
+            return json_reply(
+                401, {"message": "Invalid credentials. Confirm the keys and the host."}
             )
         if request.method == "GET" and request.path == "/api/public/projects":
-            return _json(200, {"data": self.projects})
+            return json_reply(200, {"data": self.projects})
         if request.method == "POST" and request.path == "/api/public/ingestion":
             return self._ingest(request.body)
-        return _json(404, {"message": "not found"})
+        return json_reply(404, {"message": "not found"})
 
     def _ingest(self, body: bytes) -> Reply:
         try:
             payload = json.loads(body)
         except ValueError:
-            return _json(400, {"message": "invalid JSON"})
+            return json_reply(400, {"message": "invalid JSON"})
         if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
-            return _json(400, {"message": "Invalid request data", "error": "batch is required"})
+            return json_reply(
+                400, {"message": "Invalid request data", "error": "batch is required"}
+            )
         successes, errors = [], []
         for event in payload["batch"]:
             event_id = str(event.get("id")) if isinstance(event, dict) else "?"
@@ -129,8 +120,4 @@ class LangfuseEmulator:
             with self._lock:
                 self.events[event_id] = event
             successes.append({"id": event_id, "status": 201})
-        return _json(207, {"successes": successes, "errors": errors})
-
-
-def _json(status: int, payload: Any) -> Reply:
-    return Reply(status, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        return json_reply(207, {"successes": successes, "errors": errors})

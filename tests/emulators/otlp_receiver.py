@@ -25,12 +25,13 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from destinations.otlp.encoding import Encoding, InvalidOtlpBody, parse
-from harness.receiver import ReceivedRequest, Receiver, Reply
+from harness.receiver import ReceivedRequest, Reply
+from tests.emulators import Emulator
 
 ALL_ENCODINGS = frozenset(Encoding)
 
 
-class OtlpEmulator:
+class OtlpEmulator(Emulator):
     """`with OtlpEmulator(path, headers) as vendor:` serves on `vendor.url`."""
 
     def __init__(
@@ -48,13 +49,9 @@ class OtlpEmulator:
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._exports: list[ExportTraceServiceRequest] = []
-        self.receiver = Receiver(self._respond)
+        super().__init__()
 
     # -- driving it -----------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return self.receiver.url
 
     def script(self, *replies: Reply) -> None:
         """Answer the next valid export requests with these replies, in order."""
@@ -78,13 +75,6 @@ class OtlpEmulator:
 
     def spans(self) -> list[Span]:
         return [span for export in self.exports() for span in all_spans(export)]
-
-    def __enter__(self) -> OtlpEmulator:
-        self.receiver.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.receiver.stop()
 
     # -- answering ------------------------------------------------------------------------
 

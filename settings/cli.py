@@ -226,11 +226,11 @@ def _render_status(row: dict[str, Any]) -> str:
         f"{'enabled' if row['enabled'] else 'disabled'}  health={row['health']}\n"
         f"    delivered={c['delivered']} retried={c['retried']} failed={c['failed']} "
         f"filtered_by_key={c['filtered_by_key']} sampled_out={c['sampled_out']} "
-        f"parked={c['parked']} dead_lettered={c['dead_lettered']} "
+        f"parked={c['parked']} "
         f"rejected_events(owner)={row['owner_rejected_events']}"
     )
     line += (
-        f"\n    circuit={row['circuit']} parked={row['parked']} "
+        f"\n    circuit={row['circuit']} parked_now={row['parked']} "
         f"dead_letters={row['dead_letters']} last_check={row['checked_at'] or '-'} "
         f"next_check={row['next_check'] or '-'}"
     )
@@ -253,6 +253,10 @@ def _render_letter(letter: dict[str, Any]) -> str:
     if letter["replayed_at"]:
         text += f"  (replayed {letter['replayed_at']})"
     return text
+
+
+def _render_rejected(entry: dict[str, Any]) -> str:
+    return f"{entry['at']}  {entry['id'] or '(no id)'}  {entry['owner'] or '-'}  {entry['reason']}"
 
 
 def _render_replay(result: dict[str, Any]) -> str:
@@ -437,7 +441,9 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument("id")
     deliveries.add_argument("--limit", type=int, default=20)
 
-    rejected = command(commands, "rejected", _rejected, "latest rejected events with reasons")
+    rejected = command(
+        commands, "rejected", _rejected, "latest rejected events with reasons", _render_rejected
+    )
     rejected.add_argument("--owner")
     rejected.add_argument("--limit", type=int, default=20)
 

@@ -190,7 +190,6 @@ class HealthKeeper:
         self.dead_letters.add(
             record.id, trace=trace, accepted_at=accepted_at, reason=reason, now=now
         )
-        self.store.count(record.id, "dead_lettered")
         if not notify:
             return
         key = f"{destination_key(record.id)}:dead_since_notice"

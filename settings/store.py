@@ -43,7 +43,6 @@ COUNTERS = (
     "skipped_disabled",
     "skipped_owner_disabled",
     "parked",
-    "dead_lettered",
 )
 
 

@@ -269,7 +269,7 @@ def park(
     )
     if parked is None:
         current.store.count(record.id, "parked")
-    return NextStep(f"parked until {_iso(due_at)}: {reason}")
+    return NextStep(f"parked until {_iso(due_at)}")
 
 
 def _give_up(
@@ -285,7 +285,7 @@ def _give_up(
     current.health.dead_letter(record, trace_wire, accepted_at, reason, now)
     if parked is not None:
         current.parking.remove(parked)
-    return NextStep(f"dead-lettered: {reason}")
+    return NextStep("dead-lettered")
 
 
 def _attempt(

@@ -325,3 +325,25 @@ def test_dead_letters_expire_after_the_retention(service, user_id, rt):
     assert rt.dead_letters.trim(destination_id, time.time() + 8 * 24 * HOUR) == 1
     assert rt.dead_letters.count(destination_id) == 0
     assert trim_dead_letters(rt, time.time()) >= 0
+
+
+def test_real_beat_sweeps_parked_deliveries(worker, service, user_id, receiver, rt, workdir):
+    """The schedule in celeryconfig.py, run by a real `celery beat`, brings parked work back."""
+    import os
+
+    from harness.processes import celery_beat
+
+    vendor = Vendor()
+    sink = receiver(vendor)
+    destination_id = hook(service, f"user:{user_id}", sink)
+    now = time.time()
+    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-beat")).to_wire()
+    rt.parking.park(
+        destination_id, trace, accepted_at=now, now=now, due_at=now, step=0, reason="test"
+    )
+    beat = celery_beat(os.environ, workdir)
+    try:
+        wait_for(lambda: vendor.unique() == 1, timeout=45, what="beat's sweep to deliver it")
+    finally:
+        beat.stop()
+    assert rt.parking.count(destination_id) == 0

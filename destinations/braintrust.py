@@ -41,6 +41,7 @@ from destinations.base import (
 )
 from destinations.budget import fit_to_budget
 from destinations.chat_format import ChatMessage, chat_messages
+from destinations.config_fields import url_field
 from destinations.ids import derived_hex, derived_uuid
 from destinations.outcomes import Outcome
 from destinations.registry import register
@@ -65,12 +66,7 @@ class BraintrustConfig(ConfigSchema):
             r"^[0-9A-Za-z][0-9A-Za-z_-]{0,127}$", error="Must be a Braintrust project id."
         ),
     )
-    base_url = fields.Url(
-        load_default=DEFAULT_BASE_URL,
-        schemes={"http", "https"},
-        require_tld=False,
-        metadata={"url": True},
-    )
+    base_url = url_field(load_default=DEFAULT_BASE_URL)
 
 
 class SpanAttributes(TypedDict):

@@ -32,7 +32,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
-from marshmallow import ValidationError, fields, validate
+from marshmallow import ValidationError, fields
 
 from destinations.base import (
     ConfigSchema,
@@ -44,6 +44,7 @@ from destinations.base import (
     result_from_transport,
 )
 from destinations.budget import fit_to_budget
+from destinations.config_fields import secret_field, url_field
 from destinations.ids import derived_hex
 from destinations.outcomes import Outcome, parse_retry_after
 from destinations.registry import register
@@ -78,16 +79,9 @@ def validate_ml_app(value: str) -> None:
 
 
 class DatadogConfig(ConfigSchema):
-    api_key = fields.String(
-        required=True, validate=validate.Length(min=1, max=256), metadata={"secret": True}
-    )
+    api_key = secret_field(max_length=256)
     ml_app = fields.String(required=True, validate=validate_ml_app)
-    url = fields.Url(
-        load_default=DEFAULT_URL,
-        schemes={"http", "https"},
-        require_tld=False,
-        metadata={"url": True},
-    )
+    url = url_field(load_default=DEFAULT_URL)
 
 
 class ToolCall(TypedDict):

@@ -48,6 +48,7 @@ from destinations.base import (
 )
 from destinations.budget import fit_to_budget
 from destinations.chat_format import ChatMessage, chat_message, chat_messages
+from destinations.config_fields import secret_field, url_field
 from destinations.ids import derived_hex, derived_uuid
 from destinations.outcomes import Outcome, classify_status
 from destinations.registry import register
@@ -70,15 +71,8 @@ KEYS_REJECTED = "keys rejected by Langfuse: check the public key, the secret key
 
 class LangfuseConfig(ConfigSchema):
     public_key = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    secret_key = fields.String(
-        required=True, validate=validate.Length(min=1, max=256), metadata={"secret": True}
-    )
-    base_url = fields.Url(
-        load_default=DEFAULT_BASE_URL,
-        schemes={"http", "https"},
-        require_tld=False,
-        metadata={"url": True},
-    )
+    secret_key = secret_field(max_length=256)
+    base_url = url_field(load_default=DEFAULT_BASE_URL)
 
 
 class TraceBody(TypedDict):

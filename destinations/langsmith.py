@@ -32,7 +32,7 @@ from destinations.base import (
     DeliveryContext,
     check_from_transport,
 )
-from destinations.otlp.config import secret_field, url_field
+from destinations.config_fields import secret_field, url_field
 from destinations.otlp.encoding import Encoding, compact_json
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.otlp.genai import genai_attributes, provider_name

@@ -19,8 +19,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from destinations.base import ConfigSchema
-from destinations.headers import custom_headers_validator
-from destinations.otlp.config import url_field
+from destinations.config_fields import custom_headers_field, url_field
 from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination
 from destinations.registry import register
@@ -31,13 +30,7 @@ RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-lengt
 
 class OtelCollectorConfig(ConfigSchema):
     endpoint = url_field(required=True)
-    headers = fields.Dict(
-        keys=fields.String(),
-        values=fields.String(),
-        load_default=dict,
-        validate=custom_headers_validator(RESERVED_HEADERS),
-        metadata={"secret": True},
-    )
+    headers = custom_headers_field(RESERVED_HEADERS)
     encoding = fields.String(
         load_default=Encoding.JSON.value, validate=validate.OneOf([e.value for e in Encoding])
     )

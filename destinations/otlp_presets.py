@@ -27,7 +27,7 @@ import base64
 from marshmallow import fields, validate
 
 from destinations.base import ConfigSchema
-from destinations.otlp.config import secret_field, url_field
+from destinations.config_fields import secret_field, url_field
 from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.registry import register

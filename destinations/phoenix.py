@@ -29,7 +29,7 @@ from destinations.base import (
     DeliveryContext,
     check_from_transport,
 )
-from destinations.otlp.config import url_field
+from destinations.config_fields import url_field
 from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.otlp.openinference import openinference_attributes, resource_attributes

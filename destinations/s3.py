@@ -37,6 +37,7 @@ from destinations.base import (
     DeliveryResult,
     Destination,
 )
+from destinations.config_fields import secret_field, url_field
 from destinations.document import trace_document
 from destinations.outcomes import Outcome, classify_status
 from destinations.registry import register
@@ -62,17 +63,9 @@ def _validate_template(value: str) -> None:
 class S3Config(ConfigSchema):
     bucket = fields.String(required=True, validate=validate.Length(min=3, max=63))
     region = fields.String(load_default="us-east-1")
-    endpoint_url = fields.Url(
-        load_default=None,
-        allow_none=True,
-        schemes={"http", "https"},
-        require_tld=False,
-        metadata={"url": True},
-    )
+    endpoint_url = url_field(load_default=None, allow_none=True)
     access_key_id = fields.String(required=True, validate=validate.Length(min=1))
-    secret_access_key = fields.String(
-        required=True, validate=validate.Length(min=1), metadata={"secret": True}
-    )
+    secret_access_key = secret_field()
     session_token = fields.String(load_default=None, allow_none=True, metadata={"secret": True})
     path_template = fields.String(
         load_default="broadcast-traces/{date}", validate=_validate_template

@@ -31,8 +31,8 @@ from destinations.base import (
     HttpDestination,
     check_from_transport,
 )
+from destinations.config_fields import custom_headers_field, url_field
 from destinations.document import trace_document
-from destinations.headers import custom_headers_validator
 from destinations.ids import derived_hex
 from destinations.otlp import otlp_json_body
 from destinations.registry import register
@@ -60,18 +60,10 @@ def _validate_signing_secret(value: str) -> None:
 
 
 class WebhookConfig(ConfigSchema):
-    url = fields.Url(
-        required=True, schemes={"http", "https"}, require_tld=False, metadata={"url": True}
-    )
+    url = url_field(required=True)
     method = fields.String(load_default="POST", validate=validate.OneOf(["POST", "PUT"]))
     format = fields.String(load_default=FORMAT_JSON, validate=validate.OneOf(FORMATS))
-    headers = fields.Dict(
-        keys=fields.String(),
-        values=fields.String(),
-        load_default=dict,
-        validate=custom_headers_validator(RESERVED_HEADERS),
-        metadata={"secret": True},
-    )
+    headers = custom_headers_field(RESERVED_HEADERS)
     signing_secret = fields.String(
         load_default=None,
         allow_none=True,

@@ -51,6 +51,25 @@ class NextStep:
 DONE = NextStep()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One delivery of one trace to one destination, as this run of the task sees it.
+
+    `parked` is the Redis entry when the delivery came back from parking.
+    """
+
+    record: DestinationRecord
+    trace: Trace
+    trace_wire: dict[str, Any]
+    accepted_at: float
+    parked: ParkedDelivery | None = None
+
+    @property
+    def step(self) -> int:
+        """The long-tier step this delivery is at (0 when never parked)."""
+        return self.parked.step if self.parked else 0
+
+
 def retry_policy() -> RetryPolicy:
     config = runtime().config
     return RetryPolicy(
@@ -78,213 +97,127 @@ def deliver(
         # Already settled by an earlier run of the same claim: never deliver twice.
         logger.info("broadcast.deliver.already_settled parked=%s", parked_id)
         return
-    if record is None or record.owner != trace.owner:
-        # Removed since fan-out (or, defensively, not this trace's owner): nothing to send.
-        logger.info("broadcast.deliver.dropped destination=%s reason=gone", destination_id)
+    if record is None or record.owner != trace.owner or not record.enabled:
+        # Removed or disabled since fan-out (or, defensively, not this trace's owner).
+        logger.info("broadcast.deliver.dropped destination=%s", destination_id)
+        if record is not None and record.owner == trace.owner:
+            current.store.count(record.id, "skipped_disabled")
         if parked is not None:
             current.parking.remove(parked)
         return
-    if not record.enabled:
-        current.store.count(record.id, "skipped_disabled")
-        if parked is not None:
-            current.parking.remove(parked)
-        return
-    now = time.time()
+    job = Job(record, trace, trace_wire, accepted_at, parked)
     health = current.store.health(record.id)
     if not probe and (health.status is Health.AUTH_FAILED or health.circuit is Circuit.OPEN):
         # Not attempted: waiting costs this destination's traces nothing but time.
-        park_unattempted(current, record, trace, trace_wire, accepted_at, now, parked)
+        park_unattempted(current, job, time.time())
         return
 
     secrets = current.box.open(record.sealed_secrets)
-    attempt = self.request.retries + (parked.step + 1 if parked else 0)
+    attempt = self.request.retries + (job.step + 1 if parked else 0)
     result = _attempt(current, record, {**record.config, **secrets}, trace, attempt)
     error = redact(result.error, secrets) if result.error else None
-    now = time.time()
-    next_step = _settle(
-        current,
-        record,
-        trace_wire,
-        accepted_at,
-        result,
-        error,
-        now,
-        parked,
-        retries=self.request.retries,
-    )
-    _record(current, record, trace.request_id, result, error, attempt, accepted_at, next_step)
+    next_step = _settle(current, job, result, error, time.time(), retries=self.request.retries)
+    _record(current, job, result, error, attempt, next_step)
     if next_step.retry_delay is not None:
         raise self.retry(countdown=next_step.retry_delay, max_retries=None)
 
 
-def park_unattempted(
-    current: Runtime,
-    record: DestinationRecord,
-    trace: Trace,
-    trace_wire: dict[str, Any],
-    accepted_at: float,
-    now: float,
-    parked: ParkedDelivery | None = None,
-) -> None:
+def park_unattempted(current: Runtime, job: Job, now: float) -> None:
     """Park a delivery for a destination that cannot take it now (credentials rejected, or
     circuit open): due when credentials are re-checked, or at the circuit's next probe."""
-    health = current.store.health(record.id)
+    health = current.store.health(job.record.id)
     if health.status is Health.AUTH_FAILED:
         reason = f"credentials rejected: {health.reason}"
         due_at = now + current.config.auth_failed_recheck_seconds
     else:
         reason = "circuit open"
         due_at = max(health.probe_at, now)
-    step = parked.step if parked else 0
-    next_step = park(
-        current,
-        record,
-        trace_wire,
-        accepted_at,
-        now,
-        parked,
-        reason=reason,
-        step=step,
-        due_at=due_at,
-    )
-    if parked is None:  # a re-park of a parked entry is not news for the delivery log
+    next_step = park(current, job, now, reason=reason, step=job.step, due_at=due_at)
+    if job.parked is None:  # a re-park of a parked entry is not news for the delivery log
         skipped = DeliveryResult(Outcome.RETRYABLE, None, 0.0, error=reason)
-        _record(
-            current,
-            record,
-            trace.request_id,
-            skipped,
-            reason,
-            step,
-            accepted_at,
-            next_step,
-            outcome="parked",
-        )
+        _record(current, job, skipped, reason, job.step, next_step, outcome="parked")
 
 
 def _settle(
     current: Runtime,
-    record: DestinationRecord,
-    trace_wire: dict[str, Any],
-    accepted_at: float,
+    job: Job,
     result: DeliveryResult,
     error: str | None,
     now: float,
-    parked: ParkedDelivery | None,
     *,
     retries: int,
 ) -> NextStep:
     """Apply the outcome; returns what happens next."""
-    keeper = current.health
+    keeper, record = current.health, job.record
     reason = error or result.outcome.value
     if result.outcome is Outcome.DELIVERED:
         current.store.count(record.id, "delivered")
         keeper.delivery_succeeded(record, now)
-        if parked is not None:
-            current.parking.remove(parked)
+        if job.parked is not None:
+            current.parking.remove(job.parked)
         return DONE
     current.store.set_health(record, {"last_error": reason, "last_error_at": _iso(now)})
     if result.outcome is Outcome.PERMANENT:
-        return _give_up(current, record, trace_wire, accepted_at, reason, now, parked)
+        return _give_up(current, job, reason, now)
     if result.outcome is Outcome.AUTH_FAILED:
         keeper.credentials_rejected(record, reason, now)
         return park(
             current,
-            record,
-            trace_wire,
-            accepted_at,
+            job,
             now,
-            parked,
             reason=f"credentials rejected: {reason}",
-            step=parked.step if parked else 0,
+            step=job.step,
             due_at=now + current.config.auth_failed_recheck_seconds,
         )
     opened = keeper.delivery_failed(record, now)
     schedule = current.config.park_schedule_seconds
-    if parked is not None:
-        step = parked.step + 1
+    if job.parked is not None:
+        step = job.step + 1
         if step >= len(schedule):
             return _give_up(
-                current,
-                record,
-                trace_wire,
-                accepted_at,
-                f"gave up after {step + 1} parked attempts: {reason}",
-                now,
-                parked,
+                current, job, f"gave up after {step + 1} parked attempts: {reason}", now
             )
-        return park(
-            current,
-            record,
-            trace_wire,
-            accepted_at,
-            now,
-            parked,
-            reason=reason,
-            step=step,
-            due_at=now + schedule[step],
-        )
-    delay = (
-        None if opened else retry_policy().next_delay(result.outcome, retries, result.retry_after)
-    )
+        return park(current, job, now, reason=reason, step=step, due_at=now + schedule[step])
+    delay = None
+    if not opened:
+        delay = retry_policy().next_delay(result.outcome, retries, result.retry_after)
     if delay is not None:
         current.store.count(record.id, "retried")
         return NextStep(f"retry in {delay:.1f} s", retry_delay=delay)
-    due_at = now + max(schedule[0], result.retry_after or 0.0)
     return park(
         current,
-        record,
-        trace_wire,
-        accepted_at,
+        job,
         now,
-        None,
         reason=("circuit opened: " if opened else "") + reason,
         step=0,
-        due_at=due_at,
+        due_at=now + max(schedule[0], result.retry_after or 0.0),
     )
 
 
 def park(
-    current: Runtime,
-    record: DestinationRecord,
-    trace_wire: dict[str, Any],
-    accepted_at: float,
-    now: float,
-    parked: ParkedDelivery | None,
-    *,
-    reason: str,
-    step: int,
-    due_at: float,
+    current: Runtime, job: Job, now: float, *, reason: str, step: int, due_at: float
 ) -> NextStep:
     """Park (or re-park) a delivery in Redis; the beat sweep brings it back when due."""
     current.parking.park(
-        record.id,
-        trace_wire,
-        accepted_at=accepted_at,
+        job.record.id,
+        job.trace_wire,
+        accepted_at=job.accepted_at,
         now=now,
         due_at=due_at,
         step=step,
         reason=reason,
-        parked_id=parked.id if parked else None,
+        parked_id=job.parked.id if job.parked else None,
     )
-    if parked is None:
-        current.store.count(record.id, "parked")
+    if job.parked is None:
+        current.store.count(job.record.id, "parked")
     return NextStep(f"parked until {_iso(due_at)}")
 
 
-def _give_up(
-    current: Runtime,
-    record: DestinationRecord,
-    trace_wire: dict[str, Any],
-    accepted_at: float,
-    reason: str,
-    now: float,
-    parked: ParkedDelivery | None,
-) -> NextStep:
-    current.store.count(record.id, "failed")
-    current.health.dead_letter(record, trace_wire, accepted_at, reason, now)
-    if parked is not None:
-        current.parking.remove(parked)
+def _give_up(current: Runtime, job: Job, reason: str, now: float) -> NextStep:
+    current.store.count(job.record.id, "failed")
+    current.health.dead_letter(job.record, job.trace_wire, job.accepted_at, reason, now)
+    if job.parked is not None:
+        current.parking.remove(job.parked)
     return NextStep("dead-lettered")
 
 
@@ -324,35 +257,35 @@ def _attempt(
 
 def _record(
     current: Runtime,
-    record: DestinationRecord,
-    request_id: str,
+    job: Job,
     result: DeliveryResult,
     error: str | None,
     attempt: int,
-    accepted_at: float,
     next_step: NextStep,
     *,
     outcome: str | None = None,
 ) -> None:
+    """Append the attempt to the destination's delivery log, and log it."""
+    outcome = outcome or result.outcome.value
     entry = {
         "at": _iso(time.time()),
-        "request_id": request_id,
+        "request_id": job.trace.request_id,
         "attempt": attempt + 1,
-        "outcome": outcome or result.outcome.value,
+        "outcome": outcome,
         "status_code": result.status_code,
         "duration_ms": round(result.duration_ms, 2),
-        "latency_ms": round((time.time() - accepted_at) * 1000.0, 2),
+        "latency_ms": round((time.time() - job.accepted_at) * 1000.0, 2),
         "error": error,
         "rejected": list(result.rejected),
         "next": next_step.description or None,
     }
-    current.store.record_attempt(record.id, entry)
+    current.store.record_attempt(job.record.id, entry)
     log = logger.info if result.outcome is Outcome.DELIVERED else logger.warning
     log(
         "broadcast.deliver.%s destination=%s request=%s status=%s next=%s error=%s",
-        outcome or result.outcome.value,
-        record.id,
-        request_id,
+        outcome,
+        job.record.id,
+        job.trace.request_id,
         result.status_code,
         next_step.description or "-",
         error,

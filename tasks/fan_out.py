@@ -12,7 +12,7 @@ from typing import Any
 from celery import Task
 
 from tasks.app import broadcast_task
-from tasks.deliver import deliver, park_unattempted
+from tasks.deliver import Job, deliver, park_unattempted
 from tasks.eligibility import Decision, decide
 from tasks.events import InvalidEvent, build_trace, event_id_of
 from tasks.owner_cache import OwnerCache
@@ -61,7 +61,7 @@ def fan_out(self: Task, event: Any) -> None:
     for destination_id in to_park:
         record = runtime().store.get_destination(destination_id)
         if record is not None:
-            park_unattempted(runtime(), record, trace, wire, accepted_at, accepted_at)
+            park_unattempted(runtime(), Job(record, trace, wire, accepted_at), accepted_at)
     logger.info(
         "broadcast.fan_out.enqueued request=%s owner=%s destinations=%d parked=%d skipped=%d",
         trace.request_id,

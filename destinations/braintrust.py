@@ -25,7 +25,6 @@ the request's input and output only when the trace is this request's alone.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 from urllib.parse import quote
@@ -43,6 +42,7 @@ from destinations.budget import fit_to_budget
 from destinations.chat_format import ChatMessage, chat_messages
 from destinations.config_fields import url_field
 from destinations.ids import derived_hex, derived_uuid
+from destinations.json_body import compact_json
 from destinations.outcomes import Outcome
 from destinations.registry import register
 from destinations.trace import Trace
@@ -179,7 +179,7 @@ def llm_metrics(trace: Trace) -> dict[str, int | float]:
 
 def encode(body: InsertRequest) -> bytes:
     """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(body)
 
 
 @register

@@ -46,6 +46,7 @@ from destinations.base import (
 from destinations.budget import fit_to_budget
 from destinations.config_fields import secret_field, url_field
 from destinations.ids import derived_hex
+from destinations.json_body import compact_json
 from destinations.outcomes import Outcome, parse_retry_after
 from destinations.registry import register
 from destinations.trace import Message, Trace
@@ -250,7 +251,7 @@ def metrics(trace: Trace) -> dict[str, int | float]:
 
 def encode(body: SpansRequest) -> bytes:
     """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(body)
 
 
 def too_old(trace: Trace, now: datetime) -> bool:

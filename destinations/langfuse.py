@@ -50,6 +50,7 @@ from destinations.budget import fit_to_budget
 from destinations.chat_format import ChatMessage, chat_message, chat_messages
 from destinations.config_fields import secret_field, url_field
 from destinations.ids import derived_hex, derived_uuid
+from destinations.json_body import compact_json
 from destinations.outcomes import Outcome, classify_status
 from destinations.registry import register
 from destinations.trace import Trace
@@ -236,7 +237,7 @@ def cost_details(trace: Trace) -> dict[str, float]:
 
 def encode(batch: IngestionBatch) -> bytes:
     """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
-    return json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(batch)
 
 
 def read_multi_status(body: bytes) -> tuple[int, list[tuple[str, int, str]]] | None:

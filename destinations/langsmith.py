@@ -33,7 +33,8 @@ from destinations.base import (
     check_from_transport,
 )
 from destinations.config_fields import secret_field, url_field
-from destinations.otlp.encoding import Encoding, compact_json
+from destinations.json_body import json_text
+from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination, join_url
 from destinations.otlp.genai import genai_attributes, provider_name
 from destinations.otlp.spans import Level, PlannedSpan
@@ -89,9 +90,9 @@ def _usage_details(trace: Trace) -> dict[str, str]:
         if value is not None
     }
     if input_details:
-        values["gen_ai.usage.input_token_details"] = compact_json(input_details)
+        values["gen_ai.usage.input_token_details"] = json_text(input_details)
     if usage.reasoning_tokens is not None:
-        values["gen_ai.usage.output_token_details"] = compact_json(
+        values["gen_ai.usage.output_token_details"] = json_text(
             {"reasoning": usage.reasoning_tokens}
         )
     return values
@@ -101,7 +102,7 @@ def _prompt_and_completion(trace: Trace) -> dict[str, str]:
     """LangSmith's run inputs/outputs, in the OpenAI chat shape it renders as a chat."""
     values: dict[str, str] = {}
     if trace.input_messages:
-        values["gen_ai.prompt"] = compact_json(
+        values["gen_ai.prompt"] = json_text(
             {"messages": [_openai_message(m) for m in trace.input_messages]}
         )
     if trace.output_messages:
@@ -115,7 +116,7 @@ def _prompt_and_completion(trace: Trace) -> dict[str, str]:
             }
             for index, message in enumerate(trace.output_messages)
         ]
-        values["gen_ai.completion"] = compact_json({"choices": choices})
+        values["gen_ai.completion"] = json_text({"choices": choices})
     return values
 
 

@@ -39,6 +39,7 @@ from destinations.base import (
 )
 from destinations.config_fields import secret_field, url_field
 from destinations.document import trace_document
+from destinations.json_body import compact_json
 from destinations.outcomes import Outcome, classify_status
 from destinations.registry import register
 from destinations.trace import Trace
@@ -92,7 +93,7 @@ def object_key(trace: Trace, template: str) -> str:
 
 def object_body(trace: Trace, destination_id: str) -> bytes:
     document = trace_document(trace, destination_id)
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(document)
 
 
 class _ClientCache:

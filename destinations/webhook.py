@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -34,6 +33,7 @@ from destinations.base import (
 from destinations.config_fields import custom_headers_field, url_field
 from destinations.document import trace_document
 from destinations.ids import derived_hex
+from destinations.json_body import compact_json
 from destinations.otlp import otlp_json_body
 from destinations.registry import register
 from destinations.trace import Trace
@@ -83,7 +83,7 @@ def webhook_body(trace: Trace, context: DeliveryContext) -> bytes:
         "timestamp": context.now.isoformat().replace("+00:00", "Z"),
         "data": trace_document(trace, context.destination_id),
     }
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(envelope)
 
 
 def signed_headers(

@@ -30,6 +30,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 
+from destinations.json_body import compact_json, json_text
+
 AttributeValue = str | bool | int | float | list[str] | list[int] | list[float] | list[bool]
 
 # Span and link fields that OTLP JSON carries as hex instead of proto3's base64.
@@ -50,11 +52,6 @@ class InvalidOtlpBody(ValueError):
     """A body that is not a valid OTLP message in the claimed encoding."""
 
 
-def compact_json(value: Any) -> str:
-    """JSON without spaces and with non-ASCII kept, as attribute values are sent."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def any_value(value: Any) -> AnyValue:
     """The `AnyValue` for a plain Python value (see the module docstring for the mapping)."""
     # bool before int: bool is an int subclass, and OTLP keeps them apart.
@@ -68,7 +65,7 @@ def any_value(value: Any) -> AnyValue:
         return AnyValue(string_value=value)
     if isinstance(value, list | tuple) and _homogeneous_scalars(value):
         return AnyValue(array_value=ArrayValue(values=[any_value(item) for item in value]))
-    return AnyValue(string_value=compact_json(value))
+    return AnyValue(string_value=json_text(value))
 
 
 def attributes(values: Mapping[str, Any]) -> list[KeyValue]:
@@ -89,7 +86,7 @@ def encode_json(request: ExportTraceServiceRequest) -> bytes:
     """OTLP JSON: proto3 JSON with hex ids and integer enums."""
     document = json_format.MessageToDict(request, use_integers_for_enums=True)
     _rewrite_ids(document, _base64_to_hex)
-    return compact_json(document).encode("utf-8")
+    return compact_json(document)
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:

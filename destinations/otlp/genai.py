@@ -42,7 +42,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from destinations.otlp.encoding import compact_json
+from destinations.json_body import json_text
 from destinations.otlp.spans import Level, PlannedSpan, error_type
 from destinations.trace import Message, ToolCall, Trace
 
@@ -129,7 +129,7 @@ def generation_attributes(trace: Trace) -> dict[str, Any]:
         "gen_ai.usage.input_cost": cost.input,
         "gen_ai.usage.output_cost": cost.output,
         "gen_ai.request.stream": trace.streamed,
-        "gen_ai.tool.definitions": compact_json(list(trace.tools)) if trace.tools else None,
+        "gen_ai.tool.definitions": json_text(list(trace.tools)) if trace.tools else None,
     }
     if trace.streamed and trace.time_to_first_token_ms is not None:
         values["gen_ai.response.time_to_first_chunk"] = trace.time_to_first_token_ms / 1000.0
@@ -167,20 +167,20 @@ def content_attributes(trace: Trace) -> dict[str, str]:
         if message.role in _SYSTEM_ROLES and message.content
     ]
     if system:
-        values[SYSTEM_INSTRUCTIONS] = compact_json(system)
+        values[SYSTEM_INSTRUCTIONS] = json_text(system)
     inputs = [
         genai_message(message)
         for message in trace.input_messages
         if message.role not in _SYSTEM_ROLES
     ]
     if inputs:
-        values[INPUT_MESSAGES] = compact_json(inputs)
+        values[INPUT_MESSAGES] = json_text(inputs)
     outputs = [
         {**genai_message(message), "finish_reason": _finish_reason(trace, index)}
         for index, message in enumerate(trace.output_messages)
     ]
     if outputs:
-        values[OUTPUT_MESSAGES] = compact_json(outputs)
+        values[OUTPUT_MESSAGES] = json_text(outputs)
     return values
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from destinations.otlp.encoding import compact_json
+from destinations.json_body import json_text
 from destinations.otlp.spans import Level, PlannedSpan
 from destinations.trace import Message, Trace
 
@@ -59,7 +59,7 @@ def openinference_attributes(trace: Trace, span: PlannedSpan) -> dict[str, Any]:
     }
     extra = trace.metadata.extra
     if extra:
-        values["metadata"] = compact_json(extra)
+        values["metadata"] = json_text(extra)
     tags = extra.get(TAGS_KEY)
     if isinstance(tags, list) and tags and all(isinstance(tag, str) for tag in tags):
         values["tag.tags"] = tags
@@ -94,7 +94,7 @@ def _output_value(trace: Trace) -> dict[str, Any]:
     first = trace.output_messages[0]
     if first.content and not first.tool_calls:
         return {"output.value": first.content, "output.mime_type": TEXT_MIME}
-    return {"output.value": compact_json(_plain_message(first)), "output.mime_type": JSON_MIME}
+    return {"output.value": json_text(_plain_message(first)), "output.mime_type": JSON_MIME}
 
 
 def _llm_attributes(trace: Trace) -> dict[str, Any]:
@@ -118,15 +118,15 @@ def _llm_attributes(trace: Trace) -> dict[str, Any]:
     if trace.tool_choice is not None:
         parameters["tool_choice"] = trace.tool_choice
     if parameters:
-        values["llm.invocation_parameters"] = compact_json(parameters)
+        values["llm.invocation_parameters"] = json_text(parameters)
     for index, tool in enumerate(trace.tools):
-        values[f"llm.tools.{index}.tool.json_schema"] = compact_json(tool)
+        values[f"llm.tools.{index}.tool.json_schema"] = json_text(tool)
     for index, message in enumerate(trace.input_messages):
         values.update(_message_attributes(f"llm.input_messages.{index}", message))
     for index, message in enumerate(trace.output_messages):
         values.update(_message_attributes(f"llm.output_messages.{index}", message))
     if trace.input_messages:
-        values["input.value"] = compact_json(
+        values["input.value"] = json_text(
             {"messages": [_plain_message(m) for m in trace.input_messages]}
         )
         values["input.mime_type"] = JSON_MIME

@@ -24,8 +24,21 @@ app.config_from_object("celeryconfig")
 class BroadcastTask(Task):
     """Base for every task: logs failures with stable event names and no arguments.
 
-    Arguments are left out of logs on purpose: they carry prompts and completions.
+    Arguments are left out of logs on purpose: they carry prompts and completions. For the
+    same reason `describe_args` replaces Celery's repr of the arguments in messages and
+    task events (which Flower shows) with ids; it also spares the gateway the cost of
+    that repr on every `.delay()`.
     """
+
+    describe_args: Callable[..., str] | None = None
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, **options: Any
+    ) -> Any:  # Celery's own signature
+        if self.describe_args is not None and "argsrepr" not in options:
+            options["argsrepr"] = self.describe_args(*(args or ()), **(kwargs or {}))
+            options.setdefault("kwargsrepr", "{}")
+        return super().apply_async(args, kwargs, **options)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -39,12 +52,13 @@ def broadcast_task(
     *,
     name: str,
     max_retries: int | None = 0,
-    soft_time_limit: int | None = None,
-    time_limit: int | None = None,
+    describe_args: Callable[..., str] | None = None,
 ) -> Callable[[Callable[..., Any]], Task]:
     """Register a bound task with the project's defaults (acks late, no result).
 
-    Queues come from `task_routes` in celeryconfig.py, the one place that routes tasks.
+    Queues come from `task_routes` in celeryconfig.py, the one place that routes tasks;
+    time limits come from celeryconfig.py too. `describe_args(*args, **kwargs)` says how
+    the task's arguments appear in messages and Flower (see `BroadcastTask`).
     """
 
     def decorate(function: Callable[..., Any]) -> Task:
@@ -56,11 +70,8 @@ def broadcast_task(
             "reject_on_worker_lost": True,
             "ignore_result": True,
             "max_retries": max_retries,
+            "describe_args": staticmethod(describe_args) if describe_args else None,
         }
-        if soft_time_limit is not None:
-            options["soft_time_limit"] = soft_time_limit
-        if time_limit is not None:
-            options["time_limit"] = time_limit
         return app.task(**options)(function)
 
     return decorate

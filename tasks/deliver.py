@@ -79,7 +79,14 @@ def retry_policy() -> RetryPolicy:
     )
 
 
-@broadcast_task(name="broadcast.deliver", max_retries=None)
+def _describe_delivery(
+    destination_id: str, trace_wire: dict[str, Any], *_: Any, **kwargs: Any
+) -> str:
+    parked = f" parked {kwargs['parked_id']}" if kwargs.get("parked_id") else ""
+    return f"{destination_id} request {trace_wire.get('request_id')}{parked}"
+
+
+@broadcast_task(name="broadcast.deliver", max_retries=None, describe_args=_describe_delivery)
 def deliver(
     self: Task,
     destination_id: str,

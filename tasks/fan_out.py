@@ -26,7 +26,11 @@ def _owner_cache() -> OwnerCache:
     return OwnerCache(runtime().store)
 
 
-@broadcast_task(name="broadcast.fan_out")
+def _describe_event(event: Any, *_: Any, **__: Any) -> str:
+    return f"event {event_id_of(event) or '(no id)'}"
+
+
+@broadcast_task(name="broadcast.fan_out", describe_args=_describe_event)
 def fan_out(self: Task, event: Any) -> None:
     """Entry point for gateways: `broadcast.delay(event)`.
 

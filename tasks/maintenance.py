@@ -157,7 +157,11 @@ def flush_notifications_task(self: Task) -> None:
     flush_notifications(runtime())
 
 
-@broadcast_task(name="broadcast.maintenance.notify", max_retries=None)
+@broadcast_task(
+    name="broadcast.maintenance.notify",
+    max_retries=None,
+    describe_args=lambda event, *_, **__: f"{event['type']} {event['id']} for {event['owner']}",
+)
 def notify(self: Task, event: dict[str, Any]) -> None:
     """POST one health event to its owner's URL, signed like the webhook destination.
 

@@ -2,7 +2,9 @@
 
 Run with `make demo`. Starts a throwaway Redis, a worker, beat, a moto S3 server and a
 webhook receiver (which verifies every Standard Webhooks signature and, to show the retry
-path, answers 503 to the first attempt of every tenth request), configures `user:demo`
+path, answers 503 to the first attempt of every tenth request; enough of those in a row
+open the webhook's circuit, so some deliveries are parked and come back through beat's
+sweep and the circuit's probe), configures `user:demo`
 with both destinations, sends events with `broadcast.delay(...)`, waits for every
 delivery to settle, prints a per-destination report, and stops what it started.
 """
@@ -77,6 +79,7 @@ def report(service: Any, destinations: dict[str, str], expected: int) -> list[di
                 "destination": name,
                 "delivered": counters["delivered"],
                 "retried": counters["retried"],
+                "parked": counters["parked"],
                 "failed": counters["failed"],
                 "median_latency_ms": round(statistics.median(latencies), 1) if latencies else None,
                 "worst_latency_ms": round(max(latencies), 1) if latencies else None,
@@ -157,14 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\nall deliveries settled in {elapsed:.1f} s\n")
             header = (
-                f"{'destination':<12}{'delivered':>10}{'retried':>9}{'failed':>8}"
+                f"{'destination':<12}{'delivered':>10}{'retried':>9}{'parked':>8}{'failed':>8}"
                 f"{'median ms':>11}{'worst ms':>10}"
             )
             print(header)
             for row in rows:
                 print(
                     f"{row['destination']:<12}{row['delivered']:>10}{row['retried']:>9}"
-                    f"{row['failed']:>8}{row['median_latency_ms']:>11}"
+                    f"{row['parked']:>8}{row['failed']:>8}{row['median_latency_ms']:>11}"
                     f"{row['worst_latency_ms']:>10}"
                 )
             print(

@@ -36,9 +36,6 @@ class Notifications:
         sealed = self.box.seal({"signing_secret": signing_secret}) if signing_secret else ""
         self.redis.hset(f"{owner_key(owner)}:notify", mapping={"url": url, "sealed_secret": sealed})
 
-    def clear_target(self, owner: str) -> None:
-        self.redis.delete(f"{owner_key(owner)}:notify")
-
     def target(self, owner: str) -> tuple[str, str | None] | None:
         """(url, signing secret or None), decrypted; None when the owner registered none."""
         raw = self.redis.hgetall(f"{owner_key(owner)}:notify")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
@@ -163,7 +163,3 @@ class ParkingLot:
                 pipe.zscore(DUE_KEY, parked_id)
             scores = [score for score in pipe.execute() if score is not None]
         return min(scores) if scores else None
-
-
-def with_step(entry: ParkedDelivery, step: int) -> ParkedDelivery:
-    return replace(entry, step=step)

@@ -103,4 +103,4 @@ def _owner_of(event: Any) -> str | None:
 
 # What gateways import: `from tasks import broadcast; broadcast.delay(event)`.
 broadcast = fan_out
-__all__ = ["broadcast", "event_id_of", "fan_out"]
+__all__ = ["broadcast", "fan_out"]

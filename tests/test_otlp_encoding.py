@@ -68,9 +68,12 @@ def test_parse_by_content_type(encoding: Encoding) -> None:
 
 @pytest.mark.parametrize(
     ("body", "content_type"),
-    [(b"{not json", "application/json"), (b"[]", "application/json"),
-     (b"\xff\xff\xff", "application/x-protobuf"),
-     (b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}', "application/json")],
+    [
+        (b"{not json", "application/json"),
+        (b"[]", "application/json"),
+        (b"\xff\xff\xff", "application/x-protobuf"),
+        (b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}', "application/json"),
+    ],
 )
 def test_invalid_bodies_are_named_errors(body: bytes, content_type: str) -> None:
     with pytest.raises(InvalidOtlpBody):
@@ -79,8 +82,17 @@ def test_invalid_bodies_are_named_errors(body: bytes, content_type: str) -> None
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("x", "x"), (True, True), (3, 3), (0.5, 0.5), (["a", "b"], ["a", "b"]), ([1, 2], [1, 2]),
-     ({"k": [1, "a"]}, '{"k":[1,"a"]}'), ([1, "a"], '[1,"a"]'), ("é", "é")],
+    [
+        ("x", "x"),
+        (True, True),
+        (3, 3),
+        (0.5, 0.5),
+        (["a", "b"], ["a", "b"]),
+        ([1, 2], [1, 2]),
+        ({"k": [1, "a"]}, '{"k":[1,"a"]}'),
+        ([1, "a"], '[1,"a"]'),
+        ("é", "é"),
+    ],
 )
 def test_attribute_values(value: object, expected: object) -> None:
     assert plain(any_value(value)) == expected

@@ -53,50 +53,75 @@ def _basic(user: str, password: str) -> str:
 
 VENDORS = [
     Vendor(
-        "otel-collector", "/v1/traces", {"authorization": "Bearer tok"},
-        lambda base: {"endpoint": base + "/v1/traces", "headers": {"Authorization": "Bearer tok"},
-                      "compression": "gzip"},
+        "otel-collector",
+        "/v1/traces",
+        {"authorization": "Bearer tok"},
+        lambda base: {
+            "endpoint": base + "/v1/traces",
+            "headers": {"Authorization": "Bearer tok"},
+            "compression": "gzip",
+        },
         lambda base: {"endpoint": base + "/v1/traces", "headers": {"Authorization": "Bearer no"}},
     ),
     Vendor(
-        "phoenix", "/v1/traces", {"authorization": "Bearer px"},
+        "phoenix",
+        "/v1/traces",
+        {"authorization": "Bearer px"},
         lambda base: {"endpoint": base, "api_key": "px", "project_name": "p"},
         lambda base: {"endpoint": base, "api_key": "wrong", "project_name": "p"},
-        encodings=frozenset({Encoding.PROTOBUF}), read_paths=("/v1/projects",),
+        encodings=frozenset({Encoding.PROTOBUF}),
+        read_paths=("/v1/projects",),
     ),
     Vendor(
-        "arize", "/v1/traces",
+        "arize",
+        "/v1/traces",
         {"authorization": "ak", "arize-space-id": "space", "arize-interface": "otel"},
         lambda base: {"api_key": "ak", "space_key": "space", "model_id": "m", "base_url": base},
         lambda base: {"api_key": "bad", "space_key": "space", "model_id": "m", "base_url": base},
         encodings=frozenset({Encoding.PROTOBUF}),
     ),
     Vendor(
-        "langsmith", "/otel/v1/traces", {"x-api-key": "lsv2_pt_k"},
-        lambda base: {"api_key": "lsv2_pt_k", "project": "proj", "endpoint": base,
-                      "workspace_id": "ws"},
+        "langsmith",
+        "/otel/v1/traces",
+        {"x-api-key": "lsv2_pt_k"},
+        lambda base: {
+            "api_key": "lsv2_pt_k",
+            "project": "proj",
+            "endpoint": base,
+            "workspace_id": "ws",
+        },
         lambda base: {"api_key": "lsv2_pt_bad", "project": "proj", "endpoint": base},
-        read_paths=("/sessions",), gzip=False,
+        read_paths=("/sessions",),
+        gzip=False,
         also_sent={"langsmith-project": "proj", "x-tenant-id": "ws"},
     ),
     Vendor(
-        "weave", "/otel/v1/traces", {"wandb-api-key": "wk"},
+        "weave",
+        "/otel/v1/traces",
+        {"wandb-api-key": "wk"},
         lambda base: {"api_key": "wk", "entity": "team", "project": "proj", "base_url": base},
         lambda base: {"api_key": "bad", "entity": "team", "project": "proj", "base_url": base},
-        encodings=frozenset({Encoding.PROTOBUF}), gzip=False,
+        encodings=frozenset({Encoding.PROTOBUF}),
+        gzip=False,
     ),
     Vendor(
-        "grafana", "/otlp/v1/traces", {"authorization": _basic("123456", "glc_k")},
+        "grafana",
+        "/otlp/v1/traces",
+        {"authorization": _basic("123456", "glc_k")},
         lambda base: {"base_url": base, "instance_id": "123456", "api_key": "glc_k"},
         lambda base: {"base_url": base, "instance_id": "123456", "api_key": "glc_bad"},
     ),
     Vendor(
-        "newrelic", "/v1/traces", {"api-key": "nrk"},
+        "newrelic",
+        "/v1/traces",
+        {"api-key": "nrk"},
         lambda base: {"license_key": "nrk", "endpoint": base + "/v1/traces"},
         lambda base: {"license_key": "bad", "endpoint": base + "/v1/traces"},
     ),
     Vendor(
-        "dynatrace", "/api/v2/otlp/v1/traces", {"authorization": "Api-Token dt0c01.x"},
+        "dynatrace",
+        "/api/v2/otlp/v1/traces",
+        {"authorization": "Api-Token dt0c01.x"},
         lambda base: {"environment_url": base + "/e/env1", "api_token": "dt0c01.x"},
         lambda base: {"environment_url": base + "/e/env1", "api_token": "bad"},
         encodings=frozenset({Encoding.PROTOBUF}),
@@ -163,8 +188,7 @@ def test_wrong_credentials_are_auth_failed(vendor: Vendor, emulator: OtlpEmulato
 def test_429_with_retry_after_is_retryable(vendor: Vendor, emulator: OtlpEmulator) -> None:
     emulator.script(Reply(429, b"slow down", {"Retry-After": "7"}))
     result = make(vendor.slug, vendor.config(emulator.url)).deliver(TRACE, CONTEXT)
-    assert (result.outcome, result.status_code, result.retry_after) == (
-        Outcome.RETRYABLE, 429, 7.0)
+    assert (result.outcome, result.status_code, result.retry_after) == (Outcome.RETRYABLE, 429, 7.0)
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
@@ -271,8 +295,11 @@ def test_an_oversized_trace_is_truncated_to_the_vendors_budget(
 
 @pytest.mark.parametrize(
     ("headers", "problem"),
-    [({"Content-Type": "text/plain"}, "set by Broadcast"), ({"bad name": "v"}, "not a valid"),
-     ({"X-A": "v\r\nX-B: injected"}, "line breaks")],
+    [
+        ({"Content-Type": "text/plain"}, "set by Broadcast"),
+        ({"bad name": "v"}, "not a valid"),
+        ({"X-A": "v\r\nX-B: injected"}, "line breaks"),
+    ],
 )
 def test_collector_headers_are_validated(headers: dict[str, str], problem: str) -> None:
     from marshmallow import ValidationError

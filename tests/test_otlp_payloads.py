@@ -39,27 +39,56 @@ DESTINATIONS: dict[str, tuple[dict[str, Any], Encoding, str]] = {
         Encoding.JSON,
         "genai",
     ),
-    "phoenix": ({"endpoint": "https://phoenix.example.com", "project_name": "p1"},
-                Encoding.PROTOBUF, "openinference"),
-    "arize": ({"api_key": "ak", "space_key": "sk", "model_id": "proj"},
-              Encoding.PROTOBUF, "openinference"),
+    "phoenix": (
+        {"endpoint": "https://phoenix.example.com", "project_name": "p1"},
+        Encoding.PROTOBUF,
+        "openinference",
+    ),
+    "arize": (
+        {"api_key": "ak", "space_key": "sk", "model_id": "proj"},
+        Encoding.PROTOBUF,
+        "openinference",
+    ),
     "langsmith": ({"api_key": "lsv2_pt_x", "project": "proj"}, Encoding.PROTOBUF, "genai"),
     "weave": ({"api_key": "wk", "entity": "team", "project": "proj"}, Encoding.PROTOBUF, "genai"),
-    "grafana": ({"base_url": "https://otlp-gateway-prod-us-west-0.grafana.net",
-                 "instance_id": "123", "api_key": "glc_x"}, Encoding.JSON, "genai"),
+    "grafana": (
+        {
+            "base_url": "https://otlp-gateway-prod-us-west-0.grafana.net",
+            "instance_id": "123",
+            "api_key": "glc_x",
+        },
+        Encoding.JSON,
+        "genai",
+    ),
     "newrelic": ({"license_key": "nr"}, Encoding.PROTOBUF, "genai"),
-    "dynatrace": ({"environment_url": "https://abc.live.dynatrace.com", "api_token": "dt"},
-                  Encoding.PROTOBUF, "genai"),
+    "dynatrace": (
+        {"environment_url": "https://abc.live.dynatrace.com", "api_token": "dt"},
+        Encoding.PROTOBUF,
+        "genai",
+    ),
 }
 SLUGS = sorted(DESTINATIONS)
 OPENINFERENCE = [slug for slug in SLUGS if DESTINATIONS[slug][2] == "openinference"]
 GENAI = [slug for slug in SLUGS if DESTINATIONS[slug][2] == "genai"]
 
 # Attributes that carry prompt or completion content, per dialect.
-GENAI_CONTENT = {"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions",
-                 "gen_ai.prompt", "gen_ai.completion"}
-OI_CONTENT_PREFIXES = ("input.value", "output.value", "input.mime_type", "output.mime_type",
-                       "llm.input_messages.", "llm.output_messages.")
+GENAI_CONTENT = {
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.system_instructions",
+    "gen_ai.prompt",
+    "gen_ai.completion",
+}
+OI_CONTENT_PREFIXES = (
+    "input.value",
+    "output.value",
+    "input.mime_type",
+    "output.mime_type",
+    "llm.input_messages.",
+    "llm.output_messages.",
+)
+
+WEATHER_PROMPT = "What's the weather where this photo was taken?\n[image]"
 
 
 def destination(slug: str) -> Destination:
@@ -91,8 +120,12 @@ def trace_of(event: dict[str, Any]) -> Trace:
     return build_trace(event)
 
 
-HIERARCHY_META = {"trace_name": "Support flow", "span_name": "Answer step",
-                  "generation_name": "Draft reply", "feature": "support"}
+HIERARCHY_META = {
+    "trace_name": "Support flow",
+    "span_name": "Answer step",
+    "generation_name": "Draft reply",
+    "feature": "support",
+}
 
 
 # -- hierarchy ------------------------------------------------------------------------------
@@ -135,8 +168,11 @@ def test_trace_name_defaults_to_the_model(slug: str) -> None:
 @pytest.mark.parametrize("slug", SLUGS)
 def test_parent_span_id_from_the_caller(slug: str) -> None:
     caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    trace = trace_of(chat_event(4, trace={"trace_id": caller_trace, "span_name": "Step",
-                                          "parent_span_id": caller_span}))
+    trace = trace_of(
+        chat_event(
+            4, trace={"trace_id": caller_trace, "span_name": "Step", "parent_span_id": caller_span}
+        )
+    )
     spans = spans_by_name(exported(slug, trace))
     # The caller's span is the root: ours hang under it, in the caller's own trace.
     assert set(spans) == {"Step", "chat openai/gpt-4o"}
@@ -173,9 +209,10 @@ def test_ids_are_deterministic_per_destination(slug: str) -> None:
     elsewhere = DeliveryContext(destination_id="dst_other", owner=CONTEXT.owner, now=NOW)
     ids = {s.span_id for s in all_spans(again)}
     assert ids.isdisjoint(s.span_id for s in all_spans(exported(slug, trace, elsewhere)))
-    assert destination(slug).build_request(trace, CONTEXT).body == destination(
-        slug
-    ).build_request(trace, CONTEXT).body
+    assert (
+        destination(slug).build_request(trace, CONTEXT).body
+        == destination(slug).build_request(trace, CONTEXT).body
+    )
 
 
 # -- error and privacy ----------------------------------------------------------------------
@@ -191,7 +228,9 @@ def test_error_status_with_message(slug: str) -> None:
     (event,) = spans["chat openai/gpt-4o"].events
     assert event.name == "exception"
     assert attribute_dict(event.attributes) == {
-        "exception.type": "502", "exception.message": "Upstream provider returned 502"}
+        "exception.type": "502",
+        "exception.message": "Upstream provider returned 502",
+    }
 
 
 @pytest.mark.parametrize("slug", SLUGS)
@@ -258,14 +297,33 @@ def test_genai_generation_attributes(slug: str) -> None:
     for key, value in expected.items():
         assert values[key] == value, key
     assert json.loads(values["gen_ai.system_instructions"]) == [
-        {"type": "text", "content": "Be brief."}]
-    assert json.loads(values["gen_ai.input.messages"]) == [{"role": "user", "parts": [
-        {"type": "text", "content": "What's the weather where this photo was taken?\n[image]"}]}]
-    assert json.loads(values["gen_ai.output.messages"]) == [{
-        "role": "assistant",
-        "parts": [{"type": "tool_call", "id": "call_1", "name": "get_weather",
-                   "arguments": {"city": "Paris"}}],
-        "finish_reason": "tool_calls"}]
+        {"type": "text", "content": "Be brief."}
+    ]
+    assert json.loads(values["gen_ai.input.messages"]) == [
+        {
+            "role": "user",
+            "parts": [
+                {
+                    "type": "text",
+                    "content": "What's the weather where this photo was taken?\n[image]",
+                }
+            ],
+        }
+    ]
+    assert json.loads(values["gen_ai.output.messages"]) == [
+        {
+            "role": "assistant",
+            "parts": [
+                {
+                    "type": "tool_call",
+                    "id": "call_1",
+                    "name": "get_weather",
+                    "arguments": {"city": "Paris"},
+                }
+            ],
+            "finish_reason": "tool_calls",
+        }
+    ]
     assert json.loads(values["gen_ai.tool.definitions"]) == list(trace.tools)
     assert "gen_ai.system" not in values or slug == "langsmith"  # deprecated name
     assert "gen_ai.usage.prompt_tokens" not in values
@@ -288,8 +346,11 @@ def test_genai_error_type(slug: str) -> None:
 
 
 def test_langsmith_keys() -> None:
-    trace = trace_of(tool_call_event(15, trace={"trace_name": "T", "span_name": "S",
-                                                 "tags": ["a", "b"], "feature": "f"}))
+    trace = trace_of(
+        tool_call_event(
+            15, trace={"trace_name": "T", "span_name": "S", "tags": ["a", "b"], "feature": "f"}
+        )
+    )
     spans = spans_by_name(exported("langsmith", trace))
     generation = attrs(spans["chat openai/gpt-4o"])
     assert generation["langsmith.span.kind"] == "llm"
@@ -303,13 +364,17 @@ def test_langsmith_keys() -> None:
     assert generation["langsmith.span.tags"] == "a,b"
     assert generation["gen_ai.system"] == "openai"
     assert json.loads(generation["gen_ai.usage.input_token_details"]) == {
-        "cache_read": 1000, "cache_creation": 50}
+        "cache_read": 1000,
+        "cache_creation": 50,
+    }
     assert json.loads(generation["gen_ai.usage.output_token_details"]) == {"reasoning": 120}
     prompt = json.loads(generation["gen_ai.prompt"])
     assert prompt["messages"][0]["role"] == "user"
     completion = json.loads(generation["gen_ai.completion"])
     assert completion["choices"][0]["message"]["tool_calls"][0]["function"] == {
-        "name": "get_weather", "arguments": '{"city":"Paris"}'}
+        "name": "get_weather",
+        "arguments": '{"city":"Paris"}',
+    }
     assert completion["choices"][0]["finish_reason"] == "tool_calls"
 
 
@@ -317,7 +382,10 @@ def test_weave_keys_and_routing() -> None:
     trace = trace_of(chat_event(16, trace={"trace_id": "wf-9", "trace_name": "T", "feature": "f"}))
     export = exported("weave", trace)
     assert resource_attributes(export) == {
-        "service.name": "broadcast", "wandb.entity": "team", "wandb.project": "proj"}
+        "service.name": "broadcast",
+        "wandb.entity": "team",
+        "wandb.project": "proj",
+    }
     spans = spans_by_name(export)
     generation = attrs(spans["chat openai/gpt-4o"])
     assert generation["wandb.display_name"] == "chat openai/gpt-4o"
@@ -367,8 +435,7 @@ def test_openinference_llm_span(slug: str) -> None:
         SpanAttributes.USER_ID: "end-user-7",
         SpanAttributes.TAG_TAGS: ["t1"],
         in0 + MessageAttributes.MESSAGE_ROLE: "user",
-        in0 + MessageAttributes.MESSAGE_CONTENT:
-            "What's the weather where this photo was taken?\n[image]",
+        in0 + MessageAttributes.MESSAGE_CONTENT: WEATHER_PROMPT,
         out0 + MessageAttributes.MESSAGE_ROLE: "assistant",
         call0 + ToolCallAttributes.TOOL_CALL_ID: "call_1",
         call0 + ToolCallAttributes.TOOL_CALL_FUNCTION_NAME: "get_weather",
@@ -380,7 +447,9 @@ def test_openinference_llm_span(slug: str) -> None:
         assert values[key] == value, key
     assert json.loads(values[SpanAttributes.METADATA]) == {"tags": ["t1"], "feature": "f"}
     assert json.loads(values[SpanAttributes.LLM_INVOCATION_PARAMETERS]) == {
-        "temperature": 0.1, "tool_choice": "auto"}
+        "temperature": 0.1,
+        "tool_choice": "auto",
+    }
     schema_key = f"{SpanAttributes.LLM_TOOLS}.0.{ToolAttributes.TOOL_JSON_SCHEMA}"
     assert json.loads(values[schema_key]) == trace.tools[0]
     assert json.loads(values[SpanAttributes.INPUT_VALUE])["messages"][0]["role"] == "user"
@@ -400,7 +469,8 @@ def test_openinference_chain_spans_and_project(slug: str) -> None:
     for name in ("T", "S"):
         values = attrs(spans[name])
         assert values[SpanAttributes.OPENINFERENCE_SPAN_KIND] == (
-            OpenInferenceSpanKindValues.CHAIN.value)
+            OpenInferenceSpanKindValues.CHAIN.value
+        )
         assert values[SpanAttributes.INPUT_VALUE] == "What is 18 + 18?"
         assert values[SpanAttributes.OUTPUT_VALUE] == "The answer is 36."
         assert values[SpanAttributes.SESSION_ID] == trace.session_id
@@ -430,37 +500,52 @@ def test_openinference_attribute_names_are_the_packages_constants(slug: str) -> 
             return True
         for base in (SpanAttributes.LLM_INPUT_MESSAGES, SpanAttributes.LLM_OUTPUT_MESSAGES):
             if key.startswith(base + "."):
-                _index, rest = key[len(base) + 1:].split(".", 1)
+                _index, rest = key[len(base) + 1 :].split(".", 1)
                 if rest in message_keys:
                     return True
                 prefix = MessageAttributes.MESSAGE_TOOL_CALLS + "."
                 if rest.startswith(prefix):
-                    _j, leaf = rest[len(prefix):].split(".", 1)
+                    _j, leaf = rest[len(prefix) :].split(".", 1)
                     return leaf in call_keys
         if key.startswith(SpanAttributes.LLM_TOOLS + "."):
             return key.split(".", 3)[3] in tool_keys
         return False
 
-    event = tool_call_event(19, trace={"trace_name": "T", "span_name": "S", "trace_id": "g",
-                                       "tags": ["x"], "feature": "f"})
+    event = tool_call_event(
+        19,
+        trace={"trace_name": "T", "span_name": "S", "trace_id": "g", "tags": ["x"], "feature": "f"},
+    )
     event["request"]["messages"].append(
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c0", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c0", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        }
+    )
     event["request"]["messages"].append(
-        {"role": "tool", "content": "42", "tool_call_id": "c0", "name": "f"})
+        {"role": "tool", "content": "42", "tool_call_id": "c0", "name": "f"}
+    )
     keys = {key for span in all_spans(exported(slug, trace_of(event))) for key in attrs(span)}
-    keys |= {key for span in all_spans(exported(slug, trace_of(error_event(19))))
-             for key in attrs(span)}
+    keys |= {
+        key for span in all_spans(exported(slug, trace_of(error_event(19)))) for key in attrs(span)
+    }
     unknown = sorted(key for key in keys if not known(key))
     assert not unknown
 
 
 @pytest.mark.parametrize(
     ("slug", "resource"),
-    [("arize", {"openinference.project.name": "proj", "model_id": "proj"}),
-     ("phoenix", {"openinference.project.name": "p1"}),
-     ("otel-collector", {}), ("langsmith", {}), ("grafana", {}), ("newrelic", {}),
-     ("dynatrace", {})],
+    [
+        ("arize", {"openinference.project.name": "proj", "model_id": "proj"}),
+        ("phoenix", {"openinference.project.name": "p1"}),
+        ("otel-collector", {}),
+        ("langsmith", {}),
+        ("grafana", {}),
+        ("newrelic", {}),
+        ("dynatrace", {}),
+    ],
 )
 def test_resource_attributes(slug: str, resource: dict[str, str]) -> None:
     export = exported(slug, trace_of(chat_event(20)))
@@ -476,7 +561,10 @@ def test_webhook_otlp_body_is_the_collector_json() -> None:
     collector = destination("otel-collector").build_request(trace, CONTEXT).body
     assert body == collector
     assert {span.name for span in all_spans(parse_json(body))} == {
-        "Support flow", "Answer step", "Draft reply"}
+        "Support flow",
+        "Answer step",
+        "Draft reply",
+    }
 
 
 def test_webhook_format_otlp_sends_the_otlp_json_signed() -> None:
@@ -498,5 +586,7 @@ def test_webhook_format_otlp_sends_the_otlp_json_signed() -> None:
     assert len(all_spans(parse_json(request.body))) == 3
     json_config = cls.config_schema().load({"url": "https://hooks.example.com/in"})
     assert json_config["format"] == "json"
-    assert json.loads(cls(json_config, webhook.transport).build_request(trace, CONTEXT).body)[
-        "type"] == "trace.completed"
+    assert (
+        json.loads(cls(json_config, webhook.transport).build_request(trace, CONTEXT).body)["type"]
+        == "trace.completed"
+    )

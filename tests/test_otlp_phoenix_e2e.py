@@ -100,7 +100,8 @@ def phoenix() -> Iterator[PhoenixServer]:
 
 def context() -> DeliveryContext:
     return DeliveryContext(
-        destination_id=f"dst_{uuid.uuid4().hex[:8]}", owner="user:user_demo",
+        destination_id=f"dst_{uuid.uuid4().hex[:8]}",
+        owner="user:user_demo",
         now=datetime.now(UTC),
     )
 
@@ -128,10 +129,13 @@ def test_connection_to_phoenix(phoenix: PhoenixServer) -> None:
 def test_deliver_into_phoenix_and_read_it_back(phoenix: PhoenixServer) -> None:
     project = new_project()
     session = f"session-{uuid.uuid4().hex[:8]}"
-    trace = build_trace(tool_call_event(
-        1, session_id=session,
-        trace={"trace_name": "Weather flow", "span_name": "Lookup", "feature": "weather"},
-    ))
+    trace = build_trace(
+        tool_call_event(
+            1,
+            session_id=session,
+            trace={"trace_name": "Weather flow", "span_name": "Lookup", "feature": "weather"},
+        )
+    )
     result = phoenix_destination(phoenix, project).deliver(trace, context())
     assert result.outcome is Outcome.DELIVERED, result.error
 
@@ -153,7 +157,8 @@ def test_deliver_into_phoenix_and_read_it_back(phoenix: PhoenixServer) -> None:
     assert attributes["llm.token_count.completion_details.reasoning"] == 120
     assert attributes["llm.cost.total"] == pytest.approx(0.000123)
     assert attributes["llm.output_messages.0.message.tool_calls.0.tool_call.function.name"] == (
-        "get_weather")
+        "get_weather"
+    )
     for span in spans.values():
         assert span["attributes"]["session.id"] == session
         assert span["attributes"]["user.id"] == "end-user-7"
@@ -185,8 +190,11 @@ def test_grouping_error_and_privacy_in_phoenix(phoenix: PhoenixServer) -> None:
     assert len(errored) == 2
     assert {span["status_message"] for span in errored} == {"Upstream provider returned 502"}
     private_llm = next(s for s in errored if s["span_kind"] == "LLM")
-    assert not [key for key in private_llm["attributes"] if key.startswith(
-        ("input.", "output.", "llm.input_messages", "llm.output_messages"))]
+    assert not [
+        key
+        for key in private_llm["attributes"]
+        if key.startswith(("input.", "output.", "llm.input_messages", "llm.output_messages"))
+    ]
     assert private_llm["attributes"]["llm.token_count.prompt"] == 21
     assert any(event["name"] == "exception" for event in private_llm["events"])
 
@@ -215,12 +223,17 @@ def test_broadcast_delay_into_phoenix(
 
     project = new_project()
     service.add_destination(
-        f"user:{user_id}", "phoenix", "Phoenix e2e",
+        f"user:{user_id}",
+        "phoenix",
+        "Phoenix e2e",
         {"endpoint": phoenix.url, "project_name": project},
     )
     session = f"session-{uuid.uuid4().hex[:8]}"
     event = chat_event(
-        6, id=f"gen-{uuid.uuid4().hex[:12]}", user_id=user_id, session_id=session,
+        6,
+        id=f"gen-{uuid.uuid4().hex[:12]}",
+        user_id=user_id,
+        session_id=session,
         trace={"trace_name": "Pipeline", "span_name": "Step"},
     )
     broadcast.delay(event)

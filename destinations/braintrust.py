@@ -38,15 +38,14 @@ from destinations.base import (
     HttpDestination,
     check_from_transport,
 )
-from destinations.budget import fit_to_budget
+from destinations.budget import fitted_json_post
 from destinations.chat_format import ChatMessage, chat_messages
 from destinations.config_fields import url_field
 from destinations.ids import derived_hex, derived_uuid
-from destinations.json_body import compact_json
 from destinations.outcomes import Outcome
 from destinations.registry import register
 from destinations.trace import Trace
-from destinations.transport import HttpRequest
+from destinations.transport import HttpRequest, join_url
 
 DEFAULT_BASE_URL = "https://api.braintrust.dev"
 # The API states no limit; Braintrust's SDK splits its own log uploads at about 6 MB.
@@ -177,11 +176,6 @@ def llm_metrics(trace: Trace) -> dict[str, int | float]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def encode(body: InsertRequest) -> bytes:
-    """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
-    return compact_json(body)
-
-
 @register
 class BraintrustDestination(HttpDestination):
     slug = "braintrust"
@@ -189,12 +183,13 @@ class BraintrustDestination(HttpDestination):
     config_schema = BraintrustConfig
 
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
-        body = fit_to_budget(
-            trace, lambda t: encode(insert_request(t, context.destination_id)), MAX_PAYLOAD_BYTES
+        return fitted_json_post(
+            self._url(f"/v1/project_logs/{self._project()}/insert"),
+            self._auth_headers(),
+            trace,
+            lambda t: insert_request(t, context.destination_id),
+            MAX_PAYLOAD_BYTES,
         )
-        headers = {**self._auth_headers(), "Content-Type": "application/json"}
-        path = f"/v1/project_logs/{self._project()}/insert"
-        return HttpRequest("POST", self._url(path), headers, body)
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
         """Read the project: 403 is a key without access to it, 400/404 an unknown project."""
@@ -219,7 +214,7 @@ class BraintrustDestination(HttpDestination):
         return quote(self.config["project_id"], safe="")
 
     def _url(self, path: str) -> str:
-        return self.config.get("base_url", DEFAULT_BASE_URL).rstrip("/") + path
+        return join_url(self.config.get("base_url", DEFAULT_BASE_URL), path)
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config['api_key']}"}

@@ -8,10 +8,13 @@ outcome with a reason, never a silent drop.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from destinations.base import PayloadTooLarge
+from destinations.json_body import compact_json
 from destinations.trace import Message, ToolCall, Trace
+from destinations.transport import HttpRequest
 
 MIN_FIELD_CHARS = 256
 
@@ -32,6 +35,24 @@ def fit_to_budget(trace: Trace, encode: Callable[[Trace], bytes], max_bytes: int
         cap = max(cap // 2, MIN_FIELD_CHARS)
         body = encode(truncate_content(trace, cap))
     return body
+
+
+def fitted_json_post(
+    url: str,
+    headers: Mapping[str, str],
+    trace: Trace,
+    serialize: Callable[[Trace], Any],
+    max_bytes: int,
+    **options: Any,
+) -> HttpRequest:
+    """A JSON POST of `serialize(trace)` within `max_bytes` (see `fit_to_budget`).
+
+    Raises `PayloadTooLarge`; `options` go to `HttpRequest` (e.g. `response_limit`).
+    """
+    body = fit_to_budget(trace, lambda t: compact_json(serialize(t)), max_bytes)
+    return HttpRequest(
+        "POST", url, {**headers, "Content-Type": "application/json"}, body, **options
+    )
 
 
 def truncate_content(trace: Trace, max_chars: int) -> Trace:

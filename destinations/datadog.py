@@ -43,14 +43,13 @@ from destinations.base import (
     check_from_transport,
     result_from_transport,
 )
-from destinations.budget import fit_to_budget
+from destinations.budget import fitted_json_post
 from destinations.config_fields import secret_field, url_field
 from destinations.ids import derived_hex
-from destinations.json_body import compact_json
 from destinations.outcomes import Outcome, parse_retry_after
 from destinations.registry import register
 from destinations.trace import Message, Trace
-from destinations.transport import HttpRequest, TransportResult
+from destinations.transport import HttpRequest, TransportResult, join_url
 
 DEFAULT_URL = "https://api.us5.datadoghq.com"
 SPANS_PATH = "/api/intake/llm-obs/v1/trace/spans"
@@ -249,11 +248,6 @@ def metrics(trace: Trace) -> dict[str, int | float]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def encode(body: SpansRequest) -> bytes:
-    """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
-    return compact_json(body)
-
-
 def too_old(trace: Trace, now: datetime) -> bool:
     """Whether Datadog's intake would refuse the trace's spans for their age."""
     return now - trace.started_at > MAX_SPAN_AGE
@@ -279,13 +273,13 @@ class DatadogDestination(HttpDestination):
 
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
         ml_app = self.config["ml_app"]
-        body = fit_to_budget(
+        return fitted_json_post(
+            self._url(SPANS_PATH),
+            self._auth_headers(),
             trace,
-            lambda t: encode(spans_request(t, context.destination_id, ml_app)),
+            lambda t: spans_request(t, context.destination_id, ml_app),
             MAX_PAYLOAD_BYTES,
         )
-        headers = {**self._auth_headers(), "Content-Type": "application/json"}
-        return HttpRequest("POST", self._url(SPANS_PATH), headers, body)
 
     def interpret(self, result: TransportResult) -> DeliveryResult:
         """The outcome table, with `X-RateLimit-Reset` standing in for a missing Retry-After."""
@@ -301,7 +295,7 @@ class DatadogDestination(HttpDestination):
         return check_from_transport(result, rejected_message=KEY_REJECTED)
 
     def _url(self, path: str) -> str:
-        return self.config.get("url", DEFAULT_URL).rstrip("/") + path
+        return join_url(self.config.get("url", DEFAULT_URL), path)
 
     def _auth_headers(self) -> dict[str, str]:
         return {"DD-API-KEY": self.config["api_key"]}

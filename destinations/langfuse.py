@@ -46,15 +46,14 @@ from destinations.base import (
     describe_response,
     result_from_transport,
 )
-from destinations.budget import fit_to_budget
+from destinations.budget import fitted_json_post
 from destinations.chat_format import ChatMessage, chat_message, chat_messages
 from destinations.config_fields import secret_field, url_field
 from destinations.ids import derived_hex, derived_uuid
-from destinations.json_body import compact_json
 from destinations.outcomes import Outcome, classify_status
 from destinations.registry import register
 from destinations.trace import Trace
-from destinations.transport import HttpRequest, TransportResult
+from destinations.transport import HttpRequest, TransportResult, join_url
 
 DEFAULT_BASE_URL = "https://us.cloud.langfuse.com"
 INGESTION_PATH = "/api/public/ingestion"
@@ -235,11 +234,6 @@ def cost_details(trace: Trace) -> dict[str, float]:
     return {key: value for key, value in pairs if value is not None}
 
 
-def encode(batch: IngestionBatch) -> bytes:
-    """Compact UTF-8 JSON: the bytes the budget counts are the bytes sent."""
-    return compact_json(batch)
-
-
 def read_multi_status(body: bytes) -> tuple[int, list[tuple[str, int, str]]] | None:
     """(number of successes, [(event id, status, message)]) from a 207 body; None if unreadable."""
     try:
@@ -262,12 +256,13 @@ class LangfuseDestination(HttpDestination):
     config_schema = LangfuseConfig
 
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
-        body = fit_to_budget(
-            trace, lambda t: encode(ingestion_batch(t, context.destination_id)), MAX_BATCH_BYTES
-        )
-        headers = {**self._auth_headers(), "Content-Type": "application/json"}
-        return HttpRequest(
-            "POST", self._url(INGESTION_PATH), headers, body, response_limit=MULTI_STATUS_LIMIT
+        return fitted_json_post(
+            self._url(INGESTION_PATH),
+            self._auth_headers(),
+            trace,
+            lambda t: ingestion_batch(t, context.destination_id),
+            MAX_BATCH_BYTES,
+            response_limit=MULTI_STATUS_LIMIT,
         )
 
     def interpret(self, result: TransportResult) -> DeliveryResult:
@@ -307,7 +302,7 @@ class LangfuseDestination(HttpDestination):
         return check
 
     def _url(self, path: str) -> str:
-        return self.config.get("base_url", DEFAULT_BASE_URL).rstrip("/") + path
+        return join_url(self.config.get("base_url", DEFAULT_BASE_URL), path)
 
     def _auth_headers(self) -> dict[str, str]:
         token = f"{self.config['public_key']}:{self.config['secret_key']}".encode()

@@ -35,12 +35,12 @@ from destinations.base import (
 from destinations.config_fields import secret_field, url_field
 from destinations.json_body import json_text
 from destinations.otlp.encoding import Encoding
-from destinations.otlp.exporter import OtlpDestination, join_url
+from destinations.otlp.exporter import OtlpDestination
 from destinations.otlp.genai import genai_attributes, provider_name
 from destinations.otlp.spans import Level, PlannedSpan
 from destinations.registry import register
 from destinations.trace import Message, Trace
-from destinations.transport import HttpRequest
+from destinations.transport import HttpRequest, join_url
 
 DEFAULT_ENDPOINT = "https://api.smith.langchain.com"
 DEFAULT_PROJECT = "default"

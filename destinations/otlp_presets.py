@@ -29,8 +29,9 @@ from marshmallow import fields, validate
 from destinations.base import ConfigSchema
 from destinations.config_fields import secret_field, url_field
 from destinations.otlp.encoding import Encoding
-from destinations.otlp.exporter import OtlpDestination, join_url
+from destinations.otlp.exporter import OtlpDestination
 from destinations.registry import register
+from destinations.transport import join_url
 
 NEW_RELIC_ENDPOINTS = {
     "us": "https://otlp.nr-data.net/v1/traces",

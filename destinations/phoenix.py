@@ -31,12 +31,12 @@ from destinations.base import (
 )
 from destinations.config_fields import url_field
 from destinations.otlp.encoding import Encoding
-from destinations.otlp.exporter import OtlpDestination, join_url
+from destinations.otlp.exporter import OtlpDestination
 from destinations.otlp.openinference import openinference_attributes, resource_attributes
 from destinations.otlp.spans import PlannedSpan
 from destinations.registry import register
 from destinations.trace import Trace
-from destinations.transport import HttpRequest
+from destinations.transport import HttpRequest, join_url
 
 DEFAULT_PROJECT = "default"
 

@@ -173,6 +173,11 @@ class HttpTransport:
         self._session.close()
 
 
+def join_url(base: str, path: str) -> str:
+    """`base` (with or without a trailing slash) followed by `path` (starting with `/`)."""
+    return base.rstrip("/") + path
+
+
 def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 

@@ -26,11 +26,12 @@ from marshmallow import fields, validate
 from destinations.base import ConfigSchema
 from destinations.config_fields import secret_field, url_field
 from destinations.otlp.encoding import Encoding
-from destinations.otlp.exporter import OtlpDestination, join_url
+from destinations.otlp.exporter import OtlpDestination
 from destinations.otlp.genai import genai_attributes
 from destinations.otlp.spans import Level, PlannedSpan
 from destinations.registry import register
 from destinations.trace import Trace
+from destinations.transport import join_url
 
 DEFAULT_BASE_URL = "https://trace.wandb.ai"
 

@@ -17,9 +17,9 @@ from destinations.braintrust import (
     MAX_PAYLOAD_BYTES,
     BraintrustConfig,
     BraintrustDestination,
-    encode,
     insert_request,
 )
+from destinations.json_body import compact_json
 from destinations.outcomes import Outcome
 from destinations.registry import destination_class
 from destinations.trace import Message, Trace
@@ -140,7 +140,7 @@ def test_plain_chat_golden() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_case_matches_braintrusts_openapi_schema(case: str) -> None:
-    payload = json.loads(encode(insert_request(CASES[case], DESTINATION)))
+    payload = json.loads(compact_json(insert_request(CASES[case], DESTINATION)))
     assert insert_problems(payload) == []
 
 
@@ -192,7 +192,7 @@ def test_failed_request_carries_the_error() -> None:
 
 
 def test_privacy_mode_sends_no_content_but_keeps_the_rest() -> None:
-    body = encode(insert_request(CASES["privacy"], DESTINATION))
+    body = compact_json(insert_request(CASES["privacy"], DESTINATION))
     for text in PROMPT_TEXTS:
         assert text.encode() not in body
     for row in rows(CASES["privacy"]):
@@ -236,7 +236,9 @@ def test_span_name_and_parent_span_id_build_the_hierarchy() -> None:
 
 def test_ids_are_deterministic_per_request_and_destination() -> None:
     trace = CASES["plain chat"]
-    assert encode(insert_request(trace, DESTINATION)) == encode(insert_request(trace, DESTINATION))
+    assert compact_json(insert_request(trace, DESTINATION)) == compact_json(
+        insert_request(trace, DESTINATION)
+    )
     mine = {row[key] for row in rows(trace) for key in ("id", "span_id", "root_span_id")}
     theirs = {row[key] for row in rows(trace, "dst_2") for key in ("id", "span_id", "root_span_id")}
     assert len(mine) == 4

@@ -17,9 +17,9 @@ from destinations.datadog import (
     MAX_PAYLOAD_BYTES,
     DatadogConfig,
     DatadogDestination,
-    encode,
     spans_request,
 )
+from destinations.json_body import compact_json
 from destinations.outcomes import Outcome
 from destinations.registry import destination_class
 from destinations.trace import Message, Trace
@@ -145,7 +145,7 @@ def test_plain_chat_golden() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_case_matches_the_intake_schema(case: str) -> None:
-    payload = json.loads(encode(spans_request(CASES[case], DESTINATION, ML_APP)))
+    payload = json.loads(compact_json(spans_request(CASES[case], DESTINATION, ML_APP)))
     assert spans_problems(payload) == []
 
 
@@ -237,7 +237,7 @@ def test_failed_request_marks_every_span_as_error() -> None:
 
 
 def test_privacy_mode_sends_no_content_but_keeps_the_rest() -> None:
-    body = encode(spans_request(CASES["privacy"], DESTINATION, ML_APP))
+    body = compact_json(spans_request(CASES["privacy"], DESTINATION, ML_APP))
     for text in PROMPT_TEXTS:
         assert text.encode() not in body
     for span in spans(CASES["privacy"]):
@@ -273,7 +273,7 @@ def test_span_name_and_parent_span_id_build_the_hierarchy() -> None:
 
 def test_ids_are_deterministic_per_request_and_destination() -> None:
     trace = CASES["plain chat"]
-    assert encode(spans_request(trace, DESTINATION, ML_APP)) == encode(
+    assert compact_json(spans_request(trace, DESTINATION, ML_APP)) == compact_json(
         spans_request(trace, DESTINATION, ML_APP)
     )
     mine = {(s["trace_id"], s["span_id"]) for s in spans(trace)}

@@ -13,12 +13,12 @@ import pytest
 
 from destinations.base import DeliveryContext, PayloadTooLarge
 from destinations.budget import truncation_marker
+from destinations.json_body import compact_json
 from destinations.langfuse import (
     DEFAULT_BASE_URL,
     MAX_BATCH_BYTES,
     LangfuseConfig,
     LangfuseDestination,
-    encode,
     ingestion_batch,
 )
 from destinations.outcomes import Outcome
@@ -128,7 +128,7 @@ def test_plain_chat_golden() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_case_is_a_valid_langfuse_batch(case: str) -> None:
-    batch = json.loads(encode(ingestion_batch(CASES[case], DESTINATION)))
+    batch = json.loads(compact_json(ingestion_batch(CASES[case], DESTINATION)))
     assert batch_problems(batch) == []
 
 
@@ -196,7 +196,7 @@ def test_failed_request_is_an_error_level_generation() -> None:
 
 
 def test_privacy_mode_sends_no_content_but_keeps_the_rest() -> None:
-    body = encode(ingestion_batch(CASES["privacy"], DESTINATION))
+    body = compact_json(ingestion_batch(CASES["privacy"], DESTINATION))
     for text in PROMPT_TEXTS:
         assert text.encode() not in body
     events = events_by_type(json.loads(body))
@@ -246,7 +246,7 @@ def test_parent_span_id_without_span_name_parents_the_generation() -> None:
 
 def test_ids_are_deterministic_per_request_and_destination() -> None:
     trace = CASES["span and parent"]
-    assert encode(ingestion_batch(trace, DESTINATION)) == encode(
+    assert compact_json(ingestion_batch(trace, DESTINATION)) == compact_json(
         ingestion_batch(trace, DESTINATION)
     )
 

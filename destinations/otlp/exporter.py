@@ -130,8 +130,3 @@ class OtlpDestination(HttpDestination):
             body = gzipped(body)
             headers["Content-Encoding"] = "gzip"
         return HttpRequest("POST", self.traces_url(), headers, body)
-
-
-def join_url(base: str, path: str) -> str:
-    """`base` (with or without a trailing slash) followed by `path` (starting with `/`)."""
-    return base.rstrip("/") + path

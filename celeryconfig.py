@@ -7,6 +7,8 @@ local Redis as the default.
 from kombu import Exchange, Queue
 
 from settings.config import load_config
+from settings.event_limits import EventLimits
+from settings.message_codec import register_codec
 
 _config = load_config()
 
@@ -15,6 +17,10 @@ broker_url = _config.broker_url
 result_backend = None
 task_ignore_result = True
 
+# kombu's "json" serializer replaced by one that enforces the event limits where a message
+# is decoded: a prefork worker's main process pickles decoded arguments for its child, and
+# a deeply nested one would kill it before any task runs (settings/message_codec.py).
+register_codec(EventLimits.from_config(_config))
 task_serializer = "json"
 accept_content = ["json"]
 timezone = "UTC"
@@ -36,6 +42,8 @@ task_routes = {
     "broadcast.deliver": {"queue": DELIVER_QUEUE},
     "broadcast.maintenance.*": {"queue": MAINTENANCE_QUEUE},
 }
+# The worker loads these; a gateway that only sends `broadcast.fan_out` never does.
+imports = ("tasks.deliver", "tasks.maintenance")
 
 # Reliability: a task is acknowledged only once it finished, and a task whose worker died
 # goes back to the queue. Redeliveries are harmless because every vendor-side id is
@@ -43,30 +51,36 @@ task_routes = {
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-# With Redis, an unacknowledged message (including a retry waiting for its countdown) is
-# redelivered after the visibility timeout. Every time limit and every short-retry
-# countdown stays far below it; longer waits are parked in Redis (tasks.retry_policy).
-VISIBILITY_TIMEOUT_SECONDS = 3600
+# With Redis, an unacknowledged message (a running task, or a retry waiting for its
+# countdown) is redelivered after the visibility timeout: it must exceed the longest task
+# (the hard time limit) plus the longest short-tier countdown (BROADCAST_RETRY_CAP_SECONDS,
+# 120 s). Longer waits never sit in the broker: backlogs wait in Redis and beat's sweep
+# kicks them. A killed worker's message comes back after this; its backlog entries come
+# back sooner, after BROADCAST_CLAIM_LEASE_SECONDS, through the sweep.
+VISIBILITY_TIMEOUT_SECONDS = _config.visibility_timeout_seconds  # 300 s by default
 broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
-task_soft_time_limit = 60
-task_time_limit = 90
+task_soft_time_limit = 120
+task_time_limit = 150
 broker_connection_retry_on_startup = True
 
-# Task events so Flower sees every task from sending to finishing.
+# Task events so Flower sees every task the workers receive, start and finish. The
+# task-sent event costs the gateway a second broker write per `.delay()`: off unless
+# BROADCAST_SEND_SENT_EVENTS=1.
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = _config.send_sent_events
 task_track_started = True
 
 # Beat (exactly one runs). Every job is cheap and idempotent; the long intervals live in
 # Redis, per destination, not here:
-# - parked deliveries come due on the long retry schedule (BROADCAST_PARK_SCHEDULE_SECONDS,
-#   5 min, 30 min, 2 h, 5 h, 10 h, 10 h); the sweep re-queues them, bounded per destination;
+# - the sweep looks after every backlog (tasks/backlog_upkeep.py): kicks the ones with due
+#   work and no task (after a backoff, at a circuit's probe time, after a lost task),
+#   retains lagging traces, dead-letters what passed the horizon, enforces the bounds;
 # - credentials are re-validated every BROADCAST_REVALIDATE_SECONDS (6 h, spread +-10 %
 #   per destination), and every BROADCAST_AUTH_FAILED_RECHECK_SECONDS (15 min) while rejected.
 beat_schedule = {
-    "sweep-parked-deliveries": {
-        "task": "broadcast.maintenance.sweep_parked",
-        "schedule": 10.0,
+    "sweep-backlogs": {
+        "task": "broadcast.maintenance.sweep",
+        "schedule": _config.sweep_interval_seconds,
     },
     "flush-owner-notifications": {
         "task": "broadcast.maintenance.flush_notifications",
@@ -81,3 +95,25 @@ beat_schedule = {
         "schedule": 3600.0,
     },
 }
+
+
+# --- RabbitMQ: only when the broker URL is amqp:// (docs/production.md, "Choosing the broker")
+# Quorum queues (replicated, durable; RabbitMQ's recommended type). Countdowns on quorum
+# queues go through Celery's native delayed delivery, which routes through topic exchanges:
+# with a direct exchange Celery only warns and the worker would hold the message unacked.
+# Celery turns global QoS off by itself for quorum queues (worker_detect_quorum_queues).
+# Gateways publish without declaring (`declare=[]`), so their default classic declaration
+# never conflicts with these queues.
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+if broker_url.startswith(AMQP_SCHEMES):
+    task_queues = tuple(
+        Queue(
+            name,
+            Exchange(name, type="topic"),
+            routing_key=name,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for name in (FANOUT_QUEUE, DELIVER_QUEUE, MAINTENANCE_QUEUE)
+    )
+    task_default_exchange_type = "topic"
+    task_default_queue_type = "quorum"

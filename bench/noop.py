@@ -6,7 +6,7 @@ import redis
 from celery import Task
 
 from tasks.app import broadcast_task
-from tasks.runtime import runtime
+from settings.runtime import runtime
 
 COUNTER_KEY = "bench:noop"
 

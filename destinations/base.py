@@ -13,7 +13,7 @@ check it when the config is saved.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -34,8 +34,32 @@ class ConfigSchema(marshmallow.Schema):
         unknown = marshmallow.RAISE
 
 
-class PayloadTooLarge(Exception):
+class ItemRefused(Exception):
+    """This one trace cannot be sent to this vendor (permanent for the trace, not the batch)."""
+
+
+class PayloadTooLarge(ItemRefused):
     """The payload does not fit the vendor's limit even with content truncated (permanent)."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How much one vendor request may carry. `max_items=1` means one trace per request.
+
+    `max_bytes` bounds the sum of the encoded items of one request (the vendor's envelope
+    comes on top: keep it below the vendor's documented limit).
+    """
+
+    max_items: int = 1
+    max_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EncodedItem:
+    """One trace's share of a vendor request: a vendor-defined payload and its size in bytes."""
+
+    payload: Any
+    size: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,27 @@ class DeliveryResult:
     error: str | None = None
     retry_after: float | None = None
     rejected: tuple[str, ...] = ()
+    attempted: bool = True
+    # What the delivery log should say about how the vendor took this trace (e.g. a
+    # caller's parent_span_id it could not use).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def concerns_destination(self) -> bool:
+        """A failure of the destination (outage, credentials), not of this trace."""
+        return self.outcome in (Outcome.RETRYABLE, Outcome.AUTH_FAILED)
+
+
+def not_attempted(cause: DeliveryResult) -> DeliveryResult:
+    """The result of a trace left untried because `cause` stopped its batch."""
+    return DeliveryResult(
+        cause.outcome,
+        None,
+        0.0,
+        error=f"not attempted: {cause.error or cause.outcome.value}",
+        retry_after=cause.retry_after,
+        attempted=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -83,6 +128,8 @@ class Destination(ABC):
     slug: ClassVar[str]
     display_name: ClassVar[str]
     config_schema: ClassVar[type[ConfigSchema]]
+    # One trace per vendor request unless the vendor class says more.
+    batch_limits: ClassVar[BatchLimits] = BatchLimits()
 
     def __init__(self, config: Mapping[str, Any], transport: HttpTransport) -> None:
         self.config = config
@@ -108,28 +155,112 @@ class Destination(ABC):
     def deliver(self, trace: Trace, context: DeliveryContext) -> DeliveryResult:
         """Send one trace. Never raises for vendor or network trouble: that is an outcome."""
 
+    def deliver_batch(
+        self, traces: Sequence[Trace], context: DeliveryContext
+    ) -> list[DeliveryResult]:
+        """Send a batch; one result per trace, in order. Never raises for vendor or network
+        trouble.
+
+        This default sends the traces one by one and stops at the first failure that
+        concerns the destination: the untried rest come back `attempted=False`.
+        """
+        results: list[DeliveryResult] = []
+        for trace in traces:
+            if results and results[-1].concerns_destination:
+                results.append(not_attempted(results[-1]))
+            else:
+                results.append(self.deliver(trace, context))
+        return results
+
     @abstractmethod
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
         """Prove the config works where the vendor offers a way. Never raises for I/O."""
 
 
 class HttpDestination(Destination):
-    """A destination that sends one HTTP request per trace through the shared transport."""
+    """A destination that speaks HTTP through the shared transport.
+
+    A vendor implements `build_request` (one trace per request). A vendor that batches
+    also sets `batch_limits` and implements `encode_item` (one trace's pure share of the
+    request) and `batch_request` (the request for several encoded items); it may read a
+    response per item with `interpret_batch`.
+    """
 
     @abstractmethod
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
-        """Pure: the request for this trace. May raise `PayloadTooLarge`."""
+        """Pure: the request for this trace. May raise `PayloadTooLarge` or `ItemRefused`."""
+
+    def encode_item(self, trace: Trace, context: DeliveryContext) -> EncodedItem:
+        """Pure: this trace's share of a request. May raise `ItemRefused`."""
+        request = self.build_request(trace, context)
+        return EncodedItem(request, len(request.body))
+
+    def batch_request(
+        self, payloads: Sequence[Any], context: DeliveryContext
+    ) -> HttpRequest:
+        """Pure: the request carrying `payloads` (never more than `batch_limits` allows)."""
+        (request,) = payloads  # without batching, the item is the whole request
+        return request
 
     def deliver(self, trace: Trace, context: DeliveryContext) -> DeliveryResult:
-        try:
-            request = self.build_request(trace, context)
-        except PayloadTooLarge as exc:
-            return DeliveryResult(Outcome.PERMANENT, None, 0.0, error=f"payload too large: {exc}")
-        return self.interpret(self.transport.send(request))
+        return self.deliver_batch([trace], context)[0]
+
+    def deliver_batch(
+        self, traces: Sequence[Trace], context: DeliveryContext
+    ) -> list[DeliveryResult]:
+        results: dict[int, DeliveryResult] = {}
+        items: list[tuple[int, EncodedItem]] = []
+        for index, trace in enumerate(traces):
+            try:
+                items.append((index, self.encode_item(trace, context)))
+            except PayloadTooLarge as exc:
+                results[index] = _refused(f"payload too large: {exc}")
+            except ItemRefused as exc:
+                results[index] = _refused(str(exc))
+        stopped: DeliveryResult | None = None
+        for group in pack(items, self.batch_limits):
+            if stopped is not None:
+                results.update((index, not_attempted(stopped)) for index, _ in group)
+                continue
+            request = self.batch_request([item.payload for _, item in group], context)
+            answers = self.interpret_batch(
+                self.transport.send(request), [traces[index] for index, _ in group]
+            )
+            results.update(zip((index for index, _ in group), answers, strict=True))
+            if any(answer.concerns_destination for answer in answers):
+                stopped = next(a for a in answers if a.concerns_destination)
+        return [results[index] for index in range(len(traces))]
 
     def interpret(self, result: TransportResult) -> DeliveryResult:
         """Classify a response with the outcome table. Vendors override for 207s and 409s."""
         return result_from_transport(result)
+
+    def interpret_batch(
+        self, result: TransportResult, traces: Sequence[Trace]
+    ) -> list[DeliveryResult]:
+        """One result per trace of the request; by default the response's, for each."""
+        return [self.interpret(result)] * len(traces)
+
+
+def pack(
+    items: Sequence[tuple[int, EncodedItem]], limits: BatchLimits
+) -> Iterator[list[tuple[int, EncodedItem]]]:
+    """Split items, in order, into groups within `limits` (an item alone may reach max_bytes)."""
+    group: list[tuple[int, EncodedItem]] = []
+    size = 0
+    for entry in items:
+        item_size = entry[1].size
+        if group and (len(group) >= limits.max_items or size + item_size > limits.max_bytes):
+            yield group
+            group, size = [], 0
+        group.append(entry)
+        size += item_size
+    if group:
+        yield group
+
+
+def _refused(reason: str) -> DeliveryResult:
+    return DeliveryResult(Outcome.PERMANENT, None, 0.0, error=reason)
 
 
 def result_from_transport(

@@ -3,28 +3,32 @@
 | trace | Braintrust |
 | --- | --- |
 | `trace_id` (else derived from the request) | `root_span_id` of every row: requests group |
-| `trace_name` (default: the model) | root row, `span_attributes` `{name, type: task}` |
+| `trace_name` (default: the model) | this request's top row, `{name, type: task}` |
 | `span_name` | an intermediate row, `span_attributes` `{name, type: task}` |
 | `generation_name` (default: the model) | the LLM row, `span_attributes` `{name, type: llm}` |
-| `parent_span_id` | `span_parents` of our top row; no root row then (the caller owns it) |
+| `parent_span_id` (any form, as given) | `span_parents` of our top row (which stays) |
 | `user` / `session_id` | `metadata.user_id` / `metadata.session_id` on every row |
-| `tags` (a list of strings) | the root row's `tags` (roots only); `metadata.tags` without one |
+| `tags` (a list of strings) | the top row's `tags` when it is the root; else `metadata.tags` |
 | other `trace` keys | `metadata` on every row |
 | model, provider, parameters | LLM row `metadata` `model` (Braintrust prices it too), ... |
 | messages | LLM row `input` (chat messages) and `output` (assistant messages) |
 | usage | LLM row `metrics`: `prompt_tokens`, `completion_tokens`, `tokens`, cache, reasoning |
 | timing | `metrics.start` / `metrics.end` (unix seconds), `time_to_first_token` (s) |
-| cost (USD) | LLM row `metrics` `input_cost`, `output_cost`, `total_cost` |
+| cost (USD, the gateway's total) | LLM row `metrics.estimated_cost` (what Braintrust's cost |
+| | measures read; its own pricing applies only without it); the split in `metadata.cost` |
+| finish time | `created` on every row (ISO 8601) |
+| preview (`previews.py`) | top row `input` / `output` (the full messages are on the LLM row) |
 | failed request | `error` (the message) on the LLM row and the root |
 
-Row ids come from (request id, destination id), the root row's from (trace id,
-destination id): Braintrust replaces a row inserted again with the same id, so retries do
-not duplicate and requests sharing a `trace_id` share one root row. The root row repeats
-the request's input and output only when the trace is this request's alone.
+Row ids come from (request id, destination id): Braintrust replaces a row inserted again
+with the same id, so retries do not duplicate. Requests sharing a `trace_id` share its
+`root_span_id`; each contributes its own top row with its own times and never re-sends
+another's. The content goes once, on the LLM row; the top row carries a bounded preview.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 from urllib.parse import quote
@@ -32,17 +36,21 @@ from urllib.parse import quote
 from marshmallow import fields, validate
 
 from destinations.base import (
+    BatchLimits,
     ConfigSchema,
     ConnectionCheck,
     DeliveryContext,
+    EncodedItem,
     HttpDestination,
     check_from_transport,
 )
-from destinations.budget import fitted_json_post
+from destinations.budget import fitted_json
 from destinations.chat_format import ChatMessage, chat_messages
 from destinations.config_fields import url_field
 from destinations.ids import derived_hex, derived_uuid
+from destinations.json_body import compact_json
 from destinations.outcomes import Outcome
+from destinations.previews import input_preview, output_preview
 from destinations.registry import register
 from destinations.trace import Trace
 from destinations.transport import HttpRequest, join_url
@@ -82,8 +90,9 @@ class LogRow(TypedDict):
     metrics: dict[str, int | float]
     span_parents: NotRequired[list[str]]
     tags: NotRequired[list[str]]
-    input: NotRequired[list[ChatMessage]]
-    output: NotRequired[list[ChatMessage]]
+    created: str
+    input: NotRequired[list[ChatMessage] | str]
+    output: NotRequired[list[ChatMessage] | str]
     error: NotRequired[str]
 
 
@@ -106,6 +115,13 @@ def insert_request(trace: Trace, destination_id: str) -> InsertRequest:
     tags, shared_metadata = _split_tags(trace)
     error = _error_text(trace)
     rows: list[LogRow] = []
+    # This request's own top row: alone in its trace it is the root (span id = root span
+    # id); sharing a trace_id, each request's top row is its own, with its own times.
+    alone = meta.trace_id is None and meta.parent_span_id is None
+    if tags and not alone:
+        shared_metadata["tags"] = tags  # Braintrust takes `tags` on root spans only
+
+    created = trace.finished_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     def row(row_id: str, name: str, span_type: str, span_id: str, parent: str | None) -> LogRow:
         out = LogRow(
@@ -115,26 +131,29 @@ def insert_request(trace: Trace, destination_id: str) -> InsertRequest:
             span_attributes=SpanAttributes(name=name, type=span_type),
             metadata=dict(shared_metadata),
             metrics=dict(times),
+            created=created,
         )
         if parent is not None:
             out["span_parents"] = [parent]
         return out
 
-    parent = meta.parent_span_id
-    if parent is None:
-        # One root row per trace: requests sharing a trace_id replace it, not repeat it.
-        root_id = derived_uuid(trace.grouping_id, destination_id, "root")
-        root = row(root_id, trace.trace_name, "task", root_span_id, None)
-        if tags:
-            root["tags"] = tags
-        if meta.trace_id is None:
-            _set_io(root, trace)
-        if error:
-            root["error"] = error
-        rows.append(root)
-        parent = root_span_id
-    elif tags:
-        shared_metadata["tags"] = tags
+    top_span_id = (
+        root_span_id if alone else derived_hex(trace.request_id, destination_id, "top", nbytes=8)
+    )
+    top = row(
+        derived_uuid(trace.request_id, destination_id, "root"),
+        trace.trace_name,
+        "task",
+        top_span_id,
+        meta.parent_span_id,
+    )
+    if tags and alone:
+        top["tags"] = tags
+    _set_previews(top, trace)
+    if error:
+        top["error"] = error
+    rows.append(top)
+    parent = top_span_id
     if meta.span_name:
         span_id = derived_hex(trace.request_id, destination_id, "span", nbytes=8)
         span_row_id = derived_uuid(trace.request_id, destination_id, "span")
@@ -167,9 +186,7 @@ def llm_metrics(trace: Trace) -> dict[str, int | float]:
         "prompt_cached_tokens": usage.cached_input_tokens,
         "prompt_cache_creation_tokens": usage.cache_write_input_tokens,
         "completion_reasoning_tokens": usage.reasoning_tokens,
-        "input_cost": cost.input,
-        "output_cost": cost.output,
-        "total_cost": cost.total,
+        "estimated_cost": cost.total,
     }
     if trace.time_to_first_token_ms is not None:
         values["time_to_first_token"] = trace.time_to_first_token_ms / 1000.0
@@ -182,13 +199,27 @@ class BraintrustDestination(HttpDestination):
     display_name = "Braintrust"
     config_schema = BraintrustConfig
 
+    # Many requests' rows per insert, within the payload budget.
+    batch_limits = BatchLimits(max_items=100, max_bytes=MAX_PAYLOAD_BYTES - 64 * 1024)
+
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
-        return fitted_json_post(
+        return self.batch_request([self.encode_item(trace, context).payload], context)
+
+    def encode_item(self, trace: Trace, context: DeliveryContext) -> EncodedItem:
+        """One request's rows, fitted to the byte budget."""
+        shape, body = fitted_json(
+            trace, lambda t: insert_request(t, context.destination_id), MAX_PAYLOAD_BYTES
+        )
+        return EncodedItem(shape["events"], len(body))
+
+    def batch_request(self, payloads: Sequence[Any], context: DeliveryContext) -> HttpRequest:
+        """One insert with every request's rows (each row has its own deterministic id)."""
+        body = InsertRequest(events=[row for rows in payloads for row in rows])
+        return HttpRequest(
+            "POST",
             self._url(f"/v1/project_logs/{self._project()}/insert"),
-            self._auth_headers(),
-            trace,
-            lambda t: insert_request(t, context.destination_id),
-            MAX_PAYLOAD_BYTES,
+            {**self._auth_headers(), "Content-Type": "application/json"},
+            compact_json(body),
         )
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
@@ -257,6 +288,9 @@ def _llm_metadata(trace: Trace) -> dict[str, Any]:
     }
     if trace.tool_choice is not None:
         metadata["tool_choice"] = trace.tool_choice
+    split = {"input": trace.cost.input, "output": trace.cost.output}
+    if any(value is not None for value in split.values()):
+        metadata["cost"] = {key: value for key, value in split.items() if value is not None}
     # Tool definitions are part of the prompt: they go wherever the messages go.
     if trace.tools and trace.input_messages:
         metadata["tools"] = list(trace.tools)
@@ -267,6 +301,14 @@ def _llm_metadata(trace: Trace) -> dict[str, Any]:
     if trace.content_redacted:
         metadata["privacy_mode"] = True
     return metadata
+
+
+def _set_previews(row: LogRow, trace: Trace) -> None:
+    question, answer = input_preview(trace), output_preview(trace)
+    if question is not None:
+        row["input"] = question
+    if answer is not None:
+        row["output"] = answer
 
 
 def _set_io(row: LogRow, trace: Trace) -> None:

@@ -37,6 +37,22 @@ def fit_to_budget(trace: Trace, encode: Callable[[Trace], bytes], max_bytes: int
     return body
 
 
+def fitted_json(
+    trace: Trace, serialize: Callable[[Trace], Any], max_bytes: int
+) -> tuple[Any, bytes]:
+    """`serialize(trace)` and its compact JSON, content truncated to fit `max_bytes`
+    (see `fit_to_budget`). Raises `PayloadTooLarge`."""
+    shapes: dict[int, Any] = {}
+
+    def encode(candidate: Trace) -> bytes:
+        shape = serialize(candidate)
+        shapes[0] = shape
+        return compact_json(shape)
+
+    body = fit_to_budget(trace, encode, max_bytes)
+    return shapes[0], body
+
+
 def fitted_json_post(
     url: str,
     headers: Mapping[str, str],

@@ -3,10 +3,11 @@
 | trace | Datadog |
 | --- | --- |
 | `trace_id` (else derived from the request) | every span's `trace_id` |
-| `trace_name` (default: the model) | root span `name` (kind `workflow`) |
+| `trace_name` (default: the model) | this request's top span `name` (kind `workflow`) |
 | `span_name` | an intermediate `workflow` span |
 | `generation_name` (default: the model) | the `llm` span's `name` |
-| `parent_span_id` (16 hex) | our top span's parent, as a decimal id; no root span then |
+| `parent_span_id` (16 hex, any case) | our top span's parent, as a decimal id (the top stays) |
+| `parent_span_id` (other forms) | unusable as a Datadog id: `meta.metadata.parent_span_id` |
 | `user` | tag `user_id:{user}` (with `service:{ml_app}` on every span) |
 | `session_id` | `session_id` |
 | other `trace` keys, model parameters | `llm` span `meta.metadata` (non-scalars as JSON) |
@@ -18,35 +19,42 @@
 | cost (USD) | `metrics` `input_cost`, `output_cost`, `total_cost` |
 | failed request | `status: error`, `meta.error` (`message`, `type`) on every span |
 
-Span ids are derived from (request id, destination id); the root span's from (trace id,
-destination id), so requests sharing a `trace_id` share one root; its `input`/`output`
-text (last user turn, first completion) is set only when the trace is this request's
-alone. Datadog refuses spans older than 24 hours: such a delivery is permanent without
-being sent. 202 = delivered; a 429 waits for `Retry-After`, else `X-RateLimit-Reset`.
+Span ids are derived from (request id, destination id). Each request sends its own top
+span with its own times, so requests sharing a `trace_id` never re-send or overwrite each
+other's; the top span's `input`/`output` is a bounded preview (`previews.py`: last user
+turn, first completion), the messages go once, on the `llm` span. Datadog refuses spans
+older than 24 hours: such a delivery is permanent without being sent. 202 = delivered;
+a 429 waits for `Retry-After`, else `X-RateLimit-Reset`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
 from marshmallow import ValidationError, fields
 
 from destinations.base import (
+    BatchLimits,
     ConfigSchema,
     ConnectionCheck,
     DeliveryContext,
     DeliveryResult,
+    EncodedItem,
     HttpDestination,
+    ItemRefused,
     check_from_transport,
     result_from_transport,
 )
-from destinations.budget import fitted_json_post
+from destinations.budget import fitted_json
 from destinations.config_fields import secret_field, url_field
-from destinations.ids import derived_hex
-from destinations.outcomes import Outcome, parse_retry_after
+from destinations.ids import derived_hex, otlp_span_id
+from destinations.json_body import compact_json
+from destinations.outcomes import parse_retry_after
+from destinations.previews import input_preview, output_preview
 from destinations.registry import register
 from destinations.trace import Message, Trace
 from destinations.transport import HttpRequest, TransportResult, join_url
@@ -183,15 +191,14 @@ def spans_request(trace: Trace, destination_id: str, ml_app: str) -> SpansReques
         )
 
     spans: list[Span] = []
-    if meta.parent_span_id:
-        # The caller's own span (16 hex, a 64-bit id) as Datadog writes span ids.
-        parent = str(int(meta.parent_span_id, 16))
-    else:
-        parent = span_id(trace.grouping_id, destination_id, "root")
-        root_meta = SpanMeta(kind="workflow")
-        if meta.trace_id is None:
-            root_meta.update(_text_io(trace))  # type: ignore[typeddict-item]
-        spans.append(span(trace.trace_name, parent, ROOT_PARENT, root_meta))
+    # The caller's own span (16 hex, a 64-bit id) as Datadog writes span ids; anything
+    # else cannot name a Datadog span, and a parent that is no span would hide the trace.
+    caller = otlp_span_id(meta.parent_span_id)
+    parent = span_id(trace.request_id, destination_id, "root")
+    root_meta = SpanMeta(kind="workflow")
+    root_meta.update(_text_io(trace))  # type: ignore[typeddict-item]
+    top_parent = str(int(caller, 16)) if caller else ROOT_PARENT
+    spans.append(span(trace.trace_name, parent, top_parent, root_meta))
     if meta.span_name:
         workflow = span_id(trace.request_id, destination_id, "span")
         spans.append(span(meta.span_name, workflow, parent, SpanMeta(kind="workflow")))
@@ -259,26 +266,46 @@ class DatadogDestination(HttpDestination):
     display_name = "Datadog LLM Observability"
     config_schema = DatadogConfig
 
-    def deliver(self, trace: Trace, context: DeliveryContext) -> DeliveryResult:
-        """As for every HTTP destination, but spans Datadog would refuse for their age are
-        permanent without a request."""
-        if too_old(trace, context.now):
-            return DeliveryResult(
-                Outcome.PERMANENT,
-                None,
-                0.0,
-                error="spans older than 24 h are rejected by Datadog: not sent",
-            )
-        return super().deliver(trace, context)
+    # Many requests' spans per intake call, within Datadog's payload limit.
+    batch_limits = BatchLimits(max_items=100, max_bytes=MAX_PAYLOAD_BYTES - 64 * 1024)
 
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
+        item = self.encode_item(trace, context)
+        return self.batch_request([item.payload], context)
+
+    def encode_item(self, trace: Trace, context: DeliveryContext) -> EncodedItem:
+        """One request's spans, fitted to the byte budget. Spans Datadog would refuse for
+        their age are refused here, without a request (permanent for that trace)."""
+        if too_old(trace, context.now):
+            raise ItemRefused("spans older than 24 h are rejected by Datadog: not sent")
         ml_app = self.config["ml_app"]
-        return fitted_json_post(
+        shape, body = fitted_json(
+            trace, lambda t: spans_request(t, context.destination_id, ml_app), MAX_PAYLOAD_BYTES
+        )
+        return EncodedItem(shape, len(body))
+
+    def batch_request(self, payloads: Sequence[Any], context: DeliveryContext) -> HttpRequest:
+        """One intake call; with several requests, their session and tags move onto each
+        span (the intake reads both per span), so nothing of one request leaks to another."""
+        if len(payloads) == 1:
+            body: Any = payloads[0]
+        else:
+            ml_app = self.config["ml_app"]
+            spans: list[Span] = []
+            for payload in payloads:
+                attributes = payload["data"]["attributes"]
+                for span in attributes["spans"]:
+                    span["tags"] = attributes["tags"]
+                    if "session_id" in attributes:
+                        span["session_id"] = attributes["session_id"]
+                    spans.append(span)
+            merged = SpansPayload(ml_app=ml_app, tags=[f"service:{ml_app}"], spans=spans)
+            body = SpansRequest(data=SpansRequestData(type="span", attributes=merged))
+        return HttpRequest(
+            "POST",
             self._url(SPANS_PATH),
-            self._auth_headers(),
-            trace,
-            lambda t: spans_request(t, context.destination_id, ml_app),
-            MAX_PAYLOAD_BYTES,
+            {**self._auth_headers(), "Content-Type": "application/json"},
+            compact_json(body),
         )
 
     def interpret(self, result: TransportResult) -> DeliveryResult:
@@ -340,6 +367,8 @@ def _metadata(trace: Trace) -> dict[str, str | int | float | bool]:
         raw["finish_reason"] = ",".join(trace.finish_reasons)
     if trace.content_redacted:
         raw["privacy_mode"] = True
+    if trace.metadata.parent_span_id and not otlp_span_id(trace.metadata.parent_span_id):
+        raw["parent_span_id"] = trace.metadata.parent_span_id  # kept, though unusable
     return {key: _scalar(value) for key, value in raw.items() if value is not None}
 
 
@@ -392,12 +421,11 @@ def _tool_definition(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def _text_io(trace: Trace) -> dict[str, SpanIO]:
-    """The root span's input/output text: the last user turn and the first completion."""
+    """The top span's input/output text: bounded previews of the turn and the answer."""
     io: dict[str, SpanIO] = {}
-    user_turns = [m.content for m in trace.input_messages if m.role == "user" and m.content]
-    if user_turns:
-        io["input"] = SpanIO(value=user_turns[-1])
-    outputs = [m.content for m in trace.output_messages if m.content]
-    if outputs:
-        io["output"] = SpanIO(value=outputs[0])
+    question, answer = input_preview(trace), output_preview(trace)
+    if question is not None:
+        io["input"] = SpanIO(value=question)
+    if answer is not None:
+        io["output"] = SpanIO(value=answer)
     return io

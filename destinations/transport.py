@@ -21,7 +21,7 @@ from destinations.url_guard import (
     BlockedUrl,
     NetworkPolicy,
     check_url_form,
-    resolve_public_address,
+    pinned_connection_class,
 )
 
 RESPONSE_EXCERPT_BYTES = 2048
@@ -60,21 +60,6 @@ class TransportResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _guarded_connection(base: type, policy: NetworkPolicy) -> type:
-    """A urllib3 connection class that resolves, checks and pins the address on connect."""
-
-    class GuardedConnection(base):  # type: ignore[misc, valid-type]
-        def _new_conn(self):
-            hostname = self._dns_host
-            self._dns_host = resolve_public_address(hostname, self.port, policy)
-            try:
-                return super()._new_conn()
-            finally:
-                self._dns_host = hostname
-
-    return GuardedConnection
-
-
 class _GuardedAdapter(HTTPAdapter):
     def __init__(self, policy: NetworkPolicy, pool_maxsize: int) -> None:
         self._policy = policy
@@ -85,13 +70,17 @@ class _GuardedAdapter(HTTPAdapter):
         http_pool = type(
             "GuardedHTTPConnectionPool",
             (urllib3.connectionpool.HTTPConnectionPool,),
-            {"ConnectionCls": _guarded_connection(urllib3.connection.HTTPConnection, self._policy)},
+            {
+                "ConnectionCls": pinned_connection_class(
+                    urllib3.connection.HTTPConnection, self._policy
+                )
+            },
         )
         https_pool = type(
             "GuardedHTTPSConnectionPool",
             (urllib3.connectionpool.HTTPSConnectionPool,),
             {
-                "ConnectionCls": _guarded_connection(
+                "ConnectionCls": pinned_connection_class(
                     urllib3.connection.HTTPSConnection, self._policy
                 )
             },

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import redis
+from celery import Celery
 
 from harness.waiting import wait_for
 
@@ -32,13 +35,28 @@ class ManagedProcess:
     ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")
+        # A session (process group) of its own, so `kill_hard` reaches a prefork
+        # worker's children too.
         self.process = subprocess.Popen(
-            list(argv), env=dict(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            list(argv),
+            env=dict(env),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def kill_hard(self) -> None:
+        """`kill -9` the process and every child it forked: nothing gets to clean up."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace")
@@ -56,38 +74,54 @@ class ManagedProcess:
 
 
 class RedisServer:
-    """A throwaway redis-server on a free loopback port, AOF on, in a temporary directory."""
+    """A throwaway redis-server on a free loopback port, AOF on, in a temporary directory.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    `name` keeps two servers of one test apart (their data directories and logs).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        name: str = "redis",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        data = workdir / "redis"
+        self.name = name
+        self.workdir = workdir
+        data = workdir / name
         data.mkdir(parents=True, exist_ok=True)
-        self.process = ManagedProcess(
-            "redis",
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--protected-mode",
-                "yes",
-            ],
-            os.environ,
-            workdir,
-        )
+        self.argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            *extra_args,
+        ]
+        self.start()
+
+    def start(self) -> None:
+        self.process = ManagedProcess(self.name, self.argv, os.environ, self.workdir)
         client = redis.Redis.from_url(self.url)
         wait_for(lambda: self._ping(client), timeout=15, what="redis-server to answer")
+
+    def restart(self) -> None:
+        """Stop (its AOF flushed) and start again on the same port and data."""
+        self.stop()
+        self.start()
 
     @staticmethod
     def _ping(client: redis.Redis) -> bool:
@@ -98,6 +132,10 @@ class RedisServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def kill_hard(self) -> None:
+        """`kill -9`: no shutdown, no final AOF rewrite (what survives is what was synced)."""
+        self.process.kill_hard()
 
 
 def celery_worker(
@@ -118,16 +156,26 @@ def celery_worker(
     if include:
         argv += ["--include", include]
     process = ManagedProcess(name, argv, env, workdir)
-    from tasks.app import app
+    client = control_client(env.get("BROADCAST_BROKER_URL"))
 
     def answered() -> bool:
         if not process.alive():
             raise RuntimeError(f"worker exited:\n{process.log_tail()}")
-        replies = app.control.ping(timeout=0.5) or []
+        replies = client.control.ping(timeout=0.5) or []
         return any(hostname.split("@")[0] in next(iter(reply)) for reply in replies)
 
     wait_for(answered, timeout=60, what="the Celery worker to answer a ping")
     return process
+
+
+@functools.cache
+def control_client(broker_url: str | None) -> Celery:
+    """A Celery client on `broker_url` (default: the environment's), for pings and control."""
+    client = Celery("broadcast-harness", set_as_current=False)
+    client.config_from_object("celeryconfig")
+    if broker_url:
+        client.conf.broker_url = broker_url
+    return client
 
 
 def celery_beat(env: Mapping[str, str], workdir: Path) -> ManagedProcess:

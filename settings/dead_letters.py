@@ -1,9 +1,12 @@
 """Dead letters: deliveries that will not be retried any more, kept for replay.
 
-One Redis stream per destination, `bc:destination:{id}:dead`; stream ids are the time of
-dead-lettering, so retention is a `MINID` trim. Replay does not remove an entry: the
-vendor de-duplicates by our deterministic ids, so replaying twice delivers once, and the
-entry stays listed (marked replayed) until retention drops it.
+One Redis stream per destination (`keys.destination_part(id, "dead")`), one field
+`letter` holding the JSON of a `DeadLetter` (with its own copy of the trace, so replay
+works for the whole retention even after the stored trace expired); stream ids are the
+time of dead-lettering, so retention is a `MINID` trim. Letters are written by the
+backlog's settle script, in the same atomic step that acknowledges the entry. Replay does
+not remove a letter: the vendor de-duplicates by our deterministic ids, so replaying twice
+delivers once, and the letter stays listed (marked replayed) until retention drops it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import redis
 
-from settings.store import destination_key
+from settings import keys
 
 
 @dataclass(frozen=True)
@@ -22,19 +25,39 @@ class DeadLetter:
     id: str
     destination_id: str
     request_id: str
+    owner: str
     at: float
     reason: str
-    trace: dict[str, Any]
+    trace: dict[str, Any] | None
     accepted_at: float
+    attempts: int = 0
     replayed_at: float | None = None
 
 
-def dead_key(destination_id: str) -> str:
-    return f"{destination_key(destination_id)}:dead"
-
-
-def replayed_key(destination_id: str) -> str:
-    return f"{destination_key(destination_id)}:replayed"
+def letter_json(
+    *,
+    request_id: str,
+    owner: str,
+    reason: str,
+    trace: dict[str, Any] | None,
+    accepted_at: float,
+    attempts: int,
+    now: float,
+) -> str:
+    """The `letter` field of a dead-letter stream entry."""
+    return json.dumps(
+        {
+            "request_id": request_id,
+            "owner": owner,
+            "at": now,
+            "reason": reason,
+            "trace": trace,
+            "accepted_at": accepted_at,
+            "attempts": attempts,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 class DeadLetters:
@@ -42,24 +65,9 @@ class DeadLetters:
         self.redis = client
         self.retention_seconds = retention_seconds
 
-    def add(
-        self,
-        destination_id: str,
-        *,
-        trace: dict[str, Any],
-        accepted_at: float,
-        reason: str,
-        now: float,
-    ) -> str:
-        fields = {
-            "request_id": str(trace.get("request_id", "")),
-            "at": repr(now),
-            "reason": reason,
-            "trace": json.dumps(trace, sort_keys=True),
-            "accepted_at": repr(accepted_at),
-        }
-        entry_id = self.redis.xadd(dead_key(destination_id), fields)
-        return entry_id.decode()
+    def add(self, destination_id: str, letter: str) -> str:
+        """Append a letter made by `letter_json` (outside a batch: the sweep, a disable)."""
+        return self.redis.xadd(keys.destination_part(destination_id, "dead"), {"letter": letter})
 
     def list(
         self,
@@ -73,45 +81,50 @@ class DeadLetters:
         """Oldest first. `since`/`until` are unix seconds on the dead-lettering time."""
         start = f"{int(since * 1000)}-0" if since is not None else "-"
         end = f"{int(until * 1000)}-999999" if until is not None else "+"
-        raw = self.redis.xrange(dead_key(destination_id), start, end)
+        raw = self.redis.xrange(keys.destination_part(destination_id, "dead"), start, end)
         replayed = {
             k.decode(): float(v)
-            for k, v in self.redis.hgetall(replayed_key(destination_id)).items()
+            for k, v in self.redis.hgetall(
+                keys.destination_part(destination_id, "replayed")
+            ).items()
         }
         letters = []
         for entry_id, fields in raw:
             letter_id = entry_id.decode()
             if ids is not None and letter_id not in ids:
                 continue
+            data = json.loads(fields[b"letter"])
             letters.append(
                 DeadLetter(
                     id=letter_id,
                     destination_id=destination_id,
-                    request_id=fields[b"request_id"].decode(),
-                    at=float(fields[b"at"]),
-                    reason=fields[b"reason"].decode(),
-                    trace=json.loads(fields[b"trace"]),
-                    accepted_at=float(fields[b"accepted_at"]),
+                    request_id=data["request_id"],
+                    owner=data["owner"],
+                    at=float(data["at"]),
+                    reason=data["reason"],
+                    trace=data["trace"],
+                    accepted_at=float(data["accepted_at"]),
+                    attempts=int(data.get("attempts", 0)),
                     replayed_at=replayed.get(letter_id),
                 )
             )
         return letters[:limit] if limit is not None else letters
 
     def count(self, destination_id: str) -> int:
-        return int(self.redis.xlen(dead_key(destination_id)))
+        return int(self.redis.xlen(keys.destination_part(destination_id, "dead")))
 
     def mark_replayed(self, destination_id: str, letter_id: str, now: float) -> None:
-        self.redis.hset(replayed_key(destination_id), letter_id, repr(now))
+        self.redis.hset(keys.destination_part(destination_id, "replayed"), letter_id, repr(now))
 
     def trim(self, destination_id: str, now: float) -> int:
         """Drop letters older than the retention; returns how many went."""
+        key = keys.destination_part(destination_id, "dead")
+        replayed_key = keys.destination_part(destination_id, "replayed")
         oldest_kept = f"{int((now - self.retention_seconds) * 1000)}-0"
-        removed = int(self.redis.xtrim(dead_key(destination_id), minid=oldest_kept))
+        removed = int(self.redis.xtrim(key, minid=oldest_kept))
         if removed:
-            kept = {e[0].decode() for e in self.redis.xrange(dead_key(destination_id))}
-            stale = [
-                k for k in self.redis.hkeys(replayed_key(destination_id)) if k.decode() not in kept
-            ]
+            kept = {e[0].decode() for e in self.redis.xrange(key)}
+            stale = [k for k in self.redis.hkeys(replayed_key) if k.decode() not in kept]
             if stale:
-                self.redis.hdel(replayed_key(destination_id), *stale)
+                self.redis.hdel(replayed_key, *stale)
         return removed

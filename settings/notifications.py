@@ -5,11 +5,9 @@ over a threshold) is recorded in the owner's event log, always. When the owner r
 a notification URL, the event also goes into the outbox, which the maintenance sweep
 turns into `broadcast.maintenance.notify` tasks (Standard Webhooks-signed POSTs).
 
-| key | type | holds |
-| --- | --- | --- |
-| `bc:owner:{owner}:notify` | hash | `url`, `sealed_secret` (the signing secret, encrypted) |
-| `bc:owner:{owner}:events` | list | the owner's latest events, newest first, capped |
-| `bc:notify:outbox` | list | events waiting to be posted |
+Keys (`settings.keys`): the owner's `notify` hash (`url`, `sealed_secret`, the signing
+secret encrypted), the owner's `events` list (newest first, capped), and the global
+outbox of events waiting to be posted.
 """
 
 from __future__ import annotations
@@ -20,11 +18,10 @@ from typing import Any
 
 import redis
 
+from settings import keys
 from settings.crypto import SecretBox
-from settings.store import PREFIX, owner_key
 
 EVENT_LOG_SIZE = 500
-OUTBOX_KEY = f"{PREFIX}notify:outbox"
 
 
 class Notifications:
@@ -34,11 +31,14 @@ class Notifications:
 
     def set_target(self, owner: str, url: str, signing_secret: str | None) -> None:
         sealed = self.box.seal({"signing_secret": signing_secret}) if signing_secret else ""
-        self.redis.hset(f"{owner_key(owner)}:notify", mapping={"url": url, "sealed_secret": sealed})
+        self.redis.hset(
+            keys.owner_part(owner, "notify"), mapping={"url": url, "sealed_secret": sealed}
+        )
+        self.redis.sadd(keys.OWNERS, owner)
 
     def target(self, owner: str) -> tuple[str, str | None] | None:
         """(url, signing secret or None), decrypted; None when the owner registered none."""
-        raw = self.redis.hgetall(f"{owner_key(owner)}:notify")
+        raw = self.redis.hgetall(keys.owner_part(owner, "notify"))
         if not raw:
             return None
         sealed = raw.get(b"sealed_secret", b"").decode()
@@ -54,22 +54,23 @@ class Notifications:
             "data": details,
         }
         body = json.dumps(event, sort_keys=True)
-        with self.redis.pipeline() as pipe:
-            pipe.lpush(f"{owner_key(owner)}:events", body)
-            pipe.ltrim(f"{owner_key(owner)}:events", 0, EVENT_LOG_SIZE - 1)
-            if self.redis.exists(f"{owner_key(owner)}:notify"):
-                pipe.rpush(OUTBOX_KEY, body)
-            pipe.execute()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(keys.owner_part(owner, "events"), body)
+            pipe.ltrim(keys.owner_part(owner, "events"), 0, EVENT_LOG_SIZE - 1)
+            pipe.exists(keys.owner_part(owner, "notify"))
+            *_, has_target = pipe.execute()
+        if has_target:
+            self.redis.rpush(keys.NOTIFY_OUTBOX, body)
         return event
 
     def events(self, owner: str, limit: int = 50) -> list[dict[str, Any]]:
-        raw = self.redis.lrange(f"{owner_key(owner)}:events", 0, max(limit, 1) - 1)
+        raw = self.redis.lrange(keys.owner_part(owner, "events"), 0, max(limit, 1) - 1)
         return [json.loads(item) for item in raw]
 
     def take_outbox(self, limit: int) -> list[dict[str, Any]]:
         """Remove and return up to `limit` events waiting to be posted, oldest first."""
-        with self.redis.pipeline() as pipe:
-            pipe.lrange(OUTBOX_KEY, 0, limit - 1)
-            pipe.ltrim(OUTBOX_KEY, limit, -1)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(keys.NOTIFY_OUTBOX, 0, limit - 1)
+            pipe.ltrim(keys.NOTIFY_OUTBOX, limit, -1)
             raw, _ = pipe.execute()
         return [json.loads(item) for item in raw]

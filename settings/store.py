@@ -1,28 +1,21 @@
 """The settings store on Redis. It knows records and keys, never a vendor.
 
-Key layout (prefix `bc:`):
-
-| key | type | holds |
-| --- | --- | --- |
-| `bc:owner:{owner}` | hash | `enabled`, `version` (bumped by routing changes), `rejected_events` |
-| `bc:owner:{owner}:destinations` | set | the owner's destination ids |
-| `bc:org:{org}:members` | hash | user id -> role |
-| `bc:destination:{id}` | string | the `DestinationRecord` JSON (secrets sealed) |
-| `bc:destination:{id}:health` | hash | `HealthRecord` fields |
-| `bc:destination:{id}:counters` | hash | delivered, retried, failed, filtered_by_key, ... |
-| `bc:destination:{id}:log` | list | the latest delivery attempts, newest first, capped |
-| `bc:rejected` | list | the latest rejected events (id, owner, reason), capped |
+Key names and their layout (hash tags for Redis Cluster) are in `settings.keys`. Every
+operation here touches keys of one slot at a time; indexes that span slots (`bc:owners`,
+`bc:destinations`) are written after the record they point to, so a reader never finds an
+index entry without its record.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import redis
 
+from settings import keys
 from settings.models import (
     Circuit,
     DestinationRecord,
@@ -32,43 +25,53 @@ from settings.models import (
     Route,
 )
 
-PREFIX = "bc:"
 REJECTED_LOG_SIZE = 500
 COUNTERS = (
     "delivered",
     "retried",
     "failed",
+    "dropped_overflow",
     "filtered_by_key",
+    "filtered_by_rule",
     "sampled_out",
     "skipped_disabled",
     "skipped_owner_disabled",
-    "parked",
 )
+# Upper bounds (seconds) of the delivery latency histogram (accepted -> vendor answered).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+
+# KEYS: owner's destination index, owner hash. ARGV: id, type, max per type.
+# Counts the owner's destinations of that type and adds this one only below the limit.
+_ADD_DESTINATION = """
+local same = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 2, #all, 2 do if all[i] == ARGV[2] then same = same + 1 end end
+if same >= tonumber(ARGV[3]) then return same end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'version', 1)
+return -1
+"""
 
 
-# Every key kept under `bc:destination:{id}:` (deleted with the destination).
-DESTINATION_PARTS = (
-    "health",
-    "counters",
-    "log",
-    "parked",
-    "dead",
-    "replayed",
-    "failures",
-    "dead_since_notice",
-)
+@dataclass(frozen=True)
+class LatencyHistogram:
+    """`buckets`: (upper bound in seconds, count), not cumulative, the last bound `inf`."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum_seconds: float
+    count: int
+
+
+def latency_bucket(seconds: float) -> str:
+    """The histogram bucket (its upper bound, as stored) a latency falls into."""
+    for bound in LATENCY_BUCKETS:
+        if seconds <= bound:
+            return repr(bound)
+    return "inf"
 
 
 class TooManyDestinations(ValueError):
     pass
-
-
-def owner_key(owner: str) -> str:
-    return f"{PREFIX}owner:{owner}"
-
-
-def destination_key(destination_id: str) -> str:
-    return f"{PREFIX}destination:{destination_id}"
 
 
 class SettingsStore:
@@ -77,31 +80,29 @@ class SettingsStore:
     def __init__(self, client: redis.Redis, *, delivery_log_size: int = 200) -> None:
         self.redis = client
         self.delivery_log_size = delivery_log_size
-
-    @classmethod
-    def from_url(cls, url: str, *, delivery_log_size: int = 200) -> SettingsStore:
-        return cls(redis.Redis.from_url(url), delivery_log_size=delivery_log_size)
+        self._add = client.register_script(_ADD_DESTINATION)
 
     # Owners and organizations
 
     def set_enabled(self, owner: str, enabled: bool) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.hset(owner_key(owner), "enabled", "1" if enabled else "0")
-            pipe.hincrby(owner_key(owner), "version", 1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.owner(owner), "enabled", "1" if enabled else "0")
+            pipe.hincrby(keys.owner(owner), "version", 1)
             pipe.execute()
+        self.redis.sadd(keys.OWNERS, owner)
 
     def is_enabled(self, owner: str) -> bool:
-        return self.redis.hget(owner_key(owner), "enabled") == b"1"
+        return self.redis.hget(keys.owner(owner), "enabled") == b"1"
 
     def owner_version(self, owner: str) -> int:
         """The one small read of fan_out's hot path."""
-        return int(self.redis.hget(owner_key(owner), "version") or 0)
+        return int(self.redis.hget(keys.owner(owner), "version") or 0)
 
     def set_member(self, org_id: str, user_id: str, role: str) -> None:
-        self.redis.hset(f"{PREFIX}org:{org_id}:members", user_id, role)
+        self.redis.hset(keys.org_members(org_id), user_id, role)
 
     def member_role(self, org_id: str, user_id: str) -> str | None:
-        role = self.redis.hget(f"{PREFIX}org:{org_id}:members", user_id)
+        role = self.redis.hget(keys.org_members(org_id), user_id)
         return role.decode() if role is not None else None
 
     # Destinations
@@ -109,96 +110,87 @@ class SettingsStore:
     def add_destination(self, record: DestinationRecord, *, max_per_type: int) -> None:
         """Save a new destination unless its owner already has `max_per_type` of its type.
 
-        Optimistic: the owner's version key is watched, so two concurrent adds cannot both
-        squeeze in as the fifth. Raises `TooManyDestinations`.
+        The count and the insert are one script on the owner's slot, so two concurrent
+        adds cannot both squeeze in as the fifth. Raises `TooManyDestinations`.
         """
-        key = owner_key(record.owner)
-        while True:
-            with self.redis.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    same_type = [
-                        r for r in self.list_destinations(record.owner) if r.type == record.type
-                    ]
-                    if len(same_type) >= max_per_type:
-                        raise TooManyDestinations(
-                            f"{record.owner} already has {len(same_type)} {record.type} "
-                            f"destinations (at most {max_per_type})"
-                        )
-                    pipe.multi()
-                    pipe.set(destination_key(record.id), record.to_json())
-                    pipe.sadd(f"{key}:destinations", record.id)
-                    pipe.hincrby(key, "version", 1)
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+        self.redis.set(keys.destination(record.id), record.to_json())
+        same = int(
+            self._add(
+                keys=[keys.owner_part(record.owner, "destinations"), keys.owner(record.owner)],
+                args=[record.id, record.type, max_per_type],
+            )
+        )
+        if same >= 0:
+            self.redis.delete(keys.destination(record.id))
+            raise TooManyDestinations(
+                f"{record.owner} already has {same} {record.type} destinations "
+                f"(at most {max_per_type})"
+            )
+        self.redis.sadd(keys.DESTINATIONS, record.id)
+        self.redis.sadd(keys.OWNERS, record.owner)
 
     def replace_destination(self, record: DestinationRecord) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.set(destination_key(record.id), record.to_json())
-            pipe.hincrby(owner_key(record.owner), "version", 1)
-            pipe.execute()
+        self.redis.set(keys.destination(record.id), record.to_json())
+        self.bump_version(record.owner)
+
+    def set_enabled_flag(self, record: DestinationRecord, enabled: bool, updated_at: str) -> None:
+        """Enable or disable a destination as it is stored now (not as `record` was)."""
+        current = self.get_destination(record.id) or record
+        data = json.loads(current.to_json())
+        data.update(enabled=enabled, updated_at=updated_at)
+        self.replace_destination(DestinationRecord.from_json(json.dumps(data)))
 
     def remove_destination(self, record: DestinationRecord) -> None:
-        base = destination_key(record.id)
-        with self.redis.pipeline() as pipe:
-            pipe.delete(base, *(f"{base}:{part}" for part in DESTINATION_PARTS))
-            pipe.srem(f"{owner_key(record.owner)}:destinations", record.id)
-            pipe.hincrby(owner_key(record.owner), "version", 1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(keys.owner_part(record.owner, "destinations"), record.id)
+            pipe.hincrby(keys.owner(record.owner), "version", 1)
+            pipe.srem(keys.DESTINATIONS, record.id)
             pipe.execute()
+        self.redis.delete(
+            keys.destination(record.id),
+            *(keys.destination_part(record.id, part) for part in keys.DESTINATION_PARTS),
+        )
 
     def get_destination(self, destination_id: str) -> DestinationRecord | None:
-        raw = self.redis.get(destination_key(destination_id))
+        raw = self.redis.get(keys.destination(destination_id))
         return DestinationRecord.from_json(raw) if raw is not None else None
 
+    def destination_ids(self, owner: str) -> list[str]:
+        return sorted(m.decode() for m in self.redis.hkeys(keys.owner_part(owner, "destinations")))
+
+    def all_destination_ids(self) -> list[str]:
+        return sorted(m.decode() for m in self.redis.smembers(keys.DESTINATIONS))
+
     def list_destinations(self, owner: str) -> list[DestinationRecord]:
-        ids = sorted(m.decode() for m in self.redis.smembers(f"{owner_key(owner)}:destinations"))
+        return self.get_destinations(self.destination_ids(owner))
+
+    def get_destinations(self, ids: Iterable[str]) -> list[DestinationRecord]:
+        ids = list(ids)
         if not ids:
             return []
-        raws = self.redis.mget([destination_key(i) for i in ids])
+        with self.redis.pipeline(transaction=False) as pipe:
+            for destination_id in ids:
+                pipe.get(keys.destination(destination_id))
+            raws = pipe.execute()
         return [DestinationRecord.from_json(raw) for raw in raws if raw is not None]
 
     def owners(self) -> list[str]:
-        owners = []
-        for key in self.redis.scan_iter(match=f"{PREFIX}owner:*", count=500):
-            name = key.decode()[len(PREFIX) + len("owner:") :]
-            if not name.endswith(":destinations"):
-                owners.append(name)
-        return sorted(owners)
+        """Every owner that has settings (an index, not a key scan)."""
+        return sorted(m.decode() for m in self.redis.smembers(keys.OWNERS))
 
     def owner_snapshot(self, owner: str) -> OwnerSnapshot:
-        """Everything fan_out needs for `owner`, read at one version."""
-        key = owner_key(owner)
+        """Everything fan_out needs for `owner`, read at one version (re-read on a change)."""
         while True:
-            with self.redis.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    state = pipe.hgetall(key)
-                    records = self.list_destinations(owner)
-                    healths = self._healths(record.id for record in records)
-                    pipe.multi()
-                    pipe.hget(key, "version")
-                    pipe.execute()
-                except redis.WatchError:
-                    continue
-            return OwnerSnapshot(
-                version=int(state.get(b"version") or 0),
-                enabled=state.get(b"enabled") == b"1",
-                routes=tuple(
-                    Route(
-                        id=record.id,
-                        type=record.type,
-                        enabled=record.enabled,
-                        health=healths[record.id].status,
-                        circuit=healths[record.id].circuit,
-                        api_keys=frozenset(record.api_keys),
-                        exclude_api_keys=frozenset(record.exclude_api_keys),
-                        sampling_rate=record.sampling_rate,
-                    )
-                    for record in records
-                ),
-            )
+            state = self.redis.hgetall(keys.owner(owner))
+            records = self.list_destinations(owner)
+            healths = self._healths(record.id for record in records)
+            if self.owner_version(owner) == int(state.get(b"version") or 0):
+                break
+        return OwnerSnapshot(
+            version=int(state.get(b"version") or 0),
+            enabled=state.get(b"enabled") == b"1",
+            routes=tuple(Route.from_record(record, healths[record.id]) for record in records),
+        )
 
     # Health
 
@@ -209,78 +201,86 @@ class SettingsStore:
         ids = list(destination_ids)
         with self.redis.pipeline(transaction=False) as pipe:
             for destination_id in ids:
-                pipe.hgetall(f"{destination_key(destination_id)}:health")
+                pipe.hgetall(keys.destination_part(destination_id, "health"))
             raw = pipe.execute()
         return {destination_id: _health_from(h) for destination_id, h in zip(ids, raw, strict=True)}
 
-    def set_health(self, record: DestinationRecord, update: Mapping[str, Any]) -> HealthRecord:
-        """Merge `update` into the health record; bump the owner's version when the status or
-        the circuit changes (fan-out routes on both).
-
-        Returns the health as it was before the update.
-        """
-        key = f"{destination_key(record.id)}:health"
-        before = self.health(record.id)
-        routing_changed = ("status" in update and update["status"] != before.status) or (
-            "circuit" in update and update["circuit"] != before.circuit
+    def set_health(self, record: DestinationRecord, update: Mapping[str, Any]) -> None:
+        """Merge `update` into the health record. Changes of status or circuit go through
+        `HealthKeeper`, whose transitions also bump the owner's routing version."""
+        self.redis.hset(
+            keys.destination_part(record.id, "health"),
+            mapping={k: str(v) for k, v in update.items()},
         )
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping={k: str(v) for k, v in update.items()})
-            if routing_changed:
-                pipe.hincrby(owner_key(record.owner), "version", 1)
-            pipe.execute()
-        return before
 
     # Counters and logs
 
     def bump_version(self, owner: str) -> None:
         """Invalidate fan-out caches of `owner` (something that routing reads changed)."""
-        self.redis.hincrby(owner_key(owner), "version", 1)
+        self.redis.hincrby(keys.owner(owner), "version", 1)
 
     def count(self, destination_id: str, counter: str, amount: int = 1) -> None:
-        self.redis.hincrby(f"{destination_key(destination_id)}:counters", counter, amount)
+        self.redis.hincrby(keys.destination_part(destination_id, "counters"), counter, amount)
 
-    def count_many(self, increments: Iterable[tuple[str, str]]) -> None:
-        """Increment several (destination id, counter) pairs in one round trip."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for destination_id, counter in increments:
-                pipe.hincrby(f"{destination_key(destination_id)}:counters", counter, 1)
-            pipe.execute()
+    def count_many(self, increments: Iterable[tuple[str, str]], pipe: Any | None = None) -> None:
+        """Increment several (destination id, counter) pairs in one round trip (or on `pipe`)."""
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        for destination_id, counter in increments:
+            target.hincrby(keys.destination_part(destination_id, "counters"), counter, 1)
+        if pipe is None:
+            target.execute()
 
     def counters(self, destination_id: str) -> dict[str, int]:
-        raw = self.redis.hgetall(f"{destination_key(destination_id)}:counters")
+        raw = self.redis.hgetall(keys.destination_part(destination_id, "counters"))
         values = {name: 0 for name in COUNTERS}
         values.update({k.decode(): int(v) for k, v in raw.items()})
         return values
 
+    def latency_histogram(self, destination_id: str) -> LatencyHistogram:
+        raw = {
+            k.decode(): int(v)
+            for k, v in self.redis.hgetall(keys.destination_part(destination_id, "latency")).items()
+        }
+        bounds = [*(repr(b) for b in LATENCY_BUCKETS), "inf"]
+        buckets = tuple((float(bound), raw.get(bound, 0)) for bound in bounds)
+        return LatencyHistogram(
+            buckets=buckets,
+            sum_seconds=raw.get("sum_ms", 0) / 1000.0,
+            count=sum(count for _, count in buckets),
+        )
+
     def record_attempt(self, destination_id: str, entry: Mapping[str, Any]) -> None:
-        key = f"{destination_key(destination_id)}:log"
+        key = keys.destination_part(destination_id, "log")
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpush(key, json.dumps(entry, sort_keys=True))
             pipe.ltrim(key, 0, self.delivery_log_size - 1)
             pipe.execute()
 
     def attempts(self, destination_id: str, limit: int) -> list[dict[str, Any]]:
-        raw = self.redis.lrange(f"{destination_key(destination_id)}:log", 0, max(limit, 1) - 1)
+        raw = self.redis.lrange(
+            keys.destination_part(destination_id, "log"), 0, max(limit, 1) - 1
+        )
         return [json.loads(item) for item in raw]
 
     def record_rejected_event(self, owner: str | None, entry: Mapping[str, Any]) -> None:
+        if owner:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(keys.owner(owner), "rejected_events", 1)
+                pipe.execute()
         with self.redis.pipeline(transaction=False) as pipe:
-            if owner:
-                pipe.hincrby(owner_key(owner), "rejected_events", 1)
-            pipe.lpush(f"{PREFIX}rejected", json.dumps(entry, sort_keys=True))
-            pipe.ltrim(f"{PREFIX}rejected", 0, REJECTED_LOG_SIZE - 1)
+            pipe.lpush(keys.REJECTED, json.dumps(entry, sort_keys=True))
+            pipe.ltrim(keys.REJECTED, 0, REJECTED_LOG_SIZE - 1)
             pipe.execute()
 
     def rejected_events(self, owner: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        raw = self.redis.lrange(f"{PREFIX}rejected", 0, REJECTED_LOG_SIZE - 1)
+        raw = self.redis.lrange(keys.REJECTED, 0, REJECTED_LOG_SIZE - 1)
         entries = [json.loads(item) for item in raw]
         if owner is not None:
             entries = [e for e in entries if e.get("owner") == owner]
         return entries[:limit]
 
     def rejected_count(self, owner: str) -> int:
-        return int(self.redis.hget(owner_key(owner), "rejected_events") or 0)
+        return int(self.redis.hget(keys.owner(owner), "rejected_events") or 0)
 
 
 def _health_from(raw: Mapping[bytes, bytes]) -> HealthRecord:
@@ -288,6 +288,8 @@ def _health_from(raw: Mapping[bytes, bytes]) -> HealthRecord:
     values: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items() if k.decode() in known}
     values["status"] = Health(values.get("status", Health.HEALTHY))
     values["circuit"] = Circuit(values.get("circuit", Circuit.CLOSED))
-    for name in ("circuit_opened_at", "probe_at"):
+    for name in ("circuit_opened_at", "probe_at", "backoff_until"):
         values[name] = float(values.get(name) or 0.0)
+    for name in ("consecutive_failures", "probe_step"):
+        values[name] = int(values.get(name) or 0)
     return HealthRecord(**values)

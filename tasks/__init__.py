@@ -1,26 +1,11 @@
-"""Broadcast's Celery tasks. Gateways need only `from tasks import broadcast`."""
+"""Broadcast's Celery tasks. Gateways need only `from tasks import broadcast`.
+
+Importing this package loads the Celery app and the light `broadcast.fan_out` declaration,
+nothing else: no vendor module, no OTLP, no cryptography. The worker loads the rest
+(`celeryconfig.imports`: the deliver task and beat's jobs).
+"""
 
 from tasks.app import app
-from tasks.deliver import deliver
 from tasks.fan_out import broadcast, fan_out
-from tasks.maintenance import (
-    check_destination,
-    flush_notifications_task,
-    notify,
-    revalidate_due_task,
-    sweep_parked_task,
-    trim_dead_letters_task,
-)
 
-__all__ = [
-    "app",
-    "broadcast",
-    "check_destination",
-    "deliver",
-    "fan_out",
-    "flush_notifications_task",
-    "notify",
-    "revalidate_due_task",
-    "sweep_parked_task",
-    "trim_dead_letters_task",
-]
+__all__ = ["app", "broadcast", "fan_out"]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 
 from settings.config import ConfigurationError
 
@@ -80,7 +80,7 @@ def broadcast_task(
 @worker_init.connect
 def _check_settings_at_start(**_: Any) -> None:
     """Fail the worker's start, not its first delivery, when settings are missing."""
-    from tasks.runtime import runtime
+    from settings.runtime import runtime
 
     current = runtime()
     try:
@@ -89,3 +89,13 @@ def _check_settings_at_start(**_: Any) -> None:
     except ConfigurationError as exc:
         logger.critical("broadcast.start.refused reason=%s", exc)
         raise SystemExit(f"broadcast: {exc}") from None
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _install_log_format(logger: logging.Logger, **_: Any) -> None:
+    """`BROADCAST_LOG_FORMAT=json`: Celery's handlers print one JSON object per line."""
+    from settings.log_format import install
+    from settings.runtime import runtime
+
+    install(logger, runtime().config.log_format)

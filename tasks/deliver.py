@@ -1,303 +1,452 @@
-"""`broadcast.deliver`: send one trace to one destination and record what happened.
+"""`broadcast.deliver`: drain one destination's backlog in batches, one vendor request each.
 
-The message carries the destination id and the trace, never credentials: they are loaded
-and decrypted here, in memory, for this one delivery.
+The message carries the destination id only: the backlog says what to send, the trace
+store holds the traces, and credentials are loaded and decrypted here, in memory.
 
-What happens after an attempt (ARCHITECTURE.md, "Outcomes and retries"):
+A run: take an in-flight slot (`Backlog.begin`: at most `max_in_flight` runs per
+destination; none while it backs off, is paused or waits for its next probe), then claim
+batches up to the vendor's limits and send each as one request, until the backlog is
+empty or the time slice is spent (then a fresh task takes over, so one busy destination
+never holds a worker for long). After each batch `tasks.delivery_policy` decides each
+trace's fate and the destination's next step, and this module only carries it out:
+settle (atomic, exactly once per entry), update health, back off, or stop.
 
-| outcome | fresh delivery | parked delivery (`parked_id`) |
-| --- | --- | --- |
-| delivered | done | entry removed; a probe closes the circuit |
-| retryable | short Celery retries, then parked | re-parked at the next step, or dead letter |
-| credentials rejected | `auth_failed`, parked | `auth_failed`, re-parked at the same step |
-| permanent | dead-lettered | dead-lettered |
-
-A destination whose credentials are rejected or whose circuit is open is not attempted:
-the delivery is parked straight away (a probe is the one exception).
+Failures that are not a vendor's answer: a store error retries the task (the claimed
+entries come back to another run after the lease); a bug in a vendor module becomes a
+permanent, recorded failure of the trace it concerns, never a dead worker or a lost trace.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
+import socket
+import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from celery import Task
 
-from destinations.base import DeliveryContext, DeliveryResult
+from destinations.base import DeliveryContext, DeliveryResult, Destination
 from destinations.outcomes import Outcome
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
-from settings.models import Circuit, DestinationRecord, Health
-from settings.parking import ParkedDelivery
-from settings.service import redact
+from settings.backlog import BacklogEntry, Begin, Settlement
+from settings.dead_letters import letter_json
+from settings.models import DestinationRecord, HealthRecord
+from settings.redaction import redact
+from settings.runtime import Runtime, runtime
+from settings.store import latency_bucket
 from tasks.app import broadcast_task
-from tasks.retry_policy import RetryPolicy
-from tasks.runtime import Runtime, runtime
+from tasks.backlog_upkeep import release_settled
+from tasks.delivery_policy import (
+    DeliveryPolicy,
+    DestinationAction,
+    DestinationDecision,
+    ItemAction,
+    decide_destination,
+    decide_item,
+)
 
 logger = logging.getLogger("broadcast.deliver")
 
-
-@dataclass(frozen=True)
-class NextStep:
-    """What follows an attempt: `description` goes to the delivery log."""
-
-    description: str = ""
-    retry_delay: float | None = None
+# Waits before retrying a task whose store was unreachable (seconds, then capped).
+STORE_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+LOG_REQUEST_IDS = 50
 
 
-DONE = NextStep()
-
-
-@dataclass(frozen=True)
-class Job:
-    """One delivery of one trace to one destination, as this run of the task sees it.
-
-    `parked` is the Redis entry when the delivery came back from parking.
-    """
-
-    record: DestinationRecord
-    trace: Trace
-    trace_wire: dict[str, Any]
-    accepted_at: float
-    parked: ParkedDelivery | None = None
-
-    @property
-    def step(self) -> int:
-        """The long-tier step this delivery is at (0 when never parked)."""
-        return self.parked.step if self.parked else 0
-
-
-def retry_policy() -> RetryPolicy:
-    config = runtime().config
-    return RetryPolicy(
-        base_seconds=config.retry_base_seconds,
-        cap_seconds=config.retry_cap_seconds,
-        max_retries=config.max_short_retries,
+def delivery_policy(current: Runtime) -> DeliveryPolicy:
+    config = current.config
+    return DeliveryPolicy(
+        retry_base_seconds=config.retry_base_seconds,
+        retry_cap_seconds=config.retry_cap_seconds,
+        circuit_failures=config.circuit_failures,
+        circuit_window_seconds=config.circuit_window_seconds,
+        probe_schedule_seconds=config.probe_schedule_seconds,
+        retry_horizon_seconds=config.retry_horizon_seconds,
+        auth_recheck_seconds=config.auth_failed_recheck_seconds,
     )
 
 
-def _describe_delivery(
-    destination_id: str, trace_wire: dict[str, Any], *_: Any, **kwargs: Any
-) -> str:
-    parked = f" parked {kwargs['parked_id']}" if kwargs.get("parked_id") else ""
-    return f"{destination_id} request {trace_wire.get('request_id')}{parked}"
+def consumer_name() -> str:
+    """This thread's consumer in the backlog's group (stable, so consumers stay few)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-@broadcast_task(name="broadcast.deliver", max_retries=None, describe_args=_describe_delivery)
-def deliver(
-    self: Task,
-    destination_id: str,
-    trace_wire: dict[str, Any],
-    accepted_at: float,
-    parked_id: str | None = None,
-    probe: bool = False,
-) -> None:
-    """Deliver once, then retry, park, or dead-letter as the table above says."""
+@broadcast_task(
+    name="broadcast.deliver",
+    max_retries=None,
+    describe_args=lambda destination_id, *_, **__: str(destination_id),
+)
+def deliver(self: Task, destination_id: str) -> dict[str, Any]:
+    """Drain the destination's backlog; returns what this run did (shown by Flower)."""
     current = runtime()
-    record = current.store.get_destination(destination_id)
-    trace = Trace.from_wire(trace_wire)
-    parked = current.parking.get(parked_id) if parked_id else None
-    if parked_id and parked is None:
-        # Already settled by an earlier run of the same claim: never deliver twice.
-        logger.info("broadcast.deliver.already_settled parked=%s", parked_id)
-        return
-    if record is None or record.owner != trace.owner or not record.enabled:
-        # Removed or disabled since fan-out (or, defensively, not this trace's owner).
-        logger.info("broadcast.deliver.dropped destination=%s", destination_id)
-        if record is not None and record.owner == trace.owner:
-            current.store.count(record.id, "skipped_disabled")
-        if parked is not None:
-            current.parking.remove(parked)
-        return
-    job = Job(record, trace, trace_wire, accepted_at, parked)
-    health = current.store.health(record.id)
-    if not probe and (health.status is Health.AUTH_FAILED or health.circuit is Circuit.OPEN):
-        # Not attempted: waiting costs this destination's traces nothing but time.
-        park_unattempted(current, job, time.time())
-        return
-
-    secrets = current.box.open(record.sealed_secrets)
-    attempt = self.request.retries + (job.step + 1 if parked else 0)
-    result = _attempt(current, record, {**record.config, **secrets}, trace, attempt)
-    error = redact(result.error, secrets) if result.error else None
-    next_step = _settle(current, job, result, error, time.time(), retries=self.request.retries)
-    _record(current, job, result, error, attempt, next_step)
-    if next_step.retry_delay is not None:
-        raise self.retry(countdown=next_step.retry_delay, max_retries=None)
-
-
-def park_unattempted(current: Runtime, job: Job, now: float) -> None:
-    """Park a delivery for a destination that cannot take it now (credentials rejected, or
-    circuit open): due when credentials are re-checked, or at the circuit's next probe."""
-    health = current.store.health(job.record.id)
-    if health.status is Health.AUTH_FAILED:
-        reason = f"credentials rejected: {health.reason}"
-        due_at = now + current.config.auth_failed_recheck_seconds
-    else:
-        reason = "circuit open"
-        due_at = max(health.probe_at, now)
-    next_step = park(current, job, now, reason=reason, step=job.step, due_at=due_at)
-    if job.parked is None:  # a re-park of a parked entry is not news for the delivery log
-        skipped = DeliveryResult(Outcome.RETRYABLE, None, 0.0, error=reason)
-        _record(current, job, skipped, reason, job.step, next_step, outcome="parked")
-
-
-def _settle(
-    current: Runtime,
-    job: Job,
-    result: DeliveryResult,
-    error: str | None,
-    now: float,
-    *,
-    retries: int,
-) -> NextStep:
-    """Apply the outcome; returns what happens next."""
-    keeper, record = current.health, job.record
-    reason = error or result.outcome.value
-    if result.outcome is Outcome.DELIVERED:
-        current.store.count(record.id, "delivered")
-        keeper.delivery_succeeded(record, now)
-        if job.parked is not None:
-            current.parking.remove(job.parked)
-        return DONE
-    current.store.set_health(record, {"last_error": reason, "last_error_at": _iso(now)})
-    if result.outcome is Outcome.PERMANENT:
-        return _give_up(current, job, reason, now)
-    if result.outcome is Outcome.AUTH_FAILED:
-        keeper.credentials_rejected(record, reason, now)
-        return park(
-            current,
-            job,
-            now,
-            reason=f"credentials rejected: {reason}",
-            step=job.step,
-            due_at=now + current.config.auth_failed_recheck_seconds,
+    try:
+        run = DeliveryRun(current, delivery_policy(current), destination_id, self.request.id)
+        summary = run.run()
+    except redis.RedisError as exc:
+        delay = STORE_RETRY_SECONDS[min(self.request.retries, len(STORE_RETRY_SECONDS) - 1)]
+        logger.warning(
+            "broadcast.deliver.store_unreachable destination=%s error=%s retry_in=%s",
+            destination_id,
+            type(exc).__name__,
+            delay,
         )
-    opened = keeper.delivery_failed(record, now)
-    schedule = current.config.park_schedule_seconds
-    if job.parked is not None:
-        step = job.step + 1
-        if step >= len(schedule):
-            return _give_up(
-                current, job, f"gave up after {step + 1} parked attempts: {reason}", now
+        raise self.retry(countdown=delay, max_retries=None) from None
+    if summary.retry_in is not None:
+        # The destination backs off briefly: this task comes back then (Flower: RETRY).
+        # Whole seconds, at least 1: RabbitMQ's delayed delivery refuses anything else.
+        raise self.retry(countdown=max(1, math.ceil(summary.retry_in)), max_retries=None)
+    return summary.shown()
+
+
+@dataclass
+class RunSummary:
+    verdict: str
+    batches: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    retry_in: float | None = None
+
+    def shown(self) -> dict[str, Any]:
+        return {"run": self.verdict, "batches": self.batches, **self.outcomes}
+
+
+@dataclass
+class DeliveryRun:
+    current: Runtime
+    policy: DeliveryPolicy
+    destination_id: str
+    token: str
+
+    def run(self) -> RunSummary:
+        backlog, config = self.current.backlog, self.current.config
+        verdict = backlog.begin(
+            self.destination_id,
+            self.token,
+            time.time(),
+            probe_seconds=config.claim_lease_seconds,
+            recheck_seconds=config.auth_failed_recheck_seconds,
+        )
+        summary = RunSummary(verdict.value)
+        if verdict not in (Begin.RUN, Begin.PROBE):
+            return summary
+        try:
+            self._drain(verdict, summary)
+        finally:
+            backlog.release(self.destination_id, self.token)
+        return summary
+
+    def _drain(self, verdict: Begin, summary: RunSummary) -> None:
+        current, backlog = self.current, self.current.backlog
+        record = current.store.get_destination(self.destination_id)
+        if record is None or not record.enabled:
+            # Removed, or disabled: beat's sweep turns a disabled backlog into dead letters.
+            summary.verdict = "disabled"
+            backlog.finish(self.destination_id, self.token, time.time())
+            return
+        vendor = self._vendor(record)
+        health = current.store.health(record.id)
+        limits = vendor.batch_limits if vendor is not None else None
+        full = limits.max_items if limits is not None else 1
+        max_items = 1 if verdict is Begin.PROBE else full
+        consumer = consumer_name()
+        helper_called = False
+        config = current.config
+        slice_ends = time.monotonic() + config.task_slice_seconds
+        touched = time.monotonic()
+        # First what a dead task left and what failed before, then what is new.
+        entries = backlog.claim(record.id, consumer, max_items)
+        while True:
+            if not entries:
+                # Linger a moment: the next trace goes out the moment it is appended, and
+                # the task (with its broker round trips) is not paid for again.
+                entries = backlog.read_new(record.id, consumer, full, config.task_linger_seconds)
+            if not entries:
+                if backlog.finish(record.id, self.token, time.time()):
+                    return
+                entries = backlog.claim(record.id, consumer, full)
+                continue
+            if limits is not None:
+                entries = self._within_bytes(record.id, entries, limits.max_bytes)
+            if len(entries) == full > 1 and not helper_called:
+                # A full batch: more may wait. A helper takes a slot if one is free.
+                current.kick(record.id, force=True)
+                helper_called = True
+            decision, health = self._batch(record, vendor, health, entries, summary)
+            summary.batches += 1
+            if not decision.keeps_sending:
+                wait = max((decision.wait_until or 0.0) - time.time(), 0.0)
+                backlog.hold(record.id, wait)  # fan-out sends nothing while it waits
+                if decision.action is DestinationAction.BACK_OFF:
+                    summary.retry_in = wait
+                return
+            if time.monotonic() > slice_ends:
+                backlog.release(record.id, self.token)
+                current.kick(record.id, force=True)  # a fresh task goes on: others get a turn
+                summary.verdict = "handed over"
+                return
+            if time.monotonic() - touched > config.claim_lease_seconds / 3:
+                backlog.touch(record.id, self.token, time.time())
+                touched = time.monotonic()
+            entries = backlog.read_new(record.id, consumer, full, 0.0)
+
+    def _vendor(self, record: DestinationRecord) -> Destination | None:
+        try:
+            cls = destination_class(record.type)
+        except UnknownDestinationType:
+            return None
+        secrets = self.current.box.open(record.sealed_secrets)
+        return cls({**record.config, **secrets}, self.current.transport)
+
+    def _within_bytes(
+        self, destination_id: str, entries: list[BacklogEntry], max_bytes: int
+    ) -> list[BacklogEntry]:
+        """Keep a prefix within the vendor's byte limit; give the rest back, untried."""
+        kept: list[BacklogEntry] = []
+        total = 0
+        for entry in entries:
+            if kept and total + entry.size > max_bytes:
+                break
+            kept.append(entry)
+            total += entry.size
+        self.current.backlog.give_back(destination_id, entries[len(kept) :])
+        return kept
+
+    def _batch(
+        self,
+        record: DestinationRecord,
+        vendor: Destination | None,
+        health: HealthRecord,
+        entries: Sequence[BacklogEntry],
+        summary: RunSummary,
+    ) -> tuple[DestinationDecision, HealthRecord]:
+        current, now = self.current, time.time()
+        stored = current.traces.get_many(record.owner, [e.request_id for e in entries])
+        present = [(e, t) for e in entries if (t := stored[e.request_id]) is not None]
+        results = self._send(record, vendor, [t for _, t in present])
+        by_request = {e.request_id: r for (e, _), r in zip(present, results, strict=True)}
+        failed_before = any(r.outcome is not Outcome.DELIVERED for r in results) or len(
+            present
+        ) < len(entries)
+        attempts = (
+            current.backlog.attempts(record.id, [e.request_id for e in entries])
+            if failed_before
+            else {}
+        )
+        secrets = current.box.open(record.sealed_secrets) if failed_before else {}
+        decision = self._destination_decision(record, results, health, now, secrets)
+        settlements: list[Settlement] = []
+        items: dict[str, str] = {}
+        dead_reasons: list[str] = []
+        for entry in entries:
+            result = by_request.get(entry.request_id)
+            age = now - entry.accepted_at
+            item = decide_item(
+                result,
+                age_seconds=age,
+                attempts=attempts.get(entry.request_id, 0),
+                policy=self.policy,
             )
-        return park(current, job, now, reason=reason, step=step, due_at=now + schedule[step])
-    delay = None
-    if not opened:
-        delay = retry_policy().next_delay(result.outcome, retries, result.retry_after)
-    if delay is not None:
-        current.store.count(record.id, "retried")
-        return NextStep(f"retry in {delay:.1f} s", retry_delay=delay)
-    return park(
-        current,
-        job,
-        now,
-        reason=("circuit opened: " if opened else "") + reason,
-        step=0,
-        due_at=now + max(schedule[0], result.retry_after or 0.0),
-    )
+            summary.outcomes[item.action.value] += 1
+            if item.action is ItemAction.DELIVERED:
+                settlements.append(
+                    Settlement(entry, "d", latency_bucket(age), latency_ms=age * 1000.0)
+                )
+                continue
+            reason = redact(item.reason, secrets)
+            items[entry.request_id] = f"{item.action.value}: {reason}"
+            if item.action is ItemAction.WAIT:
+                tried = result is not None and result.attempted
+                settlements.append(Settlement(entry, "w" if tried else "g"))
+                continue
+            dead_reasons.append(reason)
+            trace = stored[entry.request_id]
+            settlements.append(
+                Settlement(
+                    entry,
+                    "f",
+                    dead_letter=letter_json(
+                        request_id=entry.request_id,
+                        owner=record.owner,
+                        reason=reason,
+                        trace=trace.to_wire() if trace is not None else None,
+                        accepted_at=entry.accepted_at,
+                        attempts=attempts.get(entry.request_id, 0) + 1,
+                        now=now,
+                    ),
+                )
+            )
+        log_entry = self._log_entry(entries, results, items, decision, now, secrets)
+        current.backlog.settle(record.id, settlements, log_entry)
+        settled = [s.entry for s in settlements if s.kind in ("d", "f")]
+        self._release_retained(record, settled, now)
+        health = self._apply(record, health, decision, now)
+        if dead_reasons:
+            current.health.dead_lettered(record, len(dead_reasons), dead_reasons[-1], now)
+        self._log(record, entries, log_entry)
+        return decision, health
 
+    def _send(
+        self, record: DestinationRecord, vendor: Destination | None, traces: list[Trace]
+    ) -> list[DeliveryResult]:
+        """The vendor's results, one per trace. A vendor-module bug fails only the trace
+        that causes it (the batch is retried one trace at a time to find it)."""
+        if not traces:
+            return []
+        if vendor is None:
+            return [_internal(f"unknown destination type {record.type!r}")] * len(traces)
+        if record.privacy:
+            traces = [trace.without_content() for trace in traces]
+        context = DeliveryContext(
+            destination_id=record.id, owner=record.owner, now=datetime.now(UTC)
+        )
+        try:
+            return vendor.deliver_batch(traces, context)
+        except Exception as exc:  # boundary: a vendor-module bug must not kill the run
+            if len(traces) == 1:
+                logger.exception(
+                    "broadcast.deliver.internal_error destination=%s request=%s",
+                    record.id,
+                    traces[0].request_id,
+                )
+                return [_internal(f"internal error: {type(exc).__name__}")]
+            return [self._send(record, vendor, [trace])[0] for trace in traces]
 
-def park(
-    current: Runtime, job: Job, now: float, *, reason: str, step: int, due_at: float
-) -> NextStep:
-    """Park (or re-park) a delivery in Redis; the beat sweep brings it back when due."""
-    current.parking.park(
-        job.record.id,
-        job.trace_wire,
-        accepted_at=job.accepted_at,
-        now=now,
-        due_at=due_at,
-        step=step,
-        reason=reason,
-        parked_id=job.parked.id if job.parked else None,
-    )
-    if job.parked is None:
-        current.store.count(job.record.id, "parked")
-    return NextStep(f"parked until {_iso(due_at)}")
+    def _destination_decision(
+        self,
+        record: DestinationRecord,
+        results: Sequence[DeliveryResult],
+        health: HealthRecord,
+        now: float,
+        secrets: dict[str, Any],
+    ) -> DestinationDecision:
+        """The policy's decision; its reason (a vendor's answer) redacted of credentials
+        before it reaches the health record or an owner event."""
+        failure = next((r for r in results if r.attempted and r.concerns_destination), None)
+        consecutive, in_window = health.consecutive_failures, 0
+        if failure is not None and failure.outcome is Outcome.RETRYABLE:
+            reason = redact(failure.error or failure.outcome.value, secrets)
+            consecutive, in_window = self.current.health.failure(record, reason, now)
+        decision = decide_destination(
+            results,
+            now=now,
+            circuit_open=health.circuit.value == "open",
+            probe_step=health.probe_step,
+            consecutive_failures=consecutive,
+            failures_in_window=in_window,
+            policy=self.policy,
+        )
+        return dataclasses.replace(decision, reason=redact(decision.reason, secrets))
 
+    def _apply(
+        self,
+        record: DestinationRecord,
+        health: HealthRecord,
+        decision: DestinationDecision,
+        now: float,
+    ) -> HealthRecord:
+        """Carry out the destination's decision; returns the health to go on with."""
+        keeper = self.current.health
+        action, until = decision.action, decision.wait_until or now
+        if action in (DestinationAction.SEND_NOW, DestinationAction.CLOSE_CIRCUIT):
+            if keeper.delivered(record, health, now) or health.consecutive_failures:
+                return HealthRecord(status=health.status)
+            return health
+        if action is DestinationAction.BACK_OFF:
+            keeper.back_off(record, until)
+        elif action is DestinationAction.OPEN_CIRCUIT:
+            keeper.open_circuit(record, until, decision.reason, now)
+        elif action is DestinationAction.STAY_OPEN:
+            keeper.probe_failed(record, until)
+        elif action is DestinationAction.PAUSE:
+            keeper.credentials_rejected(record, decision.reason, now)
+        return health
 
-def _give_up(current: Runtime, job: Job, reason: str, now: float) -> NextStep:
-    current.store.count(job.record.id, "failed")
-    current.health.dead_letter(job.record, job.trace_wire, job.accepted_at, reason, now)
-    if job.parked is not None:
-        current.parking.remove(job.parked)
-    return NextStep("dead-lettered")
+    def _release_retained(
+        self, record: DestinationRecord, settled: Sequence[BacklogEntry], now: float
+    ) -> None:
+        """Settled entries whose trace beat's sweep retained give their reference back."""
+        retain_after = self.current.config.trace_retain_after_seconds
+        old = [e for e in settled if now - e.accepted_at >= retain_after]
+        if old:
+            release_settled(self.current, record, old, now)
 
+    def _log_entry(
+        self,
+        entries: Sequence[BacklogEntry],
+        results: Sequence[DeliveryResult],
+        items: dict[str, str],
+        decision: DestinationDecision,
+        now: float,
+        secrets: dict[str, Any],
+    ) -> dict[str, Any]:
+        """One delivery-log entry per batch attempt (secrets redacted)."""
+        answered = next((r for r in results if r.attempted and r.status_code), None)
+        rejected = sorted({text for r in results for text in r.rejected})
+        notes = sorted({text for r in results for text in r.notes})
+        first_error = next((r.error for r in results if r.error), None)
+        if not items:
+            outcome = "delivered"
+        elif len(items) < len(entries):
+            outcome = "partial"
+        else:
+            outcome = next(
+                (r.outcome.value for r in results if r.attempted),
+                ItemAction.WAIT.value if results else "trace_missing",
+            )
+        return {
+            "at": datetime.fromtimestamp(now, UTC).isoformat(),
+            "request_id": entries[0].request_id,
+            "request_ids": [e.request_id for e in entries[:LOG_REQUEST_IDS]],
+            "traces": len(entries),
+            "outcome": outcome,
+            "status_code": answered.status_code if answered else None,
+            "duration_ms": round(sum(r.duration_ms for r in results), 2),
+            "latency_ms": round(max(now - e.accepted_at for e in entries) * 1000.0, 2),
+            "error": redact(first_error, secrets) if first_error else None,
+            "rejected": [redact(text, secrets) for text in rejected],
+            "notes": notes,
+            "items": dict(list(items.items())[:LOG_REQUEST_IDS]),
+            "next": _describe_next(decision, items),
+        }
 
-def _attempt(
-    current: Runtime,
-    record: DestinationRecord,
-    config: dict[str, Any],
-    trace: Trace,
-    attempt: int,
-) -> DeliveryResult:
-    """Run the vendor's delivery. A bug in a vendor module becomes a recorded permanent
-    failure for this one trace (logged with its traceback), never a dead worker."""
-    try:
-        cls = destination_class(record.type)
-    except UnknownDestinationType as exc:
-        return DeliveryResult(Outcome.PERMANENT, None, 0.0, error=str(exc))
-    if record.privacy:
-        trace = trace.without_content()
-    context = DeliveryContext(
-        destination_id=record.id,
-        owner=record.owner,
-        now=datetime.now(UTC),
-        attempt=attempt,
-    )
-    try:
-        return cls(config, current.transport).deliver(trace, context)
-    except Exception as exc:  # boundary: one trace fails, the worker goes on
-        logger.exception(
-            "broadcast.deliver.internal_error destination=%s request=%s",
+    def _log(
+        self, record: DestinationRecord, entries: Sequence[BacklogEntry], entry: dict[str, Any]
+    ) -> None:
+        log = logger.info if entry["outcome"] == "delivered" else logger.warning
+        log(
+            "broadcast.deliver.%s destination=%s traces=%d first_request=%s status=%s next=%s "
+            "error=%s",
+            entry["outcome"],
             record.id,
-            trace.request_id,
+            len(entries),
+            entries[0].request_id,
+            entry["status_code"],
+            entry["next"],
+            entry["error"],
         )
-        return DeliveryResult(
-            Outcome.PERMANENT, None, 0.0, error=f"internal error: {type(exc).__name__}"
-        )
 
 
-def _record(
-    current: Runtime,
-    job: Job,
-    result: DeliveryResult,
-    error: str | None,
-    attempt: int,
-    next_step: NextStep,
-    *,
-    outcome: str | None = None,
-) -> None:
-    """Append the attempt to the destination's delivery log, and log it."""
-    outcome = outcome or result.outcome.value
-    entry = {
-        "at": _iso(time.time()),
-        "request_id": job.trace.request_id,
-        "attempt": attempt + 1,
-        "outcome": outcome,
-        "status_code": result.status_code,
-        "duration_ms": round(result.duration_ms, 2),
-        "latency_ms": round((time.time() - job.accepted_at) * 1000.0, 2),
-        "error": error,
-        "rejected": list(result.rejected),
-        "next": next_step.description or None,
-    }
-    current.store.record_attempt(job.record.id, entry)
-    log = logger.info if result.outcome is Outcome.DELIVERED else logger.warning
-    log(
-        "broadcast.deliver.%s destination=%s request=%s status=%s next=%s error=%s",
-        outcome,
-        job.record.id,
-        job.trace.request_id,
-        result.status_code,
-        next_step.description or "-",
-        error,
-    )
+def _internal(reason: str) -> DeliveryResult:
+    return DeliveryResult(Outcome.PERMANENT, None, 0.0, error=reason)
 
 
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat()
+def _describe_next(decision: DestinationDecision, items: dict[str, str]) -> str:
+    if decision.keeps_sending:
+        dead = sum(text.startswith(ItemAction.DEAD_LETTER.value) for text in items.values())
+        return "dead-lettered" if dead and dead == len(items) else "-"
+    until = decision.wait_until
+    at = datetime.fromtimestamp(until, UTC).isoformat() if until else "later"
+    return {
+        DestinationAction.BACK_OFF: f"retry at {at}",
+        DestinationAction.OPEN_CIRCUIT: f"circuit opened; probe at {at}",
+        DestinationAction.STAY_OPEN: f"circuit open; next probe at {at}",
+        DestinationAction.PAUSE: f"paused: credentials rejected; re-check at {at}",
+    }.get(decision.action, "-")

@@ -15,6 +15,7 @@ class Decision(StrEnum):
     DISABLED = "skipped_disabled"
     PARK = "parked"
     FILTERED_BY_KEY = "filtered_by_key"
+    FILTERED_BY_RULE = "filtered_by_rule"
     SAMPLED_OUT = "sampled_out"
 
 
@@ -27,6 +28,9 @@ def decide(route: Route, trace: Trace) -> Decision:
         return Decision.DISABLED
     if not passes_key_filter(route, trace.api_key_id):
         return Decision.FILTERED_BY_KEY
+    # Compiled once per route (i.e. per routing snapshot), not per event.
+    if route.rule_filter is not None and not route.rule_filter.matches(trace):
+        return Decision.FILTERED_BY_RULE
     if not sampled_in(route.id, trace.session_id or trace.request_id, route.sampling_rate):
         return Decision.SAMPLED_OUT
     if route.health is Health.AUTH_FAILED or route.circuit is Circuit.OPEN:

@@ -13,6 +13,7 @@ and whether tool calls were made.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from destinations.trace import (
     TraceMetadata,
     Usage,
 )
+from settings.event_limits import EventLimits, LimitExceeded, check_event, marker_reason
 
 RESERVED_TRACE_KEYS = ("trace_id", "trace_name", "span_name", "generation_name", "parent_span_id")
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -51,10 +53,12 @@ PLACEHOLDERS = {
     "video_url": "[video]",
 }
 MAX_REPORTED_FIELDS = 3
+DEFAULT_LIMITS = EventLimits()
 
 _non_negative_int = validate.Range(min=0)
 _non_negative = validate.Range(min=0)
 _ID_LENGTH = validate.Length(min=1, max=256)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidEvent(ValueError):
@@ -120,10 +124,9 @@ class _TraceMetadataSchema(Schema):
     trace_name = fields.String(validate=validate.Length(max=512), allow_none=True)
     span_name = fields.String(validate=validate.Length(max=512), allow_none=True)
     generation_name = fields.String(validate=validate.Length(max=512), allow_none=True)
-    parent_span_id = fields.String(
-        validate=validate.Regexp(r"^[0-9a-f]{16}$", error="Must be 16 lowercase hex characters."),
-        allow_none=True,
-    )
+    # Any form callers send (16 hex, a UUID, another vendor's observation id): each vendor
+    # module maps it to what it needs (`destinations.ids.span_id_hex`) and never refuses it.
+    parent_span_id = fields.String(validate=_ID_LENGTH, allow_none=True)
 
 
 class EventSchema(Schema):
@@ -136,6 +139,7 @@ class EventSchema(Schema):
     user_id = fields.String(required=True, validate=_ID_LENGTH)
     org_id = fields.String(allow_none=True, validate=_ID_LENGTH)
     api_key_id = fields.String(allow_none=True, validate=_ID_LENGTH)
+    api_key_name = fields.String(allow_none=True, validate=_ID_LENGTH)
     model = fields.String(required=True, validate=validate.Length(min=1, max=256))
     provider = fields.String(required=True, validate=validate.Length(min=1, max=256))
     request = fields.Nested(_RequestSchema, required=True)
@@ -171,19 +175,50 @@ def event_id_of(event: Any) -> str | None:
     return None
 
 
-def build_trace(event: Any) -> Trace:
-    """Validate `event` and build its `Trace`. Raises `InvalidEvent` only."""
+def build_trace(event: Any, limits: EventLimits = DEFAULT_LIMITS) -> Trace:
+    """Validate `event` and build its `Trace`. Raises `InvalidEvent` only.
+
+    The limits (settings/event_limits.py) are checked first, without recursion, so
+    nothing after them meets an event nested deeper than `limits.max_depth`.
+    """
     event_id = event_id_of(event)
     if not isinstance(event, Mapping):
         raise InvalidEvent(None, f"the event must be a JSON object, not {type(event).__name__}")
+    cut_reason = marker_reason(event)
+    if cut_reason is not None:
+        raise InvalidEvent(event_id, cut_reason)
     try:
-        data = _SCHEMA.load(event)
+        check_event(event, limits)
+    except LimitExceeded as exc:
+        raise InvalidEvent(event_id, str(exc)) from None
+    try:
+        data = _SCHEMA.load(without_lone_surrogates(event))
     except ValidationError as exc:
         raise InvalidEvent(event_id, _describe(exc.messages)) from None
     try:
         return _trace_from(data)
     except ValidationError as exc:
         raise InvalidEvent(event_id, _describe(exc.messages)) from None
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """`value` with every unpaired UTF-16 surrogate in its strings (keys too) replaced by
+    U+FFFD. `json.loads` returns them for `"\\ud83d"`, and no serializer can encode them."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value) if _has_surrogate(value) else value
+    if isinstance(value, Mapping):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_lone_surrogates(item) for item in value]
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _trace_from(data: dict[str, Any]) -> Trace:
@@ -213,6 +248,7 @@ def _trace_from(data: dict[str, Any]) -> Trace:
         user_id=user_id,
         org_id=org_id,
         api_key_id=data.get("api_key_id"),
+        api_key_name=data.get("api_key_name"),
         model=data["model"],
         provider=data["provider"],
         started_at=data["started_at"],
@@ -257,7 +293,9 @@ def _trace_from(data: dict[str, Any]) -> Trace:
     )
 
 
-def _message(raw: Mapping[str, Any], path: str, default_role: str | None = None) -> Message:
+def _message(raw: Any, path: str, default_role: str | None = None) -> Message:
+    if not isinstance(raw, Mapping):
+        raise ValidationError({path: ["Must be an object."]})
     role = raw.get("role", default_role)
     if role not in MESSAGE_ROLES:
         raise ValidationError({f"{path}.role": [f"Must be one of {sorted(MESSAGE_ROLES)}."]})

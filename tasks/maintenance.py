@@ -1,8 +1,8 @@
-"""Beat's periodic jobs: sweep parked deliveries, re-validate credentials, post owners'
+"""Beat's periodic jobs: sweep the backlogs, re-validate credentials, post owners'
 notifications, trim dead letters.
 
 Each job is a plain function of (runtime, now) wrapped by a thin task, so tests drive the
-functions with a controllable clock while the deliveries they enqueue run on a real worker.
+functions with a controllable clock while the deliveries they start run on a real worker.
 """
 
 from __future__ import annotations
@@ -20,83 +20,50 @@ from destinations.base import ConnectionCheck, result_from_transport
 from destinations.outcomes import Outcome
 from destinations.transport import HttpRequest
 from destinations.webhook import signed_headers
-from settings.models import Circuit, Health
+from settings import keys
+from settings.runtime import Runtime, runtime
 from tasks.app import broadcast_task
-from tasks.deliver import deliver, retry_policy
-from tasks.runtime import Runtime, runtime
+from tasks.backlog_upkeep import enforce_budget, upkeep
+from tasks.retry_policy import RetryPolicy
 
 logger = logging.getLogger("broadcast.maintenance")
 
-SWEEP_BATCH = 500
 CHECK_BATCH = 500
 CHECK_LEASE_SECONDS = 600.0
 OUTBOX_BATCH = 200
+NOTIFY_MAX_RETRIES = 8
+# One sweep at a time, even when one runs longer than beat's interval.
+SWEEP_LOCK_SECONDS = 300
 
 
-# Parked deliveries
+# The backlogs
 
 
-def sweep_parked(current: Runtime, now: float, *, batch: int = SWEEP_BATCH) -> Counter[str]:
-    """Re-queue parked deliveries that are due, at most `drain_per_sweep` per destination.
-
-    Destinations whose credentials are rejected keep their deliveries parked; an open
-    circuit lets one probe through per interval. Returns what was done, by kind.
-    """
-    config = current.config
-    done: Counter[str] = Counter()
-    drained: Counter[str] = Counter()
-    for entry in current.parking.due(now, batch):
-        record = current.store.get_destination(entry.destination_id)
-        if record is None:
-            current.parking.remove(entry)
-            done["dropped"] += 1
-            continue
-        if not record.enabled:
-            current.health.dead_letter(
-                record, entry.trace, entry.accepted_at, "destination disabled", now
-            )
-            current.parking.remove(entry)
-            done["dead_lettered"] += 1
-            continue
-        health = current.store.health(record.id)
-        if health.status is Health.AUTH_FAILED:
-            current.parking.postpone(entry, now + config.auth_failed_recheck_seconds)
-            done["waiting_for_credentials"] += 1
-            continue
-        if health.circuit is Circuit.OPEN:
-            if current.health.take_probe(record, now) and current.parking.claim(
-                entry, now, config.claim_lease_seconds
-            ):
-                _enqueue(entry.destination_id, entry.trace, entry.accepted_at, entry.id, True)
-                done["probes"] += 1
-            else:
-                current.parking.postpone(entry, current.store.health(record.id).probe_at)
-                done["waiting_for_circuit"] += 1
-            continue
-        if drained[record.id] >= config.drain_per_sweep:
-            done["over_drain_rate"] += 1
-            continue
-        if current.parking.claim(entry, now, config.claim_lease_seconds):
-            _enqueue(entry.destination_id, entry.trace, entry.accepted_at, entry.id, False)
-            drained[record.id] += 1
-            done["requeued"] += 1
-    return done
+def sweep(current: Runtime, now: float) -> Counter[str]:
+    """Look after every destination's backlog (`backlog_upkeep.upkeep`), keep the retained
+    trace bytes within the budget, and record beat's heartbeat. Returns what was done."""
+    redis_client = current.store.redis
+    redis_client.set(keys.BEAT_HEARTBEAT, repr(now))
+    lock = f"{keys.BEAT_HEARTBEAT}:sweeping"
+    if not redis_client.set(lock, "1", nx=True, ex=SWEEP_LOCK_SECONDS):
+        return Counter(skipped=1)
+    try:
+        done: Counter[str] = Counter()
+        records = current.store.get_destinations(current.store.all_destination_ids())
+        for record in records:
+            done.update(upkeep(current, record, now))
+        done["dropped"] += enforce_budget(current, [r for r in records if r.enabled], now)
+        return +done
+    finally:
+        redis_client.delete(lock)
 
 
-def _enqueue(
-    destination_id: str, trace: dict[str, Any], accepted_at: float, parked_id: str, probe: bool
-) -> None:
-    deliver.apply_async(
-        args=(destination_id, trace, accepted_at),
-        kwargs={"parked_id": parked_id, "probe": probe},
-    )
-
-
-@broadcast_task(name="broadcast.maintenance.sweep_parked")
-def sweep_parked_task(self: Task) -> None:
-    done = sweep_parked(runtime(), time.time())
+@broadcast_task(name="broadcast.maintenance.sweep")
+def sweep_task(self: Task) -> dict[str, int]:
+    done = sweep(runtime(), time.time())
     if done:
         logger.info("broadcast.maintenance.swept %s", dict(done))
+    return dict(done)
 
 
 # Credential re-validation
@@ -177,7 +144,9 @@ def notify(self: Task, event: dict[str, Any]) -> None:
     result = result_from_transport(current.transport.send(HttpRequest("POST", url, headers, body)))
     if result.outcome is Outcome.DELIVERED:
         return
-    delay = retry_policy().next_delay(result.outcome, self.request.retries, result.retry_after)
+    config = current.config
+    policy = RetryPolicy(config.retry_base_seconds, config.retry_cap_seconds, NOTIFY_MAX_RETRIES)
+    delay = policy.next_delay(result.outcome, self.request.retries, result.retry_after)
     logger.warning(
         "broadcast.maintenance.notify_failed owner=%s event=%s status=%s retry=%s",
         event["owner"],
@@ -193,11 +162,10 @@ def notify(self: Task, event: dict[str, Any]) -> None:
 
 
 def trim_dead_letters(current: Runtime, now: float) -> int:
-    removed = 0
-    for owner in current.store.owners():
-        for record in current.store.list_destinations(owner):
-            removed += current.dead_letters.trim(record.id, now)
-    return removed
+    return sum(
+        current.dead_letters.trim(destination_id, now)
+        for destination_id in current.store.all_destination_ids()
+    )
 
 
 @broadcast_task(name="broadcast.maintenance.trim_dead_letters")

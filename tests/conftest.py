@@ -35,8 +35,11 @@ TEST_ENV = {
     # Short waits so retry tests take seconds; the policy is the same.
     "BROADCAST_RETRY_BASE_SECONDS": "0.2",
     "BROADCAST_RETRY_CAP_SECONDS": "10",
-    "BROADCAST_MAX_SHORT_RETRIES": "4",
+    "BROADCAST_PROBE_SCHEDULE_SECONDS": "1,2,4",
     "BROADCAST_READ_TIMEOUT": "5",
+    # Above the longest request of a test (read timeout 5 s), so no batch is reclaimed
+    # from a live task; short, so a killed task's batch comes back within seconds.
+    "BROADCAST_CLAIM_LEASE_SECONDS": "8",
 }
 os.environ.update(TEST_ENV)
 
@@ -71,7 +74,7 @@ def moto_server() -> Iterator[MotoServer]:
 @pytest.fixture
 def service(redis_server: RedisServer):
     """The settings service of the test process, on the test Redis."""
-    from tasks.runtime import runtime
+    from settings.runtime import runtime
 
     return runtime().service
 

@@ -1,7 +1,10 @@
-"""Delivery health end to end: circuit, parking, credentials, re-validation, dead letters.
+"""Delivery health end to end: circuit, backlogs that wait, credentials, re-validation,
+dead letters, replay, lost tasks.
 
 A real worker runs every delivery; the beat jobs (`tasks.maintenance`) are called here
-with a controllable clock instead of sleeping through hours.
+with a controllable clock instead of sleeping through hours. The worker's own clock is
+real: where a test stands for hours passing, it moves the destination's next attempt
+(`probe_at`) to now, which is what those hours would have done.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from standardwebhooks.webhooks import Webhook
 from harness.receiver import ReceivedRequest, Reply
 from harness.samples import chat_event
 from harness.waiting import wait_for
+from settings import keys
+from settings.dead_letters import letter_json
 from settings.models import Circuit, Health
 from tasks import broadcast
-from tasks.events import build_trace
+from tasks.backlog_upkeep import wants_task
 from tasks.maintenance import (
     check_destination_now,
     flush_notifications,
     revalidate_due,
-    sweep_parked,
+    sweep,
     trim_dead_letters,
 )
 
@@ -72,7 +77,7 @@ class Vendor:
 
 @pytest.fixture
 def rt(service):
-    from tasks.runtime import runtime
+    from settings.runtime import runtime
 
     return runtime()
 
@@ -93,17 +98,27 @@ def send(user_id, indexes):
         broadcast.delay(chat_event(index, user_id=user_id, id=f"{user_id}-{index}"))
 
 
-def drain(rt, destination_id, *, now, what):
-    """Run the sweep (at `now`) until nothing of the destination is parked."""
-
-    def settled():
-        sweep_parked(rt, now)
-        return rt.parking.count(destination_id) == 0
-
-    wait_for(settled, timeout=60, interval=0.2, what=what)
+def backlog(rt, destination_id):
+    return rt.backlog.stats(destination_id, time.time()).depth
 
 
-def test_outage_opens_the_circuit_parks_and_recovers_exactly_once(
+def probe_now(rt, destination_id):
+    """Stand for the wait until the next probe having passed (the worker's clock is real):
+    the probe is due, and the hold that kept fan-out from sending tasks has expired."""
+    record = rt.store.get_destination(destination_id)
+    rt.store.set_health(record, {"probe_at": repr(time.time() - 1)})
+    rt.store.redis.delete(keys.destination_part(destination_id, "queued"))
+
+
+def kicked(rt, destination_id) -> bool:
+    """Run beat's sweep; True when it started a task for this destination."""
+    record = rt.store.get_destination(destination_id)
+    wanted = wants_task(rt, record, time.time())
+    sweep(rt, time.time())
+    return wanted
+
+
+def test_outage_opens_the_circuit_the_backlog_waits_and_recovers_exactly_once(
     worker, service, user_id, receiver, rt
 ):
     vendor = Vendor()
@@ -116,55 +131,68 @@ def test_outage_opens_the_circuit_parks_and_recovers_exactly_once(
 
     send(user_id, range(30))
     wait_for(lambda: rt.store.health(flaky).circuit is Circuit.OPEN, what="the circuit to open")
-    wait_for(lambda: rt.parking.count(flaky) == 30, what="every flaky delivery parked")
     wait_for(lambda: rt.store.counters(healthy)["delivered"] == 30, what="the healthy one")
+    wait_for(lambda: backlog(rt, flaky) == 30, what="every flaky trace waiting in its backlog")
     attempts_while_down = len(flaky_sink.requests())
-    # Parked, not retried in workers: far fewer attempts than 30 deliveries x 5 tries.
-    assert attempts_while_down < 30
+    # The backlog waits: at most the failures that open the circuit, plus requests already
+    # in flight then, plus Test Connection — not 30 traces x a few tries each.
+    assert attempts_while_down <= 1 + rt.config.circuit_failures + rt.config.max_in_flight
     status = {row["id"]: row for row in service.status(owner)}
-    assert status[flaky]["circuit"] == "open" and status[flaky]["parked"] == 30
-    assert status[healthy]["circuit"] == "closed" and status[healthy]["parked"] == 0
+    assert status[flaky]["circuit"] == "open" and status[flaky]["backlog"] == 30
+    assert status[flaky]["health"] == "circuit_open"
+    assert status[flaky]["delivery"].startswith("circuit open")
+    assert status[healthy]["circuit"] == "closed" and status[healthy]["backlog"] == 0
+    opened = [e for e in service.events(owner) if e["type"] == "destination.circuit_opened"]
+    assert len(opened) == 1
 
-    # While the circuit is open a new trace is parked at fan-out, without a worker attempt.
+    # While the circuit is open a new trace waits without a worker attempt.
     send(user_id, [30])
-    wait_for(lambda: rt.parking.count(flaky) == 31)
+    wait_for(lambda: backlog(rt, flaky) == 31)
     assert len(flaky_sink.requests()) == attempts_while_down
 
-    # Still down: one probe goes through per interval, and fails.
-    later = time.time() + rt.config.circuit_probe_seconds + 1
-    assert sweep_parked(rt, later)["probes"] == 1
+    # Still down: the sweep lets one probe through when it is due, and it fails.
+    probe_now(rt, flaky)
+    assert kicked(rt, flaky)
     wait_for(lambda: len(flaky_sink.requests()) == attempts_while_down + 1, what="the probe")
-    assert sweep_parked(rt, later)["probes"] == 0  # one per interval
-    wait_for(lambda: rt.parking.count(flaky) == 31)
+    wait_for(lambda: rt.store.health(flaky).probe_step == 1, what="the probe's failure")
+    assert not kicked(rt, flaky)  # the next probe waits longer
+    assert backlog(rt, flaky) == 31
 
     vendor.mode = "up"
-    drain(rt, flaky, now=later + 2 * HOUR, what="the parked deliveries to drain")
-    wait_for(lambda: vendor.unique() == 31, what="every parked trace at the vendor")
+    probe_now(rt, flaky)
+    sweep(rt, time.time())
+    wait_for(lambda: vendor.unique() == 31, what="every waiting trace at the vendor")
     assert sorted(vendor.accepted.values()) == [1] * 31  # each exactly once
     assert rt.store.health(flaky).circuit is Circuit.CLOSED
-    assert rt.store.counters(flaky)["delivered"] == 31
+    counters = rt.store.counters(flaky)
+    assert (counters["delivered"], counters["failed"], counters["dropped_overflow"]) == (31, 0, 0)
+    kinds = [e["type"] for e in service.events(owner)]
+    assert kinds.count("destination.circuit_opened") == 1
+    assert kinds.count("destination.circuit_closed") == 1
 
 
-def test_rejected_credentials_park_until_updated(worker, service, user_id, receiver, rt):
+def test_rejected_credentials_wait_until_updated(worker, service, user_id, receiver, rt):
     vendor = Vendor()
     sink = receiver(vendor)
     owner = f"user:{user_id}"
     destination_id = hook(service, owner, sink)
     vendor.valid_token = "Bearer t1"  # the key is revoked at the vendor
     send(user_id, range(5))
-    wait_for(lambda: rt.parking.count(destination_id) == 5)
-    assert rt.store.health(destination_id).status is Health.AUTH_FAILED
+    wait_for(lambda: rt.store.health(destination_id).status is Health.AUTH_FAILED)
+    wait_for(lambda: backlog(rt, destination_id) == 5)
     assert [e["type"] for e in service.events(owner)] == ["destination.auth_failed"]
     attempts = len(sink.requests())
-    assert attempts < 5  # after the first 401 nothing is attempted
+    assert attempts <= rt.config.max_in_flight  # after the first 401s nothing is attempted
+    # A 401 on delivery schedules the 15-minute re-check at once.
+    next_check = rt.health.next_check(destination_id)
+    assert next_check - time.time() <= rt.config.auth_failed_recheck_seconds + 5
 
     service.update_destination(destination_id, config={"headers": {"Authorization": "Bearer t1"}})
     assert rt.store.health(destination_id).status is Health.HEALTHY
-    drain(rt, destination_id, now=time.time(), what="the parked deliveries")
-    wait_for(lambda: vendor.unique() == 5)
+    wait_for(lambda: vendor.unique() == 5, what="the backlog to drain after recovery")
     assert sorted(vendor.accepted.values()) == [1] * 5
     assert service.events(owner)[0]["type"] == "destination.recovered"
-    assert service.events(owner)[0]["data"]["released_deliveries"] == 5
+    assert rt.store.counters(destination_id)["delivered"] == 5
 
 
 def test_credentials_never_fixed_disable_dead_letter_and_notify(
@@ -177,19 +205,22 @@ def test_credentials_never_fixed_disable_dead_letter_and_notify(
     destination_id = hook(service, owner, sink)
     vendor.valid_token = "Bearer revoked-for-good"
     send(user_id, range(4))
-    wait_for(lambda: rt.parking.count(destination_id) == 4)
+    wait_for(lambda: backlog(rt, destination_id) == 4)
+    wait_for(lambda: rt.store.health(destination_id).status is Health.AUTH_FAILED)
 
     # Re-validation a day later: still rejected, not yet past the window.
     check = check_destination_now(rt, destination_id, time.time() + 24 * HOUR)
     assert check is not None and not check.ok
     assert rt.store.get_destination(destination_id).enabled
-    # Three days later: disabled, parked deliveries become dead letters.
+    # Three days later: disabled; beat's sweep turns the backlog into dead letters.
     check_destination_now(rt, destination_id, time.time() + 3 * 24 * HOUR + 60)
     assert not rt.store.get_destination(destination_id).enabled
-    assert rt.parking.count(destination_id) == 0
+    sweep(rt, time.time())
+    assert backlog(rt, destination_id) == 0
     letters = service.dead_letters(destination_id)
     assert sorted(letter.request_id for letter in letters) == [f"{user_id}-{i}" for i in range(4)]
     assert all("credentials rejected for 3 days" in letter.reason for letter in letters)
+    assert all(letter.trace and letter.trace["request_id"] for letter in letters)
 
     assert flush_notifications(rt) == 2  # auth_failed, then disabled
     posted = wait_for(lambda: len(r := inbox.requests("/events")) == 2 and r)
@@ -237,6 +268,43 @@ def test_revalidation_detects_a_revoked_and_a_restored_key(worker, service, user
     assert rt.health.next_check(destination_id) - time.time() > 5 * HOUR
 
 
+def test_concurrent_rejections_announce_one_outage_once(service, user_id, receiver, rt):
+    """Health transitions are compare-and-set: 8 threads noticing the same 401 at once
+    record one change and one owner event."""
+    owner = f"user:{user_id}"
+    destination_id = hook(service, owner, receiver())
+    record = rt.store.get_destination(destination_id)
+    start = threading.Barrier(8)
+    changed: list[bool] = []
+
+    def notice() -> None:
+        start.wait()
+        changed.append(rt.health.credentials_rejected(record, "HTTP 401", time.time()))
+
+    threads = [threading.Thread(target=notice) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert changed.count(True) == 1
+    assert [e["type"] for e in service.events(owner)] == ["destination.auth_failed"]
+    opened: list[bool] = []
+    start = threading.Barrier(8)
+
+    def open_circuit() -> None:
+        start.wait()
+        opened.append(rt.health.open_circuit(record, time.time() + 30, "HTTP 503", time.time()))
+
+    threads = [threading.Thread(target=open_circuit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert opened.count(True) == 1
+    kinds = [e["type"] for e in service.events(owner)]
+    assert kinds.count("destination.circuit_opened") == 1
+
+
 def test_replay_delivers_each_once_even_when_replayed_twice(worker, service, user_id, receiver, rt):
     vendor = Vendor()
     sink = receiver(vendor)
@@ -266,59 +334,84 @@ def test_replay_delivers_each_once_even_when_replayed_twice(worker, service, use
     assert json.loads(since_future.stdout)["replayed"] == 0
 
 
-def test_a_delivery_parked_past_the_visibility_timeout_runs_once(
+def test_a_long_retry_after_waits_in_redis_not_in_the_broker(
     worker, service, user_id, receiver, rt
 ):
     vendor = Vendor()
     sink = receiver(vendor)
     owner = f"user:{user_id}"
     destination_id = hook(service, owner, sink)
-    # A Retry-After longer than the short tier's cap parks the delivery in Redis.
+    # A Retry-After longer than the short tier's cap: the destination waits it out.
     vendor.script = [Reply(429, b"slow down", {"Retry-After": str(2 * HOUR)})]
     send(user_id, [1])
-    wait_for(lambda: rt.parking.count(destination_id) == 1)
-    [entry] = rt.parking.for_destination(destination_id)
-    assert entry.due_at - time.time() > HOUR  # longer than the visibility timeout
+    wait_for(lambda: rt.store.health(destination_id).circuit is Circuit.OPEN)
+    health = rt.store.health(destination_id)
+    assert health.probe_at - time.time() > HOUR  # longer than any visibility timeout
+    assert backlog(rt, destination_id) == 1
+    # Nothing waits in the broker (no ETA message that Redis could hand out twice).
+    wait_for(lambda: rt.store.redis.hlen("unacked") == 0, what="no unacknowledged message")
+    assert not kicked(rt, destination_id)  # not due yet
 
-    assert sweep_parked(rt, time.time() + HOUR)["requeued"] == 0  # not due yet
-    visibility = 3600.0
-    much_later = entry.due_at + visibility + 60
-    assert sweep_parked(rt, much_later)["requeued"] == 1
+    probe_now(rt, destination_id)
+    sweep(rt, time.time())
     wait_for(lambda: vendor.unique() == 1)
-    for hours in (1, 2, 5, 10):
-        sweep_parked(rt, much_later + hours * HOUR)
-    wait_for(lambda: rt.parking.count(destination_id) == 0)
-    assert vendor.accepted == {next(iter(vendor.accepted)): 1}
-    # Nothing waits in the broker either (no ETA message that Redis could hand out twice).
-    assert rt.store.redis.hlen("unacked") == 0
+    wait_for(lambda: backlog(rt, destination_id) == 0)
+    assert list(vendor.accepted.values()) == [1]
+    assert rt.store.counters(destination_id)["delivered"] == 1
 
 
-def test_a_claimed_delivery_whose_task_was_lost_comes_back_once(
+def test_a_claimed_batch_whose_task_was_lost_comes_back_once(
     worker, service, user_id, receiver, rt
 ):
+    """A batch claimed by a task that vanished (its worker died) is claimed again after the
+    lease, through the sweep, and delivered once, with the same vendor ids."""
     vendor = Vendor()
     sink = receiver(vendor)
-    destination_id = hook(service, f"user:{user_id}", sink)
-    now = time.time()
-    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-lost")).to_wire()
-    entry = rt.parking.park(
-        destination_id, trace, accepted_at=now, now=now, due_at=now, step=0, reason="test"
-    )
-    assert rt.parking.claim(entry, now, rt.config.claim_lease_seconds)  # ... and the worker died
-    assert sweep_parked(rt, now + 1)["requeued"] == 0  # leased: not taken twice
-    assert sweep_parked(rt, now + rt.config.claim_lease_seconds + 1)["requeued"] == 1
-    wait_for(lambda: vendor.unique() == 1 and rt.parking.count(destination_id) == 0)
+    owner = f"user:{user_id}"
+    destination_id = hook(service, owner, sink)
+    # What fan-out writes, without kicking a task; then a task claims the entry and dies.
+    from settings.trace_store import Written
+    from tasks.events import build_trace
+
+    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-lost"))
+    written, stored = rt.traces.claim(trace)
+    assert written is Written.NEW
+    with rt.store.redis.pipeline(transaction=False) as pipe:
+        rt.backlog.append(
+            pipe, destination_id, trace.request_id, time.time(), stored.size, kick=False
+        )
+        rt.traces.complete(pipe, stored)
+        pipe.execute()
+    [claimed] = rt.backlog.claim(destination_id, "a-worker-that-died", 10)
+    assert claimed.request_id == trace.request_id
+    # Work and no task: the sweep kicks one, which leaves the entry leased to the dead task
+    # alone until the lease runs out; a later sweep's task takes it then.
+    assert kicked(rt, destination_id)
+
+    def swept_and_delivered() -> bool:  # beat's sweep, every second here
+        sweep(rt, time.time())
+        return vendor.unique() == 1
+
+    lease = rt.config.claim_lease_seconds
+    wait_for(swept_and_delivered, timeout=lease + 30, interval=1.0, what="the lease to run out")
+    wait_for(lambda: backlog(rt, destination_id) == 0)
     assert list(vendor.accepted.values()) == [1]
+    assert rt.store.counters(destination_id)["delivered"] == 1
 
 
 def test_dead_letters_expire_after_the_retention(service, user_id, rt):
     destination_id = f"dst_{uuid.uuid4().hex[:12]}"
     rt.dead_letters.add(
         destination_id,
-        trace={"request_id": "r1"},
-        accepted_at=0.0,
-        reason="HTTP 400",
-        now=time.time(),
+        letter_json(
+            request_id="r1",
+            owner="user:x",
+            reason="HTTP 400",
+            trace=None,
+            accepted_at=0.0,
+            attempts=1,
+            now=time.time(),
+        ),
     )
     assert rt.dead_letters.count(destination_id) == 1
     assert rt.dead_letters.trim(destination_id, time.time() + 6 * 24 * HOUR) == 0
@@ -327,23 +420,31 @@ def test_dead_letters_expire_after_the_retention(service, user_id, rt):
     assert trim_dead_letters(rt, time.time()) >= 0
 
 
-def test_real_beat_sweeps_parked_deliveries(worker, service, user_id, receiver, rt, workdir):
-    """The schedule in celeryconfig.py, run by a real `celery beat`, brings parked work back."""
+def test_real_beat_restarts_a_backlog_whose_task_was_lost(
+    worker, service, user_id, receiver, rt, workdir
+):
+    """The schedule in celeryconfig.py, run by a real `celery beat`: a backlog with work and
+    no task (its task was lost) gets one from the sweep, and beat's heartbeat is written."""
     import os
 
     from harness.processes import celery_beat
+    from tasks.events import build_trace
 
     vendor = Vendor()
     sink = receiver(vendor)
     destination_id = hook(service, f"user:{user_id}", sink)
-    now = time.time()
-    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-beat")).to_wire()
-    rt.parking.park(
-        destination_id, trace, accepted_at=now, now=now, due_at=now, step=0, reason="test"
-    )
+    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-beat"))
+    _, stored = rt.traces.claim(trace)
+    with rt.store.redis.pipeline(transaction=False) as pipe:
+        rt.backlog.append(
+            pipe, destination_id, trace.request_id, time.time(), stored.size, kick=False
+        )
+        rt.traces.complete(pipe, stored)
+        pipe.execute()
     beat = celery_beat(os.environ, workdir)
     try:
         wait_for(lambda: vendor.unique() == 1, timeout=45, what="beat's sweep to deliver it")
     finally:
         beat.stop()
-    assert rt.parking.count(destination_id) == 0
+    assert backlog(rt, destination_id) == 0
+    assert float(rt.store.redis.get("bc:heartbeat:beat")) > time.time() - 60

@@ -81,7 +81,7 @@ def test_503_then_200_is_delivered_once_with_the_same_webhook_id(
     assert (counters["retried"], counters["delivered"], counters["failed"]) == (1, 1, 0)
     log = service.deliveries(destination_id)
     assert [entry["outcome"] for entry in log] == ["delivered", "retryable"]
-    assert log[1]["status_code"] == 503 and log[1]["next"].startswith("retry in ")
+    assert log[1]["status_code"] == 503 and log[1]["next"].startswith("retry at ")
 
 
 def test_429_retry_after_is_honoured(worker, service, user_id, receiver):
@@ -107,19 +107,23 @@ def test_400_is_permanent_and_not_retried(worker, service, user_id, receiver):
     assert letter.request_id == f"{user_id}-1" and letter.reason.startswith("HTTP 400")
 
 
-def test_401_marks_auth_failed_and_parks(worker, service, user_id, receiver):
+def test_401_marks_auth_failed_and_the_backlog_waits(worker, service, user_id, receiver):
     sink = receiver(scripted([Reply(401, b"token revoked")] * 5))
     destination_id = add_hook(service, user_id, sink)
     broadcast.delay(event(user_id, 1))
     wait_for(lambda: service.store.health(destination_id).status == "auth_failed")
     status = service.status(f"user:{user_id}")[0]
     assert status["health"] == "auth_failed" and "HTTP 401" in status["health_reason"]
-    broadcast.delay(event(user_id, 2))  # not attempted: parked until the credentials work
-    wait_for(lambda: service.store.counters(destination_id)["parked"] == 2)
+    broadcast.delay(event(user_id, 2))  # not attempted: it waits until the credentials work
+    wait_for(lambda: service.status(f"user:{user_id}")[0]["backlog"] == 2)
+    status = service.status(f"user:{user_id}")[0]
+    assert status["delivery"].startswith("paused") and status["next_attempt"]
     assert len(sink.requests("/hook")) == 1
-    assert service.status(f"user:{user_id}")[0]["parked"] == 2
+    counters = service.store.counters(destination_id)
+    assert (counters["delivered"], counters["failed"], counters["retried"]) == (0, 0, 1)
     log = service.deliveries(destination_id)
-    assert log[0]["outcome"] == "parked" and "credentials rejected" in log[0]["error"]
+    assert log[0]["outcome"] == "auth_failed" and "HTTP 401" in log[0]["error"]
+    assert log[0]["next"].startswith("paused: credentials rejected")
 
 
 def test_privacy_mode_sends_no_prompt_or_completion(worker, service, user_id, receiver):

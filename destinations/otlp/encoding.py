@@ -18,7 +18,7 @@ import base64
 import binascii
 import gzip
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -87,6 +87,26 @@ def encode_json(request: ExportTraceServiceRequest) -> bytes:
     document = json_format.MessageToDict(request, use_integers_for_enums=True)
     _rewrite_ids(document, _base64_to_hex)
     return compact_json(document)
+
+
+_JSON_HEAD, _JSON_TAIL = b'{"resourceSpans":[', b"]}"
+
+
+def merge_bodies(bodies: Sequence[bytes], encoding: Encoding) -> bytes:
+    """One export request holding every span of `bodies` (each an encoded export request).
+
+    Protobuf needs no parsing: concatenated messages of one type parse as their merge, and
+    a repeated field (`resource_spans`) concatenates. OTLP JSON joins the lists.
+    """
+    if encoding is Encoding.PROTOBUF:
+        return b"".join(bodies)
+    if all(b.startswith(_JSON_HEAD) and b.endswith(_JSON_TAIL) for b in bodies):
+        inner = (b[len(_JSON_HEAD) : -len(_JSON_TAIL)] for b in bodies)
+        return _JSON_HEAD + b",".join(part for part in inner if part) + _JSON_TAIL
+    merged = ExportTraceServiceRequest()
+    for body in bodies:
+        merged.resource_spans.extend(parse_json(body).resource_spans)
+    return encode_json(merged)
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:

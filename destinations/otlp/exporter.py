@@ -9,31 +9,43 @@ dialect it speaks (`span_attributes`) and which resource attributes route the sp
 - outcomes: the shared outcome table, plus OTLP partial success — a 2xx whose
   `ExportTraceServiceResponse.partialSuccess.rejectedSpans > 0` is delivered, with the
   rejection recorded in `DeliveryResult.rejected`;
-- Test Connection: an empty `ExportTraceServiceRequest` with the credentials, which
-  tells 401/403 from success without creating any span.
+- Test Connection: one span, clearly marked, in a trace of its own
+  (`connection_test_request`): name `broadcast connection test`, attribute
+  `broadcast.connection_test=true`, ids derived from the destination id (a repeated test
+  re-sends the same span). An empty export would create nothing, but some real receivers
+  answer 400 to an export without spans, and then a destination could never be saved.
+  The answer tells 2xx (passed), 401/403 (credentials), 404 (wrong URL), other 4xx,
+  retryable statuses and an unreachable endpoint apart (`check_from_transport`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from destinations.base import (
+    BatchLimits,
     ConnectionCheck,
     DeliveryContext,
     DeliveryResult,
+    EncodedItem,
     HttpDestination,
     check_from_transport,
     result_from_transport,
 )
 from destinations.budget import fit_to_budget
-from destinations.otlp.encoding import Encoding, encode, gzipped, parse_response
+from destinations.otlp.encoding import Encoding, encode, gzipped, merge_bodies, parse_response
 from destinations.otlp.genai import genai_attributes
-from destinations.otlp.spans import PlannedSpan, export_request
+from destinations.otlp.spans import (
+    PlannedSpan,
+    connection_test_export,
+    export_request,
+    parent_span_note,
+)
 from destinations.outcomes import Outcome
 from destinations.trace import Trace
 from destinations.transport import HttpRequest, TransportResult
@@ -48,6 +60,12 @@ class OtlpDestination(HttpDestination):
     encoding: ClassVar[Encoding] = Encoding.PROTOBUF
     gzip: ClassVar[bool] = False
     max_body_bytes: ClassVar[int] = DEFAULT_MAX_BODY_BYTES
+    # Many traces' spans per export, within the body limit (set per subclass below).
+    max_batch_traces: ClassVar[int] = 100
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.batch_limits = BatchLimits(cls.max_batch_traces, cls.max_body_bytes)
 
     # -- what a vendor says -------------------------------------------------------------
 
@@ -95,6 +113,14 @@ class OtlpDestination(HttpDestination):
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
         return self._post(self.export_body(trace, context))
 
+    def encode_item(self, trace: Trace, context: DeliveryContext) -> EncodedItem:
+        body = self.export_body(trace, context)
+        return EncodedItem(body, len(body))
+
+    def batch_request(self, payloads: Sequence[Any], context: DeliveryContext) -> HttpRequest:
+        """One export with every trace's spans (each trace its own `ResourceSpans`)."""
+        return self._post(merge_bodies(payloads, self.wire_encoding()))
+
     def interpret(self, result: TransportResult) -> DeliveryResult:
         """The outcome table; a 2xx with rejected spans is still delivered, recording them."""
         delivery = result_from_transport(result)
@@ -109,12 +135,29 @@ class OtlpDestination(HttpDestination):
             rejection += f": {partial.error_message}"
         return dataclasses.replace(delivery, rejected=(rejection,))
 
+    def interpret_batch(
+        self, result: TransportResult, traces: Sequence[Trace]
+    ) -> list[DeliveryResult]:
+        """The export's outcome for each trace, noting a `parent_span_id` that could not
+        parent our spans (it is kept as an attribute instead)."""
+        delivery = self.interpret(result)
+        return [
+            dataclasses.replace(delivery, notes=(note,))
+            if (note := parent_span_note(t))
+            else delivery
+            for t in traces
+        ]
+
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
-        """POST an empty export request: proves the endpoint and the credentials."""
-        body = encode(ExportTraceServiceRequest(), self.wire_encoding())
+        """POST one marked connection-test span: proves the endpoint and the credentials."""
+        body = encode(self.connection_test_request(context), self.wire_encoding())
         return check_from_transport(
             self.transport.send(self._post(body)), rejected_message=self.rejected_message()
         )
+
+    def connection_test_request(self, context: DeliveryContext) -> ExportTraceServiceRequest:
+        """Pure: the one-span export Test Connection sends (see the module docstring)."""
+        return connection_test_export(context, self.resource_attributes())
 
     def rejected_message(self) -> str:
         """What Test Connection says on 401/403, naming where the credentials live."""

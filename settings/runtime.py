@@ -9,18 +9,23 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+
+from celery import Celery
 
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
+from settings.backlog import Backlog
 from settings.config import BroadcastConfig, load_config
 from settings.crypto import SecretBox
 from settings.dead_letters import DeadLetters
 from settings.health import HealthKeeper
+from settings.redis_client import connect
 from settings.notifications import Notifications
-from settings.parking import ParkingLot
 from settings.service import SettingsService
 from settings.store import SettingsStore
+from settings.trace_store import TraceStore
+
+DELIVER_TASK = "broadcast.deliver"
 
 
 @dataclass
@@ -29,8 +34,8 @@ class Runtime:
 
     @cached_property
     def store(self) -> SettingsStore:
-        return SettingsStore.from_url(
-            self.config.store_url, delivery_log_size=self.config.delivery_log_size
+        return SettingsStore(
+            connect(self.config.store_url), delivery_log_size=self.config.delivery_log_size
         )
 
     @cached_property
@@ -46,8 +51,17 @@ class Runtime:
         )
 
     @cached_property
-    def parking(self) -> ParkingLot:
-        return ParkingLot(self.store.redis)
+    def traces(self) -> TraceStore:
+        return TraceStore(self.store.redis, ttl_seconds=self.config.trace_ttl_seconds)
+
+    @cached_property
+    def backlog(self) -> Backlog:
+        return Backlog(
+            self.store.redis,
+            max_in_flight=self.config.max_in_flight,
+            lease_seconds=self.config.claim_lease_seconds,
+            log_size=self.config.delivery_log_size,
+        )
 
     @cached_property
     def dead_letters(self) -> DeadLetters:
@@ -61,21 +75,35 @@ class Runtime:
 
     @cached_property
     def health(self) -> HealthKeeper:
-        return HealthKeeper(
-            self.store, self.parking, self.dead_letters, self.notifications, self.config
-        )
+        return HealthKeeper(self.store, self.notifications, self.config, kick=self.kick)
 
     @cached_property
     def service(self) -> SettingsService:
         return SettingsService(
-            self.store, self.box, self.transport, self.health, enqueue_delivery=_enqueue_delivery
+            self.store,
+            self.box,
+            self.transport,
+            self.health,
+            backlog=self.backlog,
+            traces=self.traces,
+            dead_letters=self.dead_letters,
+            kick=self.kick,
         )
 
+    @cached_property
+    def task_client(self) -> Celery:
+        """A Celery client configured like the workers, on this runtime's broker, for
+        sending tasks by name: the settings layer never imports `tasks`."""
+        client = Celery("broadcast", set_as_current=False)
+        client.config_from_object("celeryconfig")
+        client.conf.broker_url = self.config.broker_url
+        return client
 
-def _enqueue_delivery(destination_id: str, trace_wire: dict[str, Any], accepted_at: float) -> None:
-    from tasks.deliver import deliver  # the tasks import this module: import at call time
-
-    deliver.apply_async(args=(destination_id, trace_wire, accepted_at))
+    def kick(self, destination_id: str, *, force: bool = False) -> None:
+        """Make sure a deliver task will read the destination's backlog: send one unless
+        one is queued or running (`force`: send one regardless, e.g. after a recovery)."""
+        if self.backlog.mark_queued(destination_id, force=force):
+            self.task_client.send_task(DELIVER_TASK, args=(destination_id,))
 
 
 _lock = threading.Lock()

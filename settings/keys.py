@@ -1,0 +1,116 @@
+"""Every Redis key name Broadcast uses, in one place, designed for Redis Cluster.
+
+A `{...}` part is a hash tag: keys that share it live in one cluster slot, so one
+destination's keys (backlog, state, counters, log, dead letters) can be changed together
+by a Lua script or a MULTI. A stored trace has its own tag, and no operation needs
+atomicity across a trace and a backlog (the trace is written before any backlog entry
+refers to it; an entry whose trace is gone is dead-lettered as such). Owner-level keys
+share the owner's tag. Global indexes (`bc:owners`, `bc:backlogs`, ...) each have a slot
+of their own and are only ever touched alone.
+
+| key | type | holds |
+| --- | --- | --- |
+| `bc:owners` | set | every owner that has settings (for `status` without `--owner`) |
+| `bc:{o:OWNER}` | hash | `enabled`, `version` (bumped by routing changes), `rejected_events` |
+| `bc:{o:OWNER}:destinations` | set | the owner's destination ids |
+| `bc:{o:OWNER}:events` | list | the owner's health events, newest first, capped |
+| `bc:{o:OWNER}:notify` | hash | notification `url`, `sealed_secret` |
+| `bc:{org:ORG}:members` | hash | user id -> role |
+| `bc:{d:ID}` | string | the `DestinationRecord` JSON (secrets sealed) |
+| `bc:{d:ID}:health` | hash | `HealthRecord` fields |
+| `bc:{d:ID}:counters` | hash | delivered, retried, failed, dropped_overflow, filtered_by_key, ... |
+| `bc:{d:ID}:latency` | hash | delivery latency histogram: bucket upper bound (s) -> count |
+| `bc:{d:ID}:log` | list | the latest delivery attempts, newest first, capped |
+| `bc:{d:ID}:backlog` | stream | (request id, accepted at, trace bytes) waiting for delivery |
+| `bc:{d:ID}:queued` | string | set while a deliver task for the destination is queued |
+| `bc:{d:ID}:slots` | sorted set | deliver-task tokens holding an in-flight slot -> lease end |
+| `bc:{d:ID}:attempts` | hash | request id -> failed attempts, for entries that failed before |
+| `bc:{d:ID}:retention` | hash | `cursor` (last entry whose trace is retained), `bytes` retained |
+| `bc:{d:ID}:failures` | sorted set | recent retryable failures (the circuit's window) |
+| `bc:{d:ID}:dead` | stream | dead letters |
+| `bc:{d:ID}:replayed` | hash | dead-letter id -> replay time |
+| `bc:{d:ID}:dead_since_notice` | string | dead letters since the owner was last told |
+| `bc:{t:OWNER/REQUEST}` | string | the stored trace (compact, compressed when large) |
+| `bc:{t:OWNER/REQUEST}:refs` | string | how many lagging backlogs retain the trace |
+| `bc:destinations` | set | every destination id (the sweep walks it) |
+| `bc:checks:due` | sorted set | destination id -> next credential re-validation |
+| `bc:notify:outbox` | list | owner events waiting to be posted |
+| `bc:rejected` | list | the latest rejected events (id, owner, reason), capped |
+| `bc:heartbeat:beat` | string | when beat's sweep last ran (unix seconds) |
+| `bc:{mkeys}:by_hash` | hash | SHA-256 of a management API key -> its key id |
+| `bc:{mkeys}:key:ID` | hash | a management key's `owner`, `name`, `created_at`, `hash` |
+| `bc:{mkeys}:owner:OWNER` | set | an owner's management key ids |
+"""
+
+from __future__ import annotations
+
+PREFIX = "bc:"
+
+OWNERS = f"{PREFIX}owners"
+DESTINATIONS = f"{PREFIX}destinations"
+CHECKS_DUE = f"{PREFIX}checks:due"
+NOTIFY_OUTBOX = f"{PREFIX}notify:outbox"
+REJECTED = f"{PREFIX}rejected"
+BEAT_HEARTBEAT = f"{PREFIX}heartbeat:beat"
+
+# The parts of a destination's key space, deleted with the destination.
+DESTINATION_PARTS = (
+    "health",
+    "counters",
+    "latency",
+    "log",
+    "backlog",
+    "queued",
+    "slots",
+    "attempts",
+    "retention",
+    "failures",
+    "dead",
+    "replayed",
+    "dead_since_notice",
+)
+
+
+def owner(owner_id: str) -> str:
+    """`owner_id` is `user:ID` or `org:ID`."""
+    return f"{PREFIX}{{o:{owner_id}}}"
+
+
+def owner_part(owner_id: str, part: str) -> str:
+    return f"{owner(owner_id)}:{part}"
+
+
+def org_members(org_id: str) -> str:
+    return f"{PREFIX}{{org:{org_id}}}:members"
+
+
+def destination(destination_id: str) -> str:
+    return f"{PREFIX}{{d:{destination_id}}}"
+
+
+def destination_part(destination_id: str, part: str) -> str:
+    return f"{destination(destination_id)}:{part}"
+
+
+def trace(owner_id: str, request_id: str) -> str:
+    """The stored trace of one request. Keyed by owner too: a request id that another
+    account also sent can never make one account's trace reach the other's destinations."""
+    return f"{PREFIX}{{t:{owner_id}/{request_id}}}"
+
+
+def trace_refs(owner_id: str, request_id: str) -> str:
+    return f"{trace(owner_id, request_id)}:refs"
+
+
+# Management API keys (settings/api_keys.py) share one hash tag: a key is created and
+# revoked in one MULTI across its record, the hash index and its owner's set. They are
+# few and small, so one slot holds them all.
+MANAGEMENT_KEYS_BY_HASH = f"{PREFIX}{{mkeys}}:by_hash"
+
+
+def management_key(key_id: str) -> str:
+    return f"{PREFIX}{{mkeys}}:key:{key_id}"
+
+
+def management_keys_of(owner_id: str) -> str:
+    return f"{PREFIX}{{mkeys}}:owner:{owner_id}"

@@ -1,0 +1,244 @@
+"""Beat's care of the backlogs: retain lagging traces, expire, bound, and restart them.
+
+Every function takes the runtime and the clock, so tests drive them with a test clock.
+For each destination, `upkeep` (called by the sweep every few seconds):
+
+1. a disabled destination's backlog becomes dead letters ("destination disabled");
+2. entries older than the retry horizon become dead letters (how long, how often tried);
+3. traces of entries older than `trace_retain_after_seconds` are retained (a reference
+   each, kept to the horizon), so a lagging backlog never loses its traces to the TTL;
+4. past its caps (entries, bytes) the oldest entries no task holds are dropped
+   (`dropped_overflow`, announced to the owner);
+5. a backlog with work, no task and nothing to wait for gets a deliver task.
+
+The budget for retained trace bytes across all destinations (`enforce_budget`) drops the
+oldest entries of the destinations retaining the most: whoever is furthest behind pays,
+never a destination that keeps up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from settings import keys
+from settings.backlog import BacklogEntry
+from settings.dead_letters import letter_json
+from settings.models import Circuit, DestinationRecord, Health
+from settings.runtime import Runtime
+
+logger = logging.getLogger("broadcast.maintenance")
+
+SCAN_BATCH = 500
+# The retained traces are kept a little past the horizon, so the entry that reaches the
+# horizon still finds its trace when it is dead-lettered with a copy.
+RETAIN_MARGIN_SECONDS = 3600.0
+
+
+def upkeep(current: Runtime, record: DestinationRecord, now: float) -> Counter[str]:
+    done: Counter[str] = Counter()
+    if not record.enabled:
+        why = current.store.health(record.id).reason
+        reason = f"destination disabled: {why}" if why else "destination disabled"
+        done["dead_lettered"] += dead_letter_backlog(current, record, reason, now)
+        return done
+    done["expired"] += expire_old(current, record, now)
+    done["retained"] += retain_lagging(current, record, now)
+    done["dropped"] += enforce_caps(current, record, now)
+    if wants_task(current, record, now):
+        current.kick(record.id)
+        done["kicked"] += 1
+    return done
+
+
+def wants_task(current: Runtime, record: DestinationRecord, now: float) -> bool:
+    """Work waits, no task is queued or working, and the destination may be tried now."""
+    if not current.backlog.needs_task(record.id, now):
+        return False
+    health = current.store.health(record.id)
+    if health.status is Health.AUTH_FAILED:
+        return False
+    if health.circuit is Circuit.OPEN:
+        return health.probe_at <= now
+    return health.backoff_until <= now
+
+
+def dead_letter_backlog(
+    current: Runtime, record: DestinationRecord, reason: str, now: float
+) -> int:
+    total = 0
+    while entries := current.backlog.take_oldest(record.id, SCAN_BATCH):
+        total += _dead_letter(current, record, entries, reason, now)
+    return total
+
+
+def expire_old(current: Runtime, record: DestinationRecord, now: float) -> int:
+    horizon = current.config.retry_horizon_seconds
+    entries = current.backlog.take_oldest(record.id, SCAN_BATCH, accepted_before=now - horizon)
+    if not entries:
+        return 0
+    attempts = current.backlog.attempts(record.id, [e.request_id for e in entries])
+    reasons = {
+        e.request_id: f"gave up after {(now - e.accepted_at) / 3600:.1f} h and "
+        f"{attempts.get(e.request_id, 0)} attempt(s): {_last_error(current, record)}"
+        for e in entries
+    }
+    return _dead_letter(current, record, entries, reasons, now)
+
+
+def retain_lagging(current: Runtime, record: DestinationRecord, now: float) -> int:
+    """Retain the traces of entries older than the threshold that were not retained yet."""
+    config = current.config
+    key = keys.destination_part(record.id, "retention")
+    cursor = (current.store.redis.hget(key, "cursor") or b"0-0").decode()
+    lagging: list[BacklogEntry] = []
+    for entry in current.backlog.entries_after(record.id, cursor, SCAN_BATCH):
+        if now - entry.accepted_at < config.trace_retain_after_seconds:
+            break  # stream order is accept order: the rest are younger still
+        lagging.append(entry)
+    if not lagging:
+        return 0
+    until = now + config.retry_horizon_seconds + RETAIN_MARGIN_SECONDS
+    current.traces.retain(record.owner, [(e.request_id, e.accepted_at) for e in lagging], until)
+    with current.store.redis.pipeline(transaction=False) as pipe:
+        pipe.hset(key, "cursor", lagging[-1].id)
+        pipe.hincrby(key, "bytes", sum(e.size for e in lagging))
+        pipe.execute()
+    return len(lagging)
+
+
+def release_settled(
+    current: Runtime, record: DestinationRecord, entries: Sequence[BacklogEntry], now: float
+) -> None:
+    """Entries that left the backlog give back the references their traces were retained
+    with (only those the cursor passed: the others were never retained)."""
+    key = keys.destination_part(record.id, "retention")
+    cursor = _id((current.store.redis.hget(key, "cursor") or b"0-0").decode())
+    retained = [e for e in entries if _id(e.id) <= cursor]
+    if not retained:
+        return
+    current.traces.release(record.owner, [(e.request_id, e.accepted_at) for e in retained], now)
+    current.store.redis.hincrby(key, "bytes", -sum(e.size for e in retained))
+
+
+def enforce_caps(current: Runtime, record: DestinationRecord, now: float) -> int:
+    config = current.config
+    stats = current.backlog.stats(record.id, now)
+    excess = stats.depth - config.backlog_max_entries
+    if stats.bytes > config.backlog_max_bytes and stats.depth:
+        mean = stats.bytes / stats.depth
+        excess = max(excess, int((stats.bytes - config.backlog_max_bytes) / mean) + 1)
+    if excess <= 0:
+        return 0
+    return drop_oldest(current, record, excess, "backlog over its cap", now)
+
+
+def enforce_budget(current: Runtime, records: Sequence[DestinationRecord], now: float) -> int:
+    """Keep the trace bytes that backlogs retain within the budget, dropping from the
+    destinations that retain the most (the furthest behind), oldest entries first."""
+    budget = current.config.trace_budget_bytes
+    retaining = {r.id: _retained_bytes(current, r.id) for r in records}
+    total = sum(retaining.values())
+    dropped = 0
+    by_id = {r.id: r for r in records}
+    for destination_id, held in sorted(retaining.items(), key=lambda item: -item[1]):
+        if total <= budget or held <= 0:
+            break
+        record = by_id[destination_id]
+        over = total - budget
+        stats = current.backlog.stats(record.id, now)
+        mean = max(stats.bytes / stats.depth, 1.0) if stats.depth else 1.0
+        count = min(int(over / mean) + 1, stats.depth)
+        dropped += drop_oldest(current, record, count, "trace budget reached", now)
+        total -= held - _retained_bytes(current, record.id)
+    return dropped
+
+
+def drop_oldest(
+    current: Runtime, record: DestinationRecord, count: int, reason: str, now: float
+) -> int:
+    entries = current.backlog.take_oldest(record.id, count)
+    if not entries:
+        return 0
+    release_settled(current, record, entries, now)
+    current.health.dropped(record, len(entries), reason, now)
+    current.store.record_attempt(
+        record.id,
+        {
+            "at": _iso(now),
+            "request_id": entries[0].request_id,
+            "request_ids": [e.request_id for e in entries[:50]],
+            "traces": len(entries),
+            "outcome": "dropped",
+            "error": reason,
+            "next": "-",
+        },
+    )
+    logger.warning(
+        "broadcast.backlog.dropped destination=%s count=%d reason=%s",
+        record.id,
+        len(entries),
+        reason,
+    )
+    return len(entries)
+
+
+def _dead_letter(
+    current: Runtime,
+    record: DestinationRecord,
+    entries: Sequence[BacklogEntry],
+    reason: str | dict[str, str],
+    now: float,
+) -> int:
+    attempts = current.backlog.attempts(record.id, [e.request_id for e in entries])
+    for entry in entries:
+        why = reason if isinstance(reason, str) else reason[entry.request_id]
+        current.dead_letters.add(
+            record.id,
+            letter_json(
+                request_id=entry.request_id,
+                owner=record.owner,
+                reason=why,
+                trace=current.traces.get_wire(record.owner, entry.request_id),
+                accepted_at=entry.accepted_at,
+                attempts=attempts.get(entry.request_id, 0),
+                now=now,
+            ),
+        )
+    release_settled(current, record, entries, now)
+    current.store.count(record.id, "failed", len(entries))
+    last = reason if isinstance(reason, str) else next(iter(reason.values()))
+    current.health.dead_lettered(record, len(entries), last, now)
+    current.store.record_attempt(
+        record.id,
+        {
+            "at": _iso(now),
+            "request_id": entries[0].request_id,
+            "request_ids": [e.request_id for e in entries[:50]],
+            "traces": len(entries),
+            "outcome": "failed",
+            "error": last,
+            "next": "dead-lettered",
+        },
+    )
+    return len(entries)
+
+
+def _retained_bytes(current: Runtime, destination_id: str) -> int:
+    key = keys.destination_part(destination_id, "retention")
+    return int(current.store.redis.hget(key, "bytes") or 0)
+
+
+def _last_error(current: Runtime, record: DestinationRecord) -> str:
+    return current.store.health(record.id).last_error or "never delivered"
+
+
+def _id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _iso(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat()

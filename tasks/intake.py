@@ -1,0 +1,152 @@
+"""Fan-out's work: validate the event, store its trace once, append it to each eligible
+destination's backlog, and make sure a deliver task is queued for each.
+
+Imported by the worker only (it loads validation, the store and the settings cache), so
+the gateway's `from tasks import broadcast` stays light.
+
+Redis work per accepted event, in two round trips: `SET NX` of the trace (marked pending),
+then one pipeline with an `XADD` and a `SET NX` of the queued flag per destination and the
+mark that fan-out completed. A redelivered fan-out (its worker died, or the gateway sent
+the event twice) finds the trace: complete means nothing to do; still pending means the
+earlier run died between the two round trips, and the appends are made now.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from settings.event_limits import EventLimits
+from settings.runtime import runtime
+from settings.trace_store import Written
+from tasks.deliver import deliver
+from tasks.eligibility import Decision, decide
+from tasks.events import InvalidEvent, build_trace, event_id_of
+from tasks.owner_cache import OwnerCache
+
+logger = logging.getLogger("broadcast.fan_out")
+
+
+@dataclass
+class Intake:
+    """What fan-out did with one event (a Flower-visible summary)."""
+
+    request_id: str | None
+    rejected: str | None = None
+    appended: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    duplicate: bool = False
+
+    def shown(self) -> dict[str, Any]:
+        return {
+            "request": self.request_id,
+            "appended": len(self.appended),
+            "skipped": len(self.skipped),
+            "duplicate": self.duplicate,
+        }
+
+
+@cache
+def _owner_cache() -> OwnerCache:
+    return OwnerCache(runtime().store)
+
+
+@cache
+def _limits() -> EventLimits:
+    return EventLimits.from_config(runtime().config)
+
+
+def accept(
+    event: Any, extra: tuple[Any, ...] = (), unexpected: Mapping[str, Any] | None = None
+) -> Intake:
+    """Fan one event out. An invalid event is recorded as rejected (never raised)."""
+    current = runtime()
+    try:
+        if extra or unexpected:
+            raise InvalidEvent(event_id_of(event), "the task takes exactly one argument, the event")
+        trace = build_trace(event, _limits())
+    except InvalidEvent as exc:
+        _reject(event, exc)
+        return Intake(exc.event_id, rejected=str(exc))
+    intake = Intake(trace.request_id)
+    snapshot = _owner_cache().snapshot(trace.owner)
+    kick: list[str] = []
+    for route in snapshot.routes:
+        decision = decide(route, trace) if snapshot.enabled else Decision.OWNER_DISABLED
+        if decision is Decision.ELIGIBLE:
+            intake.appended.append(route.id)
+            kick.append(route.id)
+        elif decision is Decision.PARK:
+            # Paused or probing: the entry waits in the backlog; beat kicks it when due.
+            intake.appended.append(route.id)
+        else:
+            intake.skipped[route.id] = decision.value
+    if not intake.appended:
+        if intake.skipped:
+            current.store.count_many(intake.skipped.items())
+        return intake
+    written, stored = current.traces.claim(trace)
+    if written is Written.COMPLETE:
+        logger.info(
+            "broadcast.fan_out.duplicate request=%s owner=%s", trace.request_id, trace.owner
+        )
+        intake.duplicate = True
+        return intake
+    accepted_at = time.time()
+    with current.store.redis.pipeline(transaction=False) as pipe:
+        current.store.count_many(intake.skipped.items(), pipe)
+        for destination_id in intake.appended:
+            current.backlog.append(
+                pipe,
+                destination_id,
+                trace.request_id,
+                accepted_at,
+                stored.size,
+                kick=destination_id in kick,
+            )
+        current.traces.complete(pipe, stored)
+        results = pipe.execute()
+    # The pipeline's replies: skipped counters, then per destination XADD (+ SET NX).
+    replies = iter(results[len(intake.skipped) :])
+    for destination_id in intake.appended:
+        next(replies)  # the entry id
+        if destination_id in kick and next(replies):
+            deliver.apply_async(args=(destination_id,))
+    logger.info(
+        "broadcast.fan_out.accepted request=%s owner=%s destinations=%d skipped=%d",
+        trace.request_id,
+        trace.owner,
+        len(intake.appended),
+        len(intake.skipped),
+    )
+    return intake
+
+
+def _reject(event: Any, exc: InvalidEvent) -> None:
+    logger.warning("broadcast.event.rejected %s", exc)
+    runtime().store.record_rejected_event(
+        _owner_of(event),
+        {
+            "id": exc.event_id,
+            "owner": _owner_of(event),
+            "reason": exc.reason,
+            "at": datetime.now(UTC).isoformat(),
+        },
+    )
+
+
+def _owner_of(event: Any) -> str | None:
+    """The owner a broken event would have had, when its ids are readable."""
+    if not isinstance(event, Mapping):
+        return None
+    org_id, user_id = event.get("org_id"), event.get("user_id")
+    if isinstance(org_id, str) and org_id:
+        return f"org:{org_id}"
+    if isinstance(user_id, str) and user_id:
+        return f"user:{user_id}"
+    return None

@@ -1,0 +1,277 @@
+"""The backlog (`settings.backlog`) and its upkeep (`tasks.backlog_upkeep`) on a real Redis:
+claim order, leases, exactly-once settling, in-flight slots, overflow and budget drops,
+trace retention. Deliveries are run in this process through `tasks.deliver.DeliveryRun`
+(the task's own code, called directly), against real local HTTP receivers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from harness.samples import chat_event
+from harness.waiting import wait_for
+from settings import keys
+from settings.backlog import Backlog, Begin, Settlement
+from settings.trace_store import Written
+from tasks.backlog_upkeep import enforce_budget, enforce_caps, release_settled, retain_lagging
+from tasks.deliver import DeliveryRun, delivery_policy
+from tasks.events import build_trace
+
+
+@pytest.fixture
+def rt(service):
+    from settings.runtime import runtime
+
+    return runtime()
+
+
+@pytest.fixture
+def fresh(rt):
+    """A backlog with a short lease on the test Redis, for a new destination id."""
+    destination_id = f"dst_{uuid.uuid4().hex[:12]}"
+    backlog = Backlog(rt.store.redis, max_in_flight=2, lease_seconds=0.3, log_size=50)
+    backlog.create(destination_id)
+    return backlog, destination_id
+
+
+def stored_trace(rt, user_id: str, index: int, **event):
+    """What fan-out writes for one event, without kicking a task: (trace, size)."""
+    trace = build_trace(chat_event(index, user_id=user_id, id=f"{user_id}-{index}", **event))
+    written, stored = rt.traces.claim(trace)
+    assert written is Written.NEW
+    with rt.store.redis.pipeline(transaction=False) as pipe:
+        rt.traces.complete(pipe, stored)
+        pipe.execute()
+    return trace, stored.size
+
+
+def append(backlog: Backlog, destination_id: str, count: int, accepted_at: float | None = None):
+    with backlog.redis.pipeline(transaction=False) as pipe:
+        for index in range(count):
+            backlog.append(
+                pipe, destination_id, f"r{index}", accepted_at or time.time(), 100, kick=False
+            )
+        pipe.execute()
+
+
+def test_claims_take_orphans_then_waiting_then_new(fresh):
+    backlog, destination_id = fresh
+    append(backlog, destination_id, 6)
+    first = backlog.claim(destination_id, "task-a", 2)  # then task-a dies holding r0, r1
+    assert [e.request_id for e in first] == ["r0", "r1"]
+    second = backlog.claim(destination_id, "task-b", 2)
+    assert [e.request_id for e in second] == ["r2", "r3"]
+    # task-b fails r2 (back to waiting, first in line) and delivers r3.
+    backlog.settle(
+        destination_id, [Settlement(second[0], "w"), Settlement(second[1], "d", "0.05", 10.0)], {}
+    )
+    assert [e.request_id for e in backlog.claim(destination_id, "task-c", 2)] == ["r2", "r4"]
+    time.sleep(0.35)  # the lease of task-a's entries (0.3 s) runs out
+    assert [e.request_id for e in backlog.claim(destination_id, "task-d", 2)] == ["r0", "r1"]
+
+
+def test_an_entry_settles_once_even_when_two_tasks_raced_for_it(fresh, rt):
+    backlog, destination_id = fresh
+    append(backlog, destination_id, 3)
+    claimed = backlog.claim(destination_id, "slow-task", 3)
+    time.sleep(0.35)
+    reclaimed = backlog.claim(destination_id, "other-task", 3)  # lease ran out: taken again
+    assert [e.id for e in reclaimed] == [e.id for e in claimed]
+    delivered = [Settlement(e, "d", "0.05", 5.0) for e in claimed]
+    assert backlog.settle(destination_id, delivered, {"n": 1}) == (3, 0)
+    assert backlog.settle(destination_id, delivered, {"n": 2}) == (0, 0)  # the slow one, late
+    assert rt.store.counters(destination_id)["delivered"] == 3
+    assert rt.backlog.stats(destination_id, time.time()).depth == 0
+    histogram = rt.store.latency_histogram(destination_id)
+    assert histogram.count == 3 and histogram.sum_seconds == pytest.approx(0.015)
+
+
+def test_in_flight_slots_backoff_pause_and_one_probe(fresh, rt):
+    backlog, destination_id = fresh
+    now = time.time()
+    assert (
+        backlog.begin(destination_id, "t1", now, probe_seconds=30, recheck_seconds=900) is Begin.RUN
+    )
+    assert (
+        backlog.begin(destination_id, "t2", now, probe_seconds=30, recheck_seconds=900) is Begin.RUN
+    )
+    assert (
+        backlog.begin(destination_id, "t3", now, probe_seconds=30, recheck_seconds=900)
+        is Begin.BUSY
+    )  # max_in_flight 2
+    backlog.release(destination_id, "t1")
+    assert (
+        backlog.begin(destination_id, "t3", now, probe_seconds=30, recheck_seconds=900) is Begin.RUN
+    )
+    health = keys.destination_part(destination_id, "health")
+    rt.store.redis.hset(health, "backoff_until", repr(now + 60))
+    assert (
+        backlog.begin(destination_id, "t4", now, probe_seconds=30, recheck_seconds=900)
+        is Begin.WAIT
+    )
+    # While it waits, fan-out sends no task: the queued flag holds until the backoff ends.
+    assert not backlog.mark_queued(destination_id)
+    assert 0 < rt.store.redis.pttl(keys.destination_part(destination_id, "queued")) <= 60_000
+    rt.store.redis.hset(health, mapping={"backoff_until": "0", "circuit": "open"})
+    rt.store.redis.hset(health, "probe_at", repr(now - 1))
+    backlog.release(destination_id, "t2")
+    backlog.release(destination_id, "t3")
+    assert (
+        backlog.begin(destination_id, "p1", now, probe_seconds=30, recheck_seconds=900)
+        is Begin.PROBE
+    )
+    assert (
+        backlog.begin(destination_id, "p2", now, probe_seconds=30, recheck_seconds=900)
+        is Begin.WAIT
+    )  # one probe at a time
+    rt.store.redis.hset(health, "status", "auth_failed")
+    assert (
+        backlog.begin(destination_id, "t5", now, probe_seconds=30, recheck_seconds=900)
+        is Begin.PAUSED
+    )
+
+
+def test_finish_goes_on_while_unread_entries_arrived(fresh):
+    backlog, destination_id = fresh
+    assert (
+        backlog.begin(destination_id, "t1", time.time(), probe_seconds=30, recheck_seconds=900)
+        is Begin.RUN
+    )
+    append(backlog, destination_id, 1)
+    assert backlog.finish(destination_id, "t1", time.time()) is False  # an entry arrived: go on
+    [entry] = backlog.claim(destination_id, "t1", 5)
+    backlog.settle(destination_id, [Settlement(entry, "d", "0.05", 1.0)], {})
+    assert backlog.finish(destination_id, "t1", time.time()) is True
+    assert (
+        backlog.begin(destination_id, "t2", time.time(), probe_seconds=30, recheck_seconds=900)
+        is Begin.RUN
+    )
+
+
+def test_overflow_drops_the_oldest_entries_no_task_holds_and_counts_them(
+    service, user_id, receiver, rt
+):
+    owner = f"user:{user_id}"
+    destination_id = service.add_destination(owner, "webhook", "w", {"url": receiver().url})["id"]
+    record = rt.store.get_destination(destination_id)
+    append(rt.backlog, destination_id, 12, accepted_at=time.time() - 5)
+    in_flight = rt.backlog.claim(destination_id, "busy-task", 3)  # r0-r2: a task holds them
+    tight = dataclasses.replace(rt.config, backlog_max_entries=5)
+    dropped = enforce_caps(dataclasses.replace(rt, config=tight), record, time.time())
+    assert dropped == 7
+    left = [e.request_id for e in rt.backlog.entries(destination_id)]
+    assert left == ["r0", "r1", "r2", "r10", "r11"]  # held entries stay; the oldest others go
+    assert [e.id for e in in_flight] == [e.id for e in rt.backlog.entries(destination_id)[:3]]
+    assert rt.store.counters(destination_id)["dropped_overflow"] == 7
+    [event] = [e for e in service.events(owner) if e["type"] == "destination.dropped"]
+    assert event["data"]["count"] == 7 and "cap" in event["data"]["reason"]
+    log = service.deliveries(destination_id)
+    assert log[0]["outcome"] == "dropped" and log[0]["traces"] == 7
+    assert "dropped_overflow=7" in _status_text(destination_id)
+
+
+def test_the_budget_drops_from_whoever_is_furthest_behind(service, user_id, receiver, rt):
+    owner = f"user:{user_id}"
+    lagging = service.add_destination(owner, "webhook", "lag", {"url": receiver().url})["id"]
+    healthy = service.add_destination(owner, "webhook", "ok", {"url": receiver().url})["id"]
+    old = time.time() - 120
+    sizes = {}
+    for index in range(10):
+        trace, size = stored_trace(rt, user_id, index)
+        sizes[trace.request_id] = size
+        with rt.store.redis.pipeline(transaction=False) as pipe:
+            rt.backlog.append(pipe, lagging, trace.request_id, old, size, kick=False)
+            if index < 2:
+                rt.backlog.append(pipe, healthy, trace.request_id, old, size, kick=False)
+            pipe.execute()
+    records = [rt.store.get_destination(i) for i in (lagging, healthy)]
+    for record in records:
+        retain_lagging(rt, record, time.time())
+    budget = sum(sizes.values()) // 2
+    tight = dataclasses.replace(
+        rt, config=dataclasses.replace(rt.config, trace_budget_bytes=budget)
+    )
+    dropped = enforce_budget(tight, records, time.time())
+    assert dropped >= 4
+    assert rt.store.counters(lagging)["dropped_overflow"] == dropped
+    assert rt.store.counters(healthy)["dropped_overflow"] == 0  # never the one keeping up
+    assert rt.backlog.stats(healthy, time.time()).depth == 2
+
+
+def test_lagging_traces_are_retained_then_released(service, user_id, receiver, rt):
+    owner = f"user:{user_id}"
+    destination_id = service.add_destination(owner, "webhook", "w", {"url": receiver().url})["id"]
+    record = rt.store.get_destination(destination_id)
+    trace, size = stored_trace(rt, user_id, 1)
+    key = keys.trace(owner, trace.request_id)
+    accepted = time.time() - rt.config.trace_retain_after_seconds - 1
+    with rt.store.redis.pipeline(transaction=False) as pipe:
+        rt.backlog.append(pipe, destination_id, trace.request_id, accepted, size, kick=False)
+        pipe.execute()
+    assert rt.store.redis.ttl(key) <= rt.config.trace_ttl_seconds
+    assert retain_lagging(rt, record, time.time()) == 1
+    assert rt.store.redis.ttl(key) > rt.config.retry_horizon_seconds - 60
+    assert retain_lagging(rt, record, time.time()) == 0  # once per entry
+    [entry] = rt.backlog.entries(destination_id)
+    release_settled(rt, record, [entry], time.time())
+    assert rt.store.redis.ttl(key) <= rt.config.trace_ttl_seconds  # back to its own expiry
+    assert rt.store.redis.get(keys.trace_refs(owner, trace.request_id)) is None
+
+
+def test_items_settle_on_their_own_inside_one_batch(service, user_id, rt):
+    """One Datadog intake call carries the batch; a trace Datadog would refuse for its age
+    is dead-lettered with the reason while the others are delivered by the same request."""
+    from tests.emulators.datadog import API_KEY, DatadogEmulator
+
+    with DatadogEmulator() as emulator:
+        _run_partial_batch(service, user_id, rt, emulator, API_KEY)
+
+
+def _run_partial_batch(service, user_id, rt, emulator, api_key):
+    owner = f"user:{user_id}"
+    config = {"api_key": api_key, "ml_app": "batch-app", "url": emulator.url}
+    destination_id = service.add_destination(owner, "datadog", "dd", config)["id"]
+    emulator.reset()
+    stale = "2020-01-01T00:00:00Z"
+    entries = []
+    for index in range(4):
+        event = {"started_at": stale, "finished_at": stale} if index == 2 else {}
+        trace, size = stored_trace(rt, user_id, index, **event)
+        entries.append((trace.request_id, size))
+    with rt.store.redis.pipeline(transaction=False) as pipe:
+        for request_id, size in entries:
+            rt.backlog.append(pipe, destination_id, request_id, time.time(), size, kick=False)
+        pipe.execute()
+    summary = DeliveryRun(rt, delivery_policy(rt), destination_id, "unit-run").run()
+    assert summary.outcomes == {"delivered": 3, "dead_letter": 1}
+    [request] = emulator.intake_requests()  # one request for the batch, accepted
+    spans = json.loads(request.body)["data"]["attributes"]["spans"]
+    assert len({s["trace_id"] for s in spans}) == 3 and len(emulator.spans()) == len(spans)
+    counters = rt.store.counters(destination_id)
+    assert (counters["delivered"], counters["failed"]) == (3, 1)
+    [letter] = service.dead_letters(destination_id)
+    assert letter.request_id == f"{user_id}-2" and "older than 24 h" in letter.reason
+    [entry] = service.deliveries(destination_id, limit=1)
+    assert entry["outcome"] == "partial" and entry["traces"] == 4
+    assert wait_for(lambda: rt.backlog.stats(destination_id, time.time()).depth == 0)
+
+
+def _status_text(destination_id: str) -> str:
+    from settings.runtime import runtime
+
+    owner = runtime().store.get_destination(destination_id).owner
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "broadcast"), "status", "--owner", owner],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout

@@ -6,13 +6,14 @@
 | `trace_id` | trace id (derived unless already 32 hex), original in `broadcast.trace.id` |
 | `trace_name` / `span_name` | CHAIN spans, named so |
 | `generation_name` (default `chat {model}`) | the LLM span |
-| `parent_span_id` | parent of our topmost span |
+| `parent_span_id` (16 hex) | parent of our root span (else kept in `broadcast.parent_span_id`) |
 | `session_id` / `user` | `session.id` / `user.id` |
 | other `trace` keys | `metadata` (JSON), a `tags` list also as `tag.tags` |
 
 Auth headers (as arize-otel sends them): `authorization: <api_key>`,
 `arize-space-id: <space_key>`, `arize-interface: otel`. Arize documents no credential
-check, so Test Connection posts an empty export request and reads 401/403 as rejected.
+check, so Test Connection posts one marked span (`otlp/exporter.py`); 401/403 is
+rejected.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ at the vendor instead of duplicating (ARCHITECTURE.md, "Idempotency").
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 _SEPARATOR = "\x1f"
+_SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 def derived_hex(*parts: str, nbytes: int) -> str:
@@ -27,3 +29,18 @@ def derived_uuid(*parts: str) -> str:
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def otlp_span_id(value: str | None) -> str | None:
+    """A caller's span id as an OTLP span id (16 lowercase hex, not all zeros), or None when
+    it is not one (a UUID, another vendor's observation id): then it cannot point at a span."""
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    return lowered if _SPAN_ID.match(lowered) and lowered != "0" * 16 else None
+
+
+def mapped_span_id(value: str) -> str:
+    """Any caller span id as 16 hex: itself when it is one, else derived from it, so every
+    request naming the same parent names the same 8-byte id."""
+    return otlp_span_id(value) or derived_hex("parent", value, nbytes=8)

@@ -1,27 +1,41 @@
-"""Langfuse: one ingestion batch per request (`POST {base_url}/api/public/ingestion`).
+"""Langfuse: OTLP spans in the v4 format (default), or the legacy ingestion API.
 
-| trace | Langfuse |
-| --- | --- |
-| `trace_id` (else derived from the request) | trace `id`: requests sharing it share a trace |
-| `trace_name` (default: the model) | trace `name` |
-| `span_name` | a `span-create` between the trace and the generation |
-| `generation_name` (default: the model) | the `generation-create`'s `name` |
-| `parent_span_id` | `parentObservationId` of the top observation we create |
-| `user` / `session_id` | trace `userId` / `sessionId` |
-| `environment`, `release`, `version` | first-class fields (when Langfuse accepts the value) |
-| other `trace` keys | trace `metadata` |
-| model, parameters (and a string `tool_choice`) | generation `model`, `modelParameters` |
-| provider, finish reasons, tools, error code | generation `metadata` |
-| messages | generation `input` (chat messages), `output` (the assistant message, or a list) |
-| usage | `usageDetails`, see `usage_details` |
-| cost (USD) | `costDetails` `input`, `output`, `total` |
-| time to first token | `completionStartTime` |
-| failed request | `level: ERROR` on the span and the generation; generation `statusMessage` |
+`ingestion: otel` (default; Langfuse Cloud since its v4 cutover, self-hosted v4):
+`POST {base_url}/api/public/otel/v1/traces`, OTLP protobuf (gzip), Basic auth
+(public:secret) and `x-langfuse-ingestion-version: 4`; the span attributes and their
+mapping are in `langfuse_otel.py`. A v4 server refuses trace, span and generation events
+on the legacy endpoint (a 207 with a 400 each), so the legacy mode is for self-hosted
+v2/v3 servers only.
 
-Every id (envelope ids, trace id when derived, observation ids) comes from
-(request id, destination id), so a retried batch is de-duplicated by Langfuse. Trace
-`input`/`output` are set only when the trace is this request's alone, so requests sharing a
-`trace_id` do not overwrite each other's. A 207 is read per event.
+`ingestion: legacy`: one batch per request on `POST {base_url}/api/public/ingestion`:
+
+| trace | legacy | v4 (`otel`; `lf.` = `langfuse.`) |
+| --- | --- | --- |
+| `trace_id` | trace `id` as given (else derived) | `traceId` (32 hex as is, else derived) |
+| `trace_name` (default: model) | trace `name` | root span name; `lf.trace.name` everywhere |
+| `span_name` | a `span-create` under the trace | a `span` observation under the root |
+| `generation_name` (default: model) | `generation-create` `name` | `generation` name |
+| `parent_span_id` (any form) | top observation's `parentObservationId` | root's parent (16 hex) |
+| `user` / `session_id` | trace `userId` / `sessionId` | `user.id` / `session.id` everywhere |
+| `environment`, `release`, `version` | first-class fields (when accepted) | `lf.environment`, ... |
+| other `trace` keys | trace `metadata` | `lf.trace.metadata.<key>` everywhere |
+| model, parameters, `tool_choice` | `model`, `modelParameters` | `lf.observation.model.*` |
+| provider, finish reasons, tools, error | generation `metadata` | `lf.observation.metadata.*` |
+| messages | generation `input` / `output` | generation `lf.observation.input` / `output` |
+| preview (`previews.py`) | trace `input` / `output` (own trace only) | root input / output |
+| usage | `usageDetails`, see `usage_details` | `lf.observation.usage_details` |
+| cost (USD, the gateway's) | `costDetails` input, output, total | `lf.observation.cost_details` |
+| time to first token | `completionStartTime` | `lf.observation.completion_start_time` |
+| failed request | `level: ERROR`, generation `statusMessage` | `lf.observation.level` ERROR |
+
+A `parent_span_id` that is not 16 hex cannot be an OTLP parent: in v4 mode our root then
+has no parent and the id is kept in `broadcast.parent_span_id` (`otlp/spans.py`).
+
+Content travels once: the full messages on the generation, a bounded preview on the trace
+(legacy) or root (v4). Every id comes from (request id, destination id), so a retried
+legacy batch is de-duplicated by Langfuse; trace `input`/`output` are set only when the
+trace is this request's alone, so requests sharing a `trace_id` do not overwrite each
+other's. A 207 is read per event. Test Connection (both modes) lists the keys' projects.
 """
 
 from __future__ import annotations
@@ -29,18 +43,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import re
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any, NotRequired, TypedDict
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 from marshmallow import fields, validate
 
 from destinations.base import (
+    BatchLimits,
     ConfigSchema,
     ConnectionCheck,
     DeliveryContext,
     DeliveryResult,
+    EncodedItem,
     HttpDestination,
     check_from_transport,
     describe_response,
@@ -50,19 +65,34 @@ from destinations.budget import fitted_json_post
 from destinations.chat_format import ChatMessage, chat_message, chat_messages
 from destinations.config_fields import secret_field, url_field
 from destinations.ids import derived_hex, derived_uuid
+from destinations.langfuse_common import (
+    cost_details,
+    generation_metadata,
+    iso_time,
+    model_parameters,
+    promoted_fields,
+    usage_details,
+)
+from destinations.langfuse_otel import langfuse_attributes
+from destinations.otlp.encoding import Encoding
+from destinations.otlp.exporter import OtlpDestination
+from destinations.otlp.spans import PlannedSpan
 from destinations.outcomes import Outcome, classify_status
+from destinations.previews import input_preview, output_preview
 from destinations.registry import register
 from destinations.trace import Trace
-from destinations.transport import HttpRequest, TransportResult, join_url
+from destinations.transport import HttpRequest, HttpTransport, TransportResult, join_url
 
 DEFAULT_BASE_URL = "https://us.cloud.langfuse.com"
 INGESTION_PATH = "/api/public/ingestion"
+OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
 PROJECTS_PATH = "/api/public/projects"
+OTEL, LEGACY = "otel", "legacy"
+# The header that selects Langfuse's v4 ingestion path for OTLP spans.
+INGESTION_VERSION_HEADER = "x-langfuse-ingestion-version"
+INGESTION_VERSION = "4"
 # Langfuse's documented batch limit ("Batch sizes are limited to 3.5 MB in total").
 MAX_BATCH_BYTES = 3_500_000
-# Langfuse refuses environments that do not match this (they go to metadata instead).
-ENVIRONMENT_PATTERN = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
-PROMOTED_KEYS = ("environment", "release", "version")
 # A 207 names every refused event with Langfuse's validation message; keep enough to read it.
 MULTI_STATUS_LIMIT = 64 * 1024
 REJECTION_MESSAGE_CHARS = 200
@@ -73,6 +103,8 @@ class LangfuseConfig(ConfigSchema):
     public_key = fields.String(required=True, validate=validate.Length(min=1, max=256))
     secret_key = secret_field(max_length=256)
     base_url = url_field(load_default=DEFAULT_BASE_URL)
+    # `legacy` only for self-hosted Langfuse v2/v3 servers, which have no v4 span format.
+    ingestion = fields.String(load_default=OTEL, validate=validate.OneOf([OTEL, LEGACY]))
 
 
 class TraceBody(TypedDict):
@@ -85,8 +117,8 @@ class TraceBody(TypedDict):
     environment: NotRequired[str]
     release: NotRequired[str]
     version: NotRequired[str]
-    input: NotRequired[list[ChatMessage]]
-    output: NotRequired[ChatMessage | list[ChatMessage]]
+    input: NotRequired[str]  # previews: the full messages are on the generation
+    output: NotRequired[str]
 
 
 class SpanBody(TypedDict):
@@ -140,8 +172,8 @@ def ingestion_batch(trace: Trace, destination_id: str) -> IngestionBatch:
     """Pure: the batch for one request: trace-create, span-create (when named), generation."""
     meta = trace.metadata
     trace_id = trace_id_for(trace, destination_id)
-    start, end = _iso(trace.started_at), _iso(trace.finished_at)
-    promoted, metadata = _promoted_fields(meta.extra)
+    start, end = iso_time(trace.started_at), iso_time(trace.finished_at)
+    promoted, metadata = promoted_fields(meta.extra)
 
     trace_body = TraceBody(id=trace_id, timestamp=start, name=trace.trace_name, metadata=metadata)
     if trace.end_user:
@@ -150,7 +182,7 @@ def ingestion_batch(trace: Trace, destination_id: str) -> IngestionBatch:
         trace_body["sessionId"] = trace.session_id
     trace_body.update(promoted)  # type: ignore[typeddict-item]
     if meta.trace_id is None:
-        _set_io(trace_body, trace)
+        _set_previews(trace_body, trace)
 
     observation_fields: dict[str, str] = {
         key: promoted[key] for key in ("environment", "version") if key in promoted
@@ -180,15 +212,15 @@ def ingestion_batch(trace: Trace, destination_id: str) -> IngestionBatch:
         startTime=start,
         endTime=end,
         model=trace.model,
-        modelParameters=_model_parameters(trace),
+        modelParameters=model_parameters(trace),
         usageDetails=usage_details(trace),
-        metadata=_generation_metadata(trace),
+        metadata=generation_metadata(trace),
         **observation_fields,  # type: ignore[typeddict-item]
     )
     if parent:
         generation["parentObservationId"] = parent
     if trace.time_to_first_token_ms is not None:
-        generation["completionStartTime"] = _iso(
+        generation["completionStartTime"] = iso_time(
             trace.started_at + timedelta(milliseconds=trace.time_to_first_token_ms)
         )
     costs = cost_details(trace)
@@ -201,37 +233,6 @@ def ingestion_batch(trace: Trace, destination_id: str) -> IngestionBatch:
             generation["statusMessage"] = trace.error.message
     events.append(_event(trace, destination_id, "generation-create", end, generation))
     return IngestionBatch(batch=events)
-
-
-def usage_details(trace: Trace) -> dict[str, int]:
-    """Langfuse's usage buckets: `input`/`output` exclude the cached/reasoning details.
-
-    That is how Langfuse itself splits an OpenAI usage object, so its price table applies
-    each detail once; `total` is sent explicitly so it is not re-summed.
-    """
-    usage = trace.usage
-    cached = usage.cached_input_tokens or 0
-    written = usage.cache_write_input_tokens or 0
-    reasoning = usage.reasoning_tokens or 0
-    details = {
-        "input": max(usage.input_tokens - cached - written, 0),
-        "output": max(usage.output_tokens - reasoning, 0),
-        "total": usage.total_tokens,
-    }
-    if usage.cached_input_tokens is not None:
-        details["input_cached_tokens"] = cached
-    if usage.cache_write_input_tokens is not None:
-        details["input_cache_creation"] = written
-    if usage.reasoning_tokens is not None:
-        details["output_reasoning_tokens"] = reasoning
-    return details
-
-
-def cost_details(trace: Trace) -> dict[str, float]:
-    """Langfuse's cost buckets (USD), only those the trace knows; empty when none."""
-    cost = trace.cost
-    pairs = (("input", cost.input), ("output", cost.output), ("total", cost.total))
-    return {key: value for key, value in pairs if value is not None}
 
 
 def read_multi_status(body: bytes) -> tuple[int, list[tuple[str, int, str]]] | None:
@@ -250,12 +251,59 @@ def read_multi_status(body: bytes) -> tuple[int, list[tuple[str, int, str]]] | N
 
 
 @register
-class LangfuseDestination(HttpDestination):
+class LangfuseDestination(OtlpDestination):
+    """Langfuse, in the config's `ingestion` mode (see the module docstring)."""
+
     slug = "langfuse"
     display_name = "Langfuse"
     config_schema = LangfuseConfig
+    encoding: ClassVar[Encoding] = Encoding.PROTOBUF
+    gzip = True
+    max_body_bytes = MAX_BATCH_BYTES
+
+    def __init__(self, config: Mapping[str, Any], transport: HttpTransport) -> None:
+        super().__init__(config, transport)
+        if self.legacy:
+            # One ingestion batch per trace: the legacy body is not an OTLP export to merge.
+            self.batch_limits = BatchLimits()
+
+    @property
+    def legacy(self) -> bool:
+        return self.config.get("ingestion", OTEL) == LEGACY
+
+    # -- ingestion: otel ------------------------------------------------------------------
+
+    def traces_url(self) -> str:
+        return self._url(OTEL_TRACES_PATH)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {**self._auth_headers(), INGESTION_VERSION_HEADER: INGESTION_VERSION}
+
+    def span_attributes(self, trace: Trace, span: PlannedSpan) -> Mapping[str, Any]:
+        return langfuse_attributes(trace, span)
+
+    # -- both modes -----------------------------------------------------------------------
+
+    def encode_item(self, trace: Trace, context: DeliveryContext) -> EncodedItem:
+        if self.legacy:
+            return HttpDestination.encode_item(self, trace, context)
+        return super().encode_item(trace, context)
+
+    def batch_request(self, payloads: Sequence[Any], context: DeliveryContext) -> HttpRequest:
+        if self.legacy:
+            return HttpDestination.batch_request(self, payloads, context)
+        return super().batch_request(payloads, context)
+
+    def interpret_batch(
+        self, result: TransportResult, traces: Sequence[Trace]
+    ) -> list[DeliveryResult]:
+        if self.legacy:  # the legacy API takes any parent id as given: nothing to note
+            return HttpDestination.interpret_batch(self, result, traces)
+        return super().interpret_batch(result, traces)
 
     def build_request(self, trace: Trace, context: DeliveryContext) -> HttpRequest:
+        if not self.legacy:
+            return super().build_request(trace, context)
         return fitted_json_post(
             self._url(INGESTION_PATH),
             self._auth_headers(),
@@ -266,7 +314,10 @@ class LangfuseDestination(HttpDestination):
         )
 
     def interpret(self, result: TransportResult) -> DeliveryResult:
-        """A 207 is read per event: 4xx items are recorded and dropped, others retried."""
+        """OTLP's reading in `otel` mode; in `legacy` mode a 207 is read per event: 4xx items
+        are recorded and dropped, others retried."""
+        if not self.legacy:
+            return super().interpret(result)
         if result.status_code != 207:
             return result_from_transport(result)
         status = read_multi_status(result.body)
@@ -287,7 +338,10 @@ class LangfuseDestination(HttpDestination):
         return self._partial(result, Outcome.DELIVERED, rejected)
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
-        """List the keys' projects: proves the keys and that they belong to a project."""
+        """List the keys' projects: proves the keys and that they belong to a project.
+
+        The same read in both modes: it creates nothing, and a v4 server answers it too.
+        """
         result = self.transport.send(
             HttpRequest("GET", self._url(PROJECTS_PATH), self._auth_headers())
         )
@@ -343,56 +397,18 @@ def _event(
     )
 
 
-def _set_io(body: TraceBody | GenerationBody, trace: Trace) -> None:
+def _set_previews(body: TraceBody, trace: Trace) -> None:
+    preview_in, preview_out = input_preview(trace), output_preview(trace)
+    if preview_in is not None:
+        body["input"] = preview_in
+    if preview_out is not None:
+        body["output"] = preview_out
+
+
+def _set_io(body: GenerationBody, trace: Trace) -> None:
     if trace.input_messages:
         body["input"] = chat_messages(trace.input_messages)
     if len(trace.output_messages) == 1:
         body["output"] = chat_message(trace.output_messages[0])
     elif trace.output_messages:
         body["output"] = chat_messages(trace.output_messages)
-
-
-def _promoted_fields(extra: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Split `environment`/`release`/`version` that Langfuse accepts from the metadata."""
-    promoted: dict[str, str] = {}
-    metadata = dict(extra)
-    for key in PROMOTED_KEYS:
-        value = extra.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        if key == "environment" and not ENVIRONMENT_PATTERN.match(value):
-            continue
-        promoted[key] = value
-        del metadata[key]
-    return promoted, metadata
-
-
-def _model_parameters(trace: Trace) -> dict[str, Any]:
-    parameters = dict(trace.model_parameters)
-    if isinstance(trace.tool_choice, str):
-        parameters["tool_choice"] = trace.tool_choice
-    return parameters
-
-
-def _generation_metadata(trace: Trace) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "provider": trace.provider,
-        "request_id": trace.request_id,
-        "streamed": trace.streamed,
-        "tools_offered": trace.tools_offered,
-        "tool_calls_made": trace.tool_calls_made,
-    }
-    if trace.finish_reasons:
-        metadata["finish_reasons"] = list(trace.finish_reasons)
-    # Tool definitions are part of the prompt: they go wherever the messages go.
-    if trace.tools and trace.input_messages:
-        metadata["tools"] = list(trace.tools)
-    if trace.error and trace.error.code is not None:
-        metadata["error_code"] = trace.error.code
-    if trace.content_redacted:
-        metadata["privacy_mode"] = True
-    return metadata
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -5,14 +5,17 @@
 | `trace_id` | trace (OTLP trace id; original in `broadcast.trace.id`) |
 | `trace_name` / `span_name` / `generation_name` | run name (span name, `langsmith.trace.name`) |
 | level | run type `langsmith.span.kind`: generation → `llm`, trace / span → `chain` |
-| `parent_span_id` | parent run (parent of our topmost span) |
+| `parent_span_id` (16 hex) | parent run of our root run (else `broadcast.parent_span_id`) |
 | `project` config | header `Langsmith-Project`, `langsmith.trace.session_name` |
 | `user` / `session_id` | `langsmith.metadata.user_id` / `langsmith.metadata.session_id` (thread) |
 | other `trace` keys | `langsmith.metadata.<key>`; a `tags` list → `langsmith.span.tags` |
 | provider | `gen_ai.system` (what LangSmith reads for the provider) |
 | input / output messages | `gen_ai.prompt` / `gen_ai.completion` (JSON), and `gen_ai.*` |
 | cache / reasoning tokens | `gen_ai.usage.input_token_details` / `output_token_details` (JSON) |
-| model, usage, cost | `gen_ai.*` as in `otlp/genai.py` |
+| usage and the gateway's cost (USD) | `langsmith.usage_metadata` (JSON: tokens, `input_cost`, |
+| | `output_cost`, `total_cost`: LangSmith shows these instead of pricing the run itself) |
+| model, usage | `gen_ai.*` as in `otlp/genai.py` |
+| root / `span_name` span | previews: `gen_ai.prompt` / `gen_ai.completion`, `gen_ai.*.messages` |
 
 Auth: `x-api-key`, and `X-Tenant-Id` for an org-scoped key (`workspace_id`). Test
 Connection reads `GET /sessions?name=<project>&limit=1`, which proves the key.
@@ -38,6 +41,7 @@ from destinations.otlp.encoding import Encoding
 from destinations.otlp.exporter import OtlpDestination
 from destinations.otlp.genai import genai_attributes, provider_name
 from destinations.otlp.spans import Level, PlannedSpan
+from destinations.previews import input_preview, output_preview
 from destinations.registry import register
 from destinations.trace import Message, Trace
 from destinations.transport import HttpRequest, join_url
@@ -74,8 +78,42 @@ def langsmith_attributes(trace: Trace, span: PlannedSpan, project: str) -> dict[
     if span.level is Level.GENERATION:
         values["gen_ai.system"] = provider_name(trace.provider)
         values.update(_usage_details(trace))
+        values["langsmith.usage_metadata"] = json_text(usage_metadata(trace))
         values.update(_prompt_and_completion(trace))
+    else:
+        values.update(_preview_prompt_and_completion(trace))
     return values
+
+
+def _preview_prompt_and_completion(trace: Trace) -> dict[str, str]:
+    """The chain runs' inputs/outputs: bounded previews (`previews.py`) in the same shape."""
+    values: dict[str, str] = {}
+    question, answer = input_preview(trace), output_preview(trace)
+    if question is not None:
+        values["gen_ai.prompt"] = json_text({"messages": [{"role": "user", "content": question}]})
+    if answer is not None:
+        values["gen_ai.completion"] = json_text(
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
+        )
+    return values
+
+
+def usage_metadata(trace: Trace) -> dict[str, Any]:
+    """LangSmith's `usage_metadata` for the LLM run, with the billed cost when known."""
+    usage, cost = trace.usage, trace.cost
+    metadata: dict[str, Any] = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    for key, value in (
+        ("input_cost", cost.input),
+        ("output_cost", cost.output),
+        ("total_cost", cost.total),
+    ):
+        if value is not None:
+            metadata[key] = value
+    return metadata
 
 
 def _usage_details(trace: Trace) -> dict[str, str]:

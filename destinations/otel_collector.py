@@ -4,14 +4,15 @@
 | --- | --- |
 | `trace_id` | `traceId` (derived unless already 32 hex), original in `broadcast.trace.id` |
 | `trace_name` / `span_name` / `generation_name` | span `name` of root / intermediate / generation |
-| `parent_span_id` | `parentSpanId` of our topmost span |
+| `parent_span_id` (16 hex) | `parentSpanId` of our root (else kept in `broadcast.parent_span_id`) |
 | `user` / `session_id` | `user.id` / `session.id` (+ `gen_ai.conversation.id`) |
-| other `trace` keys | `trace.metadata.<key>` |
-| model, usage, cost, messages | `gen_ai.*` |
+| other `trace` keys | `broadcast.metadata.<key>` |
+| model, usage, messages | `gen_ai.*` (root and span: previews) |
+| total tokens, cost (USD) | `broadcast.usage.total_tokens`, `broadcast.cost.*` (no convention) |
 
 Config: `endpoint` is the full `/v1/traces` URL; `headers` (secret) are sent as given,
 e.g. `Authorization: Bearer …`; `encoding` json (default) or protobuf; `compression`
-none (default) or gzip. Test Connection posts an empty export request.
+none (default) or gzip. Test Connection posts one marked span (`otlp/exporter.py`).
 """
 
 from __future__ import annotations

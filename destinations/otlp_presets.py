@@ -5,10 +5,11 @@ All three speak the GenAI dialect exactly as the generic collector does (`otlp/g
 | trace | attribute |
 | --- | --- |
 | `trace_name` / `span_name` / `generation_name` | span `name` |
-| `trace_id` / `parent_span_id` | `traceId` / `parentSpanId` (original id in `broadcast.trace.id`) |
+| `trace_id` / `parent_span_id` | `traceId` / root's `parentSpanId` (see `otlp/spans.py`) |
 | `user` / `session_id` | `user.id` / `session.id` |
-| other `trace` keys | `trace.metadata.<key>` |
-| model, usage, cost, messages | `gen_ai.*` |
+| other `trace` keys | `broadcast.metadata.<key>` |
+| model, usage, messages | `gen_ai.*` (root and span: previews) |
+| total tokens, cost (USD) | `broadcast.usage.total_tokens`, `broadcast.cost.*` (no convention) |
 
 - `grafana`: `{base_url}/otlp/v1/traces`, OTLP JSON,
   `Authorization: Basic base64(instance_id:api_key)`;
@@ -17,7 +18,7 @@ All three speak the GenAI dialect exactly as the generic collector does (`otlp/g
 - `dynatrace`: `{environment_url}/api/v2/otlp/v1/traces`, protobuf only (JSON gets 415),
   `Authorization: Api-Token <api_token>`.
 
-Each Test Connection posts an empty export request and reads 401/403 as rejected.
+Each Test Connection posts one marked span (`otlp/exporter.py`); 401/403 is rejected.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 | `trace_id` | trace id (derived unless already 32 hex), original in `broadcast.trace.id` |
 | `trace_name` / `span_name` | CHAIN spans, named so |
 | `generation_name` (default `chat {model}`) | the LLM span |
-| `parent_span_id` | parent of our topmost span |
+| `parent_span_id` (16 hex) | parent of our root span (else kept in `broadcast.parent_span_id`) |
 | `session_id` / `user` | `session.id` / `user.id` (Phoenix sessions come from root spans) |
 | other `trace` keys | `metadata` (Phoenix shows them as `metadata.<key>`) |
 

@@ -2,15 +2,20 @@
 
 | what | where |
 | --- | --- |
-| object key | `{path_template}/{requestId}-{timestamp}.json` (start, unix seconds) |
-| template variables | `{date}` (YYYY-MM-DD), `{year}`, `{month}`, `{day}` (UTC start), |
-|  | `{apiKeyName}` (the key id, or `keyless`) |
+| object key | `{path_template}/{name}.json` |
+| `object_name: request` (default) | name `{requestId}-{timestamp}` (start, unix seconds) |
+| `object_name: trace` | OpenRouter's `{traceId}-{timestamp}`: the `trace_id` (else the request |
+|  | id) and the start in unix **milliseconds** (requests of one trace must not collide) |
+| template variables (OpenRouter's) | `{prefix}` (config `prefix`), `{date}` (YYYY-MM-DD), |
+|  | `{year}`, `{month}`, `{day}` (UTC start), `{apiKeyName}` (key name, else id, else `keyless`) |
 | body | the `broadcast.trace/v1` document; its `id` groups requests by `trace_id` |
 
 The key is deterministic, so a retry overwrites the same object instead of adding one.
-The request id (unique per request) names the object, not the grouping `trace_id`, so two
+With `object_name: request` the request id (unique per request) names the object, so two
 requests of one trace never overwrite each other. Test Connection writes a small object
-under the rendered path: the one call a PutObject-only policy is sure to allow.
+under the rendered path (the one call a PutObject-only policy is sure to allow), then
+removes it; a policy without DeleteObject still passes, and the message names the object
+left behind.
 """
 
 from __future__ import annotations
@@ -43,9 +48,17 @@ from destinations.json_body import compact_json
 from destinations.outcomes import Outcome, classify_status
 from destinations.registry import register
 from destinations.trace import Trace
-from destinations.url_guard import BlockedUrl, check_url
+from destinations.url_guard import (
+    BlockedUrl,
+    NetworkPolicy,
+    check_url,
+    pinned_connection_class,
+)
 
-TEMPLATE_VARIABLES = frozenset({"date", "year", "month", "day", "apiKeyName"})
+TEMPLATE_VARIABLES = frozenset({"prefix", "date", "year", "month", "day", "apiKeyName"})
+DEFAULT_PREFIX = "broadcast-traces"
+OBJECT_NAMES = ("request", "trace")
+PROBE_NAME = "_broadcast_connection_test.json"
 _VARIABLE = re.compile(r"\{([^{}]*)\}")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._=-]")
 CLIENT_CACHE_SIZE = 64
@@ -68,13 +81,17 @@ class S3Config(ConfigSchema):
     access_key_id = fields.String(required=True, validate=validate.Length(min=1))
     secret_access_key = secret_field()
     session_token = fields.String(load_default=None, allow_none=True, metadata={"secret": True})
-    path_template = fields.String(
-        load_default="broadcast-traces/{date}", validate=_validate_template
-    )
+    path_template = fields.String(load_default="{prefix}/{date}", validate=_validate_template)
+    prefix = fields.String(load_default=DEFAULT_PREFIX, validate=validate.Length(max=256))
+    object_name = fields.String(load_default="request", validate=validate.OneOf(OBJECT_NAMES))
 
 
-def render_path(template: str, moment: datetime, api_key_name: str) -> str:
+def render_path(
+    template: str, moment: datetime, api_key_name: str, prefix: str = DEFAULT_PREFIX
+) -> str:
+    """The object's folder: `template` with OpenRouter's variables filled in."""
     values = {
+        "prefix": prefix.strip("/"),
         "date": moment.strftime("%Y-%m-%d"),
         "year": moment.strftime("%Y"),
         "month": moment.strftime("%m"),
@@ -84,10 +101,18 @@ def render_path(template: str, moment: datetime, api_key_name: str) -> str:
     return _VARIABLE.sub(lambda match: values[match.group(1)], template).strip("/")
 
 
-def object_key(trace: Trace, template: str) -> str:
-    """Pure and deterministic: where this trace's document goes."""
-    path = render_path(template, trace.started_at, trace.api_key_id or "keyless")
-    name = f"{_UNSAFE_KEY_CHARS.sub('_', trace.request_id)}-{int(trace.started_at.timestamp())}"
+def object_key(
+    trace: Trace, template: str, prefix: str = DEFAULT_PREFIX, object_name: str = "request"
+) -> str:
+    """Pure and deterministic: where this trace's document goes (see the module table)."""
+    key_name = trace.api_key_name or trace.api_key_id or "keyless"
+    path = render_path(template, trace.started_at, key_name, prefix)
+    if object_name == "trace":
+        millis = int(trace.started_at.timestamp() * 1000)
+        name = f"{_UNSAFE_KEY_CHARS.sub('_', trace.grouping_id)}-{millis}"
+    else:
+        seconds = int(trace.started_at.timestamp())
+        name = f"{_UNSAFE_KEY_CHARS.sub('_', trace.request_id)}-{seconds}"
     return f"{path}/{name}.json" if path else f"{name}.json"
 
 
@@ -107,9 +132,11 @@ class _ClientCache:
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, config: Mapping[str, Any], timeouts: tuple[float, float]) -> Any:
+    def get(
+        self, config: Mapping[str, Any], timeouts: tuple[float, float], policy: NetworkPolicy
+    ) -> Any:
         fingerprint = hashlib.sha256(
-            json.dumps([config, timeouts], sort_keys=True, default=str).encode()
+            json.dumps([config, timeouts, id(policy)], sort_keys=True, default=str).encode()
         ).hexdigest()
         with self._lock:
             client = self._clients.get(fingerprint)
@@ -127,11 +154,38 @@ class _ClientCache:
                 connect_timeout=timeouts[0], read_timeout=timeouts[1], **_BOTO_CONFIG
             ),
         )
+        _pin_connections(client, policy)
         with self._lock:
             self._clients[fingerprint] = client
             while len(self._clients) > self._size:
                 self._clients.popitem(last=False)
         return client
+
+
+def _pin_connections(client: Any, policy: NetworkPolicy) -> None:
+    """Make the client's connections resolve, check and connect to the checked address.
+
+    botocore resolves `endpoint_url` itself when it connects, so a check before the call
+    alone loses to a DNS answer that changes in between (rebinding). Its HTTP session keeps
+    the urllib3 pool classes per scheme; each gets a connection class pinned like the
+    HTTP transport's. Raises RuntimeError if botocore no longer has that layout, rather
+    than connecting unpinned.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    pools = getattr(session, "_pool_classes_by_scheme", None)
+    manager = getattr(session, "_manager", None)
+    if not isinstance(pools, dict) or manager is None:
+        raise RuntimeError("cannot pin S3 connections: botocore's HTTP session changed")
+    pinned = {
+        scheme: type(
+            f"Pinned{pool.__name__}",
+            (pool,),
+            {"ConnectionCls": pinned_connection_class(pool.ConnectionCls, policy)},
+        )
+        for scheme, pool in pools.items()
+    }
+    session._pool_classes_by_scheme = pinned
+    manager.pool_classes_by_scheme = pinned
 
 
 _CLIENTS = _ClientCache(CLIENT_CACHE_SIZE)
@@ -144,34 +198,56 @@ class S3Destination(Destination):
     config_schema = S3Config
 
     def deliver(self, trace: Trace, context: DeliveryContext) -> DeliveryResult:
-        return self._put(
-            object_key(trace, self.config["path_template"]),
-            object_body(trace, context.destination_id),
+        key = object_key(
+            trace,
+            self.config["path_template"],
+            self.config.get("prefix", DEFAULT_PREFIX),
+            self.config.get("object_name", "request"),
         )
+        return self._put(key, object_body(trace, context.destination_id))
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
-        path = render_path(self.config["path_template"], context.now, "connection-test")
-        key = (
-            f"{path}/_broadcast_connection_test.json" if path else "_broadcast_connection_test.json"
+        """Write a probe object under the rendered path, then remove it."""
+        path = render_path(
+            self.config["path_template"],
+            context.now,
+            "connection-test",
+            self.config.get("prefix", DEFAULT_PREFIX),
         )
+        key = f"{path}/{PROBE_NAME}" if path else PROBE_NAME
         result = self._put(key, b'{"test": true}')
         if result.outcome is Outcome.DELIVERED:
-            return ConnectionCheck(result.outcome, "write access ok", result.status_code)
+            if self._delete(key):
+                return ConnectionCheck(result.outcome, "write access ok", result.status_code)
+            return ConnectionCheck(
+                result.outcome,
+                f"write access ok; the probe object {key} stays (no permission to delete it)",
+                result.status_code,
+            )
         if result.outcome is Outcome.AUTH_FAILED:
             return ConnectionCheck(
                 result.outcome, f"credentials rejected: {result.error}", result.status_code
             )
         return ConnectionCheck(result.outcome, result.error or "failed", result.status_code)
 
+    def _delete(self, key: str) -> bool:
+        """Remove the probe object; False when the store refused or could not be reached."""
+        try:
+            client = _CLIENTS.get(self.config, self.transport.timeouts, self.transport.policy)
+            client.delete_object(Bucket=self.config["bucket"], Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return False
+        return True
+
     def _put(self, key: str, body: bytes) -> DeliveryResult:
         started = time.perf_counter()
         endpoint = self.config.get("endpoint_url")
         try:
             if endpoint:
-                # Not pinned like the HTTP transport (botocore owns its connections); checked
-                # right before each call instead.
+                # Refused early with a clear reason; the connection itself is pinned too
+                # (`_pin_connections`).
                 check_url(endpoint, self.transport.policy)
-            client = _CLIENTS.get(self.config, self.transport.timeouts)
+            client = _CLIENTS.get(self.config, self.transport.timeouts, self.transport.policy)
             response = client.put_object(
                 Bucket=self.config["bucket"], Key=key, Body=body, ContentType="application/json"
             )
@@ -193,6 +269,16 @@ class S3Destination(Destination):
             botocore.exceptions.ConnectionClosedError,
             OSError,
         ) as exc:
+            return self._result(
+                started, Outcome.RETRYABLE, None, f"connection error: {type(exc).__name__}"
+            )
+        except botocore.exceptions.HTTPClientError as exc:
+            # botocore wraps what the pinned connection raised when it refused the address.
+            cause = exc.kwargs.get("error")
+            if isinstance(cause, BlockedUrl):
+                return self._result(
+                    started, Outcome.PERMANENT, None, f"endpoint_url blocked: {cause}"
+                )
             return self._result(
                 started, Outcome.RETRYABLE, None, f"connection error: {type(exc).__name__}"
             )

@@ -106,6 +106,8 @@ class Trace:
     time_to_first_token_ms: float | None = None
     end_user: str | None = None
     session_id: str | None = None
+    # The name the account gave the API key (S3's `{apiKeyName}`, filter rules); None if keyless.
+    api_key_name: str | None = None
     metadata: TraceMetadata = field(default_factory=TraceMetadata)
     status: str = "success"
     error: TraceError | None = None

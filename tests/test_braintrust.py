@@ -70,10 +70,9 @@ def by_type(trace: Trace) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for row in rows(trace):
         kind = row["span_attributes"]["type"]
-        if kind == "task" and row.get("span_parents"):
-            kind = "span"
-        elif kind == "task":
-            kind = "root"
+        if kind == "task":
+            # The top row (this request's own) is named by trace_name; a span_name row is not.
+            kind = "root" if row["id"] == rows(trace)[0]["id"] else "span"
         found[kind] = row
     return found
 
@@ -99,8 +98,10 @@ def test_plain_chat_golden() -> None:
                 "span_attributes": {"name": "Demo", "type": "task"},
                 "metadata": shared,
                 "metrics": {"start": 1795428001.0, "end": 1795428001.85},
-                "input": messages,
-                "output": answer,
+                "created": "2026-11-23T10:00:01.850000Z",
+                # Previews: the full messages travel once, on the LLM row.
+                "input": "What is 1 + 1?",
+                "output": "The answer is 2.",
             },
             {
                 "id": "a0314d4c-ae92-4bb8-aee1-e9a3d818be25",
@@ -119,16 +120,16 @@ def test_plain_chat_golden() -> None:
                     "tools_offered": False,
                     "tool_calls_made": False,
                     "finish_reasons": ["stop"],
+                    "cost": {"input": 0.0000525, "output": 0.0000705},
                 },
+                "created": "2026-11-23T10:00:01.850000Z",
                 "metrics": {
                     "start": 1795428001.0,
                     "end": 1795428001.85,
                     "prompt_tokens": 21,
                     "completion_tokens": 7,
                     "tokens": 28,
-                    "input_cost": 0.0000525,
-                    "output_cost": 0.0000705,
-                    "total_cost": 0.000123,
+                    "estimated_cost": 0.000123,
                     "time_to_first_token": 0.31,
                 },
                 "input": messages,
@@ -203,34 +204,43 @@ def test_privacy_mode_sends_no_content_but_keeps_the_rest() -> None:
     assert llm["metadata"]["feature"] == "arithmetic"
     assert llm["metadata"]["privacy_mode"] is True
     assert llm["metrics"]["tokens"] == 1500
-    assert llm["metrics"]["total_cost"] == 0.000123
+    assert llm["metrics"]["estimated_cost"] == 0.000123
     assert llm["metrics"]["time_to_first_token"] == 0.31
 
 
-def test_requests_sharing_a_trace_id_share_the_root_row() -> None:
+def test_requests_sharing_a_trace_id_each_send_their_own_top_row() -> None:
     first = by_type(build_trace(chat_event(7, trace={"trace_id": "workflow-42"})))
     second = by_type(build_trace(chat_event(9, trace={"trace_id": "workflow-42"})))
-    assert first["root"]["id"] == second["root"]["id"]  # re-inserted, so replaced
-    assert first["root"]["span_id"] == first["llm"]["root_span_id"] == "workflow-42"
-    assert second["llm"]["root_span_id"] == "workflow-42"
-    assert first["llm"]["id"] != second["llm"]["id"]
-    assert "input" not in first["root"]  # a shared root's input would flip between requests
+    # Neither re-sends (and so overwrites) the other's row: each has its own, its own times.
+    assert first["root"]["id"] != second["root"]["id"]
+    assert first["root"]["span_id"] != second["root"]["span_id"]
+    assert first["root"]["metrics"] != second["root"]["metrics"]
+    assert {row["root_span_id"] for row in (*first.values(), *second.values())} == {
+        "workflow-42"
+    }
+    assert first["llm"]["span_parents"] == [first["root"]["span_id"]]
+    assert first["root"]["input"] == "What is 7 + 7?"
 
 
 def test_tags_go_on_the_root_row_only() -> None:
-    found = by_type(CASES["shared trace id"])
-    assert found["root"]["tags"] == ["beta", "eu"]
-    assert "tags" not in found["llm"] and "tags" not in found["llm"]["metadata"]
+    shared_case = CASES["shared trace id"]
+    metadata = dataclasses.replace(shared_case.metadata, trace_id=None)
+    alone = by_type(dataclasses.replace(shared_case, metadata=metadata))
+    assert alone["root"]["tags"] == ["beta", "eu"]
+    assert "tags" not in alone["llm"] and "tags" not in alone["llm"]["metadata"]
+    shared = by_type(CASES["shared trace id"])  # a top row that is not the trace's root
+    assert "tags" not in shared["root"] and shared["llm"]["metadata"]["tags"] == ["beta", "eu"]
 
 
 def test_span_name_and_parent_span_id_build_the_hierarchy() -> None:
     found = by_type(CASES["span and parent"])
-    assert set(found) == {"span", "llm"}  # no root row: the caller's tracing owns it
-    span, llm = found["span"], found["llm"]
+    assert set(found) == {"root", "span", "llm"}  # our top row stays, named by trace_name
+    root, span, llm = found["root"], found["span"], found["llm"]
+    assert root["span_parents"] == ["00f067aa0ba902b7"]  # under the caller's span
     assert span["span_attributes"] == {"name": "Summarize", "type": "task"}
-    assert span["span_parents"] == ["00f067aa0ba902b7"]
+    assert span["span_parents"] == [root["span_id"]]
     assert llm["span_parents"] == [span["span_id"]]
-    assert span["root_span_id"] == llm["root_span_id"] == "workflow-42"
+    assert root["root_span_id"] == span["root_span_id"] == llm["root_span_id"] == "workflow-42"
     assert llm["metadata"]["tags"] == ["beta"]  # tags only live on roots
 
 
@@ -355,7 +365,7 @@ def test_large_content_is_truncated_with_a_marker_before_sending(
     braintrust: BraintrustEmulator, transport: HttpTransport
 ) -> None:
     trace = dataclasses.replace(
-        CASES["plain chat"], input_messages=(Message(role="user", content="x" * 4_000_000),)
+        CASES["plain chat"], input_messages=(Message(role="user", content="x" * 7_000_000),)
     )
     result = destination(braintrust, transport).deliver(trace, CONTEXT)
     assert result.outcome is Outcome.DELIVERED
@@ -367,7 +377,7 @@ def test_large_content_is_truncated_with_a_marker_before_sending(
 def test_a_payload_that_cannot_fit_is_permanent_and_not_sent(
     braintrust: BraintrustEmulator, transport: HttpTransport
 ) -> None:
-    many = tuple(Message(role="user", content="y" * 300) for _ in range(12_000))
+    many = tuple(Message(role="user", content="y" * 300) for _ in range(24_000))
     trace = dataclasses.replace(CASES["plain chat"], input_messages=many)
     target = destination(braintrust, transport)
     with pytest.raises(PayloadTooLarge):

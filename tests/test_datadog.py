@@ -253,20 +253,29 @@ def test_privacy_mode_sends_no_content_but_keeps_the_rest() -> None:
     assert span["duration"] == 850_000_000
 
 
-def test_requests_sharing_a_trace_id_share_the_trace_and_its_root() -> None:
+def test_requests_sharing_a_trace_id_each_send_their_own_top_span() -> None:
     first = spans(build_trace(chat_event(7, trace={"trace_id": "workflow-42"})))
     second = spans(build_trace(chat_event(9, trace={"trace_id": "workflow-42"})))
     assert {s["trace_id"] for s in first + second} == {"workflow-42"}
-    assert first[0]["span_id"] == second[0]["span_id"]  # one root for the trace
-    assert first[1]["span_id"] != second[1]["span_id"]
-    assert first[1]["parent_id"] == second[1]["parent_id"] == first[0]["span_id"]
-    assert "input" not in first[0]["meta"]  # a shared root's text would flip between requests
+    # Neither re-sends (and so overwrites) the other's top span: each has its own.
+    assert first[0]["span_id"] != second[0]["span_id"]
+    assert first[0]["start_ns"] != second[0]["start_ns"]
+    assert first[1]["parent_id"] == first[0]["span_id"]
+    assert first[0]["meta"]["input"] == {"value": "What is 7 + 7?"}
+
+
+def test_a_parent_span_id_that_is_no_span_id_keeps_the_top_span_as_root() -> None:
+    top, llm = spans(build_trace(chat_event(3, trace={"parent_span_id": "obs-7f3a"})))
+    assert top["parent_id"] == "undefined"
+    assert llm["meta"]["metadata"]["parent_span_id"] == "obs-7f3a"
 
 
 def test_span_name_and_parent_span_id_build_the_hierarchy() -> None:
-    workflow, llm = spans(CASES["span and parent"])  # no root: the caller owns it
+    top, workflow, llm = spans(CASES["span and parent"])  # our top span stays, named
+    assert top["name"] == "openai/gpt-4o" and top["meta"]["kind"] == "workflow"
+    assert top["parent_id"] == str(int("00f067aa0ba902b7", 16))  # under the caller's span
     assert workflow["name"] == "Summarize" and workflow["meta"]["kind"] == "workflow"
-    assert workflow["parent_id"] == str(int("00f067aa0ba902b7", 16))
+    assert workflow["parent_id"] == top["span_id"]
     assert llm["parent_id"] == workflow["span_id"]
     assert llm["meta"]["metadata"]["nested"] == '{"team":"search","tiers":[1,2]}'
 
@@ -342,7 +351,7 @@ def test_delivery_is_accepted_with_202(datadog: DatadogEmulator, transport: Http
     assert result.status_code == 202
     request = datadog.intake_requests()[0]
     assert request.headers["dd-api-key"] == API_KEY
-    assert [s["name"] for s in datadog.spans()] == ["Summarize", "openai/gpt-4o"]
+    assert [s["name"] for s in datadog.spans()] == ["openai/gpt-4o", "Summarize", "openai/gpt-4o"]
 
 
 def test_wrong_key_is_auth_failed(datadog: DatadogEmulator, transport: HttpTransport) -> None:
@@ -443,3 +452,27 @@ def test_end_to_end_through_the_worker(
     assert [entry["status_code"] for entry in service.deliveries(view["id"])] == [202, 429]
     names = [span["name"] for span in datadog.spans()]
     assert names == ["Checkout", "Plan", "openai/gpt-4o"]
+
+
+# Metric names as ddtrace itself writes them on LLM spans (DataDog/dd-trace-py,
+# `ddtrace/llmobs/_constants.py`: INPUT_TOKENS_METRIC_KEY ... REASONING_OUTPUT_TOKENS_METRIC_KEY,
+# TIME_TO_FIRST_TOKEN_METRIC_KEY), vendored because ddtrace is not a test dependency; the
+# cost and non-cached names are from Datadog's cost page (see tests/schemas/README.md).
+DDTRACE_METRIC_KEYS = {
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_write_input_tokens",
+    "cache_read_input_tokens",
+    "reasoning_output_tokens",
+    "time_to_first_token",
+}
+DATADOG_COST_KEYS = {"input_cost", "output_cost", "total_cost", "non_cached_input_tokens"}
+
+
+def test_metric_names_are_the_ones_ddtrace_writes() -> None:
+    llm = spans(build_trace(tool_call_event(3)))[-1]
+    assert set(llm["metrics"]) <= DDTRACE_METRIC_KEYS | DATADOG_COST_KEYS
+    assert {"cache_read_input_tokens", "reasoning_output_tokens", "total_cost"} <= set(
+        llm["metrics"]
+    )

@@ -84,11 +84,9 @@ def test_plain_chat_golden() -> None:
                     "userId": "end-user-7",
                     "sessionId": "session-0",
                     "environment": "demo",
-                    "input": [
-                        {"role": "system", "content": "You are a terse assistant."},
-                        {"role": "user", "content": "What is 1 + 1?"},
-                    ],
-                    "output": {"role": "assistant", "content": "The answer is 2."},
+                    # Previews: the full messages travel once, on the generation.
+                    "input": "What is 1 + 1?",
+                    "output": "The answer is 2.",
                 },
             },
             {
@@ -312,7 +310,12 @@ def destination(
     emulator: LangfuseEmulator, transport: HttpTransport, secret_key: str = SECRET_KEY
 ) -> LangfuseDestination:
     config = LangfuseConfig().load(
-        {"public_key": PUBLIC_KEY, "secret_key": secret_key, "base_url": emulator.url + "/"}
+        {
+            "public_key": PUBLIC_KEY,
+            "secret_key": secret_key,
+            "base_url": emulator.url + "/",
+            "ingestion": "legacy",
+        }
     )
     return LangfuseDestination(config, transport)
 
@@ -437,7 +440,7 @@ def test_large_content_is_truncated_with_a_marker_before_sending(
 def test_a_payload_that_cannot_fit_is_permanent_and_not_sent(
     langfuse: LangfuseEmulator, transport: HttpTransport
 ) -> None:
-    many = tuple(Message(role="user", content="y" * 300) for _ in range(8_000))
+    many = tuple(Message(role="user", content="y" * 300) for _ in range(16_000))
     trace = dataclasses.replace(CASES["plain chat"], input_messages=many)
     target = destination(langfuse, transport)
     with pytest.raises(PayloadTooLarge):
@@ -456,7 +459,12 @@ def test_end_to_end_through_the_worker(
     worker: Any, service: Any, user_id: str, langfuse: LangfuseEmulator
 ) -> None:
     owner = f"user:{user_id}"
-    config = {"public_key": PUBLIC_KEY, "secret_key": "sk-wrong", "base_url": langfuse.url}
+    config = {
+        "public_key": PUBLIC_KEY,
+        "secret_key": "sk-wrong",
+        "base_url": langfuse.url,
+        "ingestion": "legacy",
+    }
     with pytest.raises(SettingsError, match="keys rejected"):
         service.add_destination(owner, "langfuse", "Langfuse", config)
     assert service.list_destinations(owner) == []

@@ -16,15 +16,22 @@ import pytest
 
 from destinations.base import DeliveryContext, Destination
 from destinations.budget import truncation_marker
-from destinations.otlp.encoding import Encoding
+from destinations.otlp.encoding import Encoding, parse
+from destinations.otlp.spans import CONNECTION_TEST_NAME
 from destinations.outcomes import Outcome
 from destinations.registry import destination_class
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
-from harness.receiver import Receiver, Reply, always
+from harness.receiver import ReceivedRequest, Receiver, Reply, always
 from harness.samples import chat_event
 from tasks.events import build_trace
-from tests.emulators.otlp_receiver import ALL_ENCODINGS, OtlpEmulator, attribute_dict, success
+from tests.emulators.otlp_receiver import (
+    ALL_ENCODINGS,
+    OtlpEmulator,
+    all_spans,
+    attribute_dict,
+    success,
+)
 
 CONTEXT = DeliveryContext(
     destination_id="dst_outcomes", owner="user:user_demo", now=datetime(2026, 11, 23, tzinfo=UTC)
@@ -218,12 +225,37 @@ def test_partial_success_is_delivered_with_the_rejection(
 def test_connection_passes(vendor: Vendor, emulator: OtlpEmulator) -> None:
     check = make(vendor.slug, vendor.config(emulator.url)).test_connection(CONTEXT)
     assert check.ok, check.message
-    assert emulator.spans() == []  # the check creates nothing at the vendor
     (request,) = emulator.requests()
     if vendor.read_paths:
         assert request.method == "GET" and request.path.startswith(vendor.read_paths[0])
+        assert emulator.spans() == []
     else:
         assert request.path.endswith(vendor.traces_path)
+        # One span, clearly marked, in a trace of its own: never an empty export.
+        (span,) = emulator.spans()
+        assert span.name == CONNECTION_TEST_NAME and not span.parent_span_id
+        assert attribute_dict(span.attributes) == {"broadcast.connection_test": True}
+
+
+def test_connection_passes_where_an_empty_export_gets_400(vendor: Vendor) -> None:
+    def strict(request: ReceivedRequest) -> Reply:
+        # Like receivers that refuse an export with no spans.
+        content_type = request.headers.get("content-type", "")
+        export = parse(request.body, content_type) if request.method == "POST" else None
+        if export is not None and not all_spans(export):
+            return Reply(400, b"no spans in export")
+        return Reply(200, b"{}", {"Content-Type": "application/json"})
+
+    with Receiver(strict) as receiver:
+        check = make(vendor.slug, vendor.config(receiver.url)).test_connection(CONTEXT)
+    assert check.ok, check.message
+
+
+def test_connection_says_not_found_on_404(vendor: Vendor) -> None:
+    with Receiver(always(Reply(404, b"no such route"))) as receiver:
+        check = make(vendor.slug, vendor.config(receiver.url)).test_connection(CONTEXT)
+    assert (check.outcome, check.status_code) == (Outcome.PERMANENT, 404)
+    assert "404" in check.message
 
 
 def test_connection_says_rejected_on_401(vendor: Vendor, emulator: OtlpEmulator) -> None:
@@ -287,7 +319,7 @@ def test_an_oversized_trace_is_truncated_to_the_vendors_budget(
     assert len(destination.export_body(trace, CONTEXT)) <= 1_000_000
     assert destination.deliver(trace, CONTEXT).outcome is Outcome.DELIVERED
     generation = next(s for s in server.spans() if s.name == "chat openai/gpt-4o")
-    (message,) = json.loads(attribute_dict(generation.attributes)["gen_ai.input.messages"])
+    _system, message = json.loads(attribute_dict(generation.attributes)["gen_ai.input.messages"])
     text = message["parts"][0]["content"]
     assert len(text) < 1_000_000
     assert text.endswith(truncation_marker(3_000_000 - len(text.split("…")[0])))
@@ -325,7 +357,7 @@ def test_secret_and_url_fields_are_marked() -> None:
         assert (set(cls.secret_fields()), set(cls.url_fields())) == (secrets, urls), slug
 
 
-def test_webhook_format_otlp_connection_check_posts_an_empty_export() -> None:
+def test_webhook_format_otlp_connection_check_posts_one_marked_span() -> None:
     with OtlpEmulator("/hook", {"x-secret": "s"}) as server:
         config = {"url": server.url + "/hook", "format": "otlp", "headers": {"X-Secret": "s"}}
         check = make("webhook", config).test_connection(CONTEXT)
@@ -333,4 +365,6 @@ def test_webhook_format_otlp_connection_check_posts_an_empty_export() -> None:
         exports = server.exports()
     assert check.ok, check.message
     assert request.headers["x-test-connection"] == "true"
-    assert [len(export.resource_spans) for export in exports] == [0]
+    (export,) = exports
+    (span,) = all_spans(export)
+    assert attribute_dict(span.attributes) == {"broadcast.connection_test": True}

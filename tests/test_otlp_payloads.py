@@ -8,6 +8,7 @@ conversion.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from destinations.base import DeliveryContext, Destination
 from destinations.otlp import otlp_json_body
 from destinations.otlp.encoding import Encoding, parse, parse_json
-from destinations.otlp.spans import ORIGINAL_TRACE_ID, unix_nanos
+from destinations.otlp.spans import ORIGINAL_TRACE_ID, parent_span_note, unix_nanos
 from destinations.registry import destination_class
 from destinations.trace import Trace
 from destinations.transport import HttpTransport
@@ -174,17 +175,32 @@ def test_parent_span_id_from_the_caller(slug: str) -> None:
         )
     )
     spans = spans_by_name(exported(slug, trace))
-    # The caller's span is the root: ours hang under it, in the caller's own trace.
-    assert set(spans) == {"Step", "chat openai/gpt-4o"}
-    assert spans["Step"].parent_span_id == bytes.fromhex(caller_span)
+    # Our root (named by trace_name, default the model) hangs under the caller's span, in
+    # the caller's own trace: the trace name does not vanish.
+    assert set(spans) == {"openai/gpt-4o", "Step", "chat openai/gpt-4o"}
+    assert spans["openai/gpt-4o"].parent_span_id == bytes.fromhex(caller_span)
+    assert spans["Step"].parent_span_id == spans["openai/gpt-4o"].span_id
     assert spans["chat openai/gpt-4o"].parent_span_id == spans["Step"].span_id
     assert {span.trace_id for span in spans.values()} == {bytes.fromhex(caller_trace)}
+    assert parent_span_note(trace) is None
 
-    direct = trace_of(
-        chat_event(5, trace={"trace_id": caller_trace, "parent_span_id": caller_span})
+    upper = trace_of(
+        chat_event(5, trace={"trace_id": caller_trace, "parent_span_id": caller_span.upper()})
     )
-    (generation,) = all_spans(exported(slug, direct))
-    assert generation.parent_span_id == bytes.fromhex(caller_span)
+    root, generation = all_spans(exported(slug, upper))
+    assert root.parent_span_id == bytes.fromhex(caller_span)
+    assert generation.parent_span_id == root.span_id
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_a_parent_span_id_that_is_no_span_id_is_kept_and_noted(slug: str) -> None:
+    parent = "9b2d3c1e-8f6a-4f7e-9c1d-2a3b4c5d6e7f"
+    trace = trace_of(chat_event(5, trace={"parent_span_id": parent, "trace_name": "Flow"}))
+    root, generation = all_spans(exported(slug, trace))
+    assert (root.name, root.parent_span_id) == ("Flow", b"")
+    assert attribute_dict(root.attributes)["broadcast.parent_span_id"] == parent
+    assert generation.parent_span_id == root.span_id
+    assert parent_span_note(trace) is not None
 
 
 @pytest.mark.parametrize("slug", SLUGS)
@@ -275,13 +291,13 @@ def test_genai_generation_attributes(slug: str) -> None:
         "gen_ai.response.finish_reasons": ["tool_calls"],
         "gen_ai.usage.input_tokens": 1200,
         "gen_ai.usage.output_tokens": 300,
-        "gen_ai.usage.total_tokens": 1500,
+        "broadcast.usage.total_tokens": 1500,
         "gen_ai.usage.cache_read.input_tokens": 1000,
         "gen_ai.usage.cache_creation.input_tokens": 50,
         "gen_ai.usage.reasoning.output_tokens": 120,
-        "gen_ai.usage.cost": 0.000123,
-        "gen_ai.usage.input_cost": 0.0000525,
-        "gen_ai.usage.output_cost": 0.0000705,
+        "broadcast.cost.total": 0.000123,
+        "broadcast.cost.input": 0.0000525,
+        "broadcast.cost.output": 0.0000705,
         "gen_ai.request.temperature": 0.3,
         "gen_ai.request.max_tokens": 50,
         "gen_ai.request.top_p": 0.9,
@@ -291,15 +307,15 @@ def test_genai_generation_attributes(slug: str) -> None:
         "gen_ai.conversation.id": trace.session_id,
         "session.id": trace.session_id,
         "user.id": "end-user-7",
-        "trace.metadata.feature": "weather",
-        "trace.metadata.tier": 2,
+        "broadcast.metadata.feature": "weather",
+        "broadcast.metadata.tier": 2,
     }
     for key, value in expected.items():
         assert values[key] == value, key
-    assert json.loads(values["gen_ai.system_instructions"]) == [
-        {"type": "text", "content": "Be brief."}
-    ]
+    # System messages stay in the chat history, where receivers' chat views show them.
+    assert "gen_ai.system_instructions" not in values
     assert json.loads(values["gen_ai.input.messages"]) == [
+        {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
         {
             "role": "user",
             "parts": [
@@ -335,7 +351,7 @@ def test_genai_root_span_carries_who_and_metadata_but_no_model(slug: str) -> Non
     root = attrs(spans_by_name(exported(slug, trace))["T"])
     assert root["user.id"] == "end-user-7"
     assert root["session.id"] == trace.session_id
-    assert root["trace.metadata.feature"] == "x"
+    assert root["broadcast.metadata.feature"] == "x"
     assert "gen_ai.request.model" not in root and "gen_ai.usage.input_tokens" not in root
 
 
@@ -376,6 +392,21 @@ def test_langsmith_keys() -> None:
         "arguments": '{"city":"Paris"}',
     }
     assert completion["choices"][0]["finish_reason"] == "tool_calls"
+    # The billed cost where LangSmith reads it, instead of pricing the run itself.
+    assert json.loads(generation["langsmith.usage_metadata"]) == {
+        "input_tokens": 1200,
+        "output_tokens": 300,
+        "total_tokens": 1500,
+        "input_cost": 0.0000525,
+        "output_cost": 0.0000705,
+        "total_cost": 0.000123,
+    }
+    # Chain runs show a preview of the turn.
+    root_prompt = json.loads(attrs(spans["T"])["gen_ai.prompt"])
+    assert root_prompt["messages"][0]["content"].startswith("What's the weather")
+    assert "gen_ai.prompt" in attrs(spans["S"]) and "langsmith.usage_metadata" not in attrs(
+        spans["S"]
+    )
 
 
 def test_weave_keys_and_routing() -> None:
@@ -390,10 +421,45 @@ def test_weave_keys_and_routing() -> None:
     generation = attrs(spans["chat openai/gpt-4o"])
     assert generation["wandb.display_name"] == "chat openai/gpt-4o"
     assert attrs(spans["T"])["wandb.display_name"] == "T"
-    assert generation["wandb.thread_id"] == generation["session_id"] == trace.session_id
-    assert generation["user_id"] == "end-user-7"
-    assert generation["openrouter_trace_id"] == "wf-9"
-    assert generation["feature"] == "f"
+    assert generation["wandb.thread_id"] == trace.session_id
+    assert generation["llm.provider"] == "openai"
+    weave_attributes = json.loads(generation["wandb.attributes"])
+    assert weave_attributes["session_id"] == trace.session_id
+    assert weave_attributes["user_id"] == "end-user-7"
+    assert weave_attributes["openrouter_trace_id"] == "wf-9"
+    assert weave_attributes["feature"] == "f"
+    assert weave_attributes["cost"] == {"input": 0.0000525, "output": 0.0000705, "total": 0.000123}
+    assert "feature" not in generation and "user_id" not in generation
+
+
+def test_weave_caller_keys_cannot_pose_as_attributes() -> None:
+    trace = trace_of(chat_event(17, trace={"gen_ai.request.model": "fake", "user_id": "x"}))
+    generation = attrs(spans_by_name(exported("weave", trace))["chat openai/gpt-4o"])
+    assert generation["gen_ai.request.model"] == "openai/gpt-4o"
+    # Ours win over a caller's key of the same name inside `wandb.attributes` too.
+    assert json.loads(generation["wandb.attributes"])["user_id"] == "end-user-7"
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "expected"),
+    [
+        ("Amazon Bedrock", "anthropic/claude-sonnet-4.5", ("aws", "anthropic")),
+        ("Google Vertex", "google/gemini-2.5-pro", ("google", "vertexai")),
+        ("Mistral", "mistralai/mistral-large", ("mistralai", "mistralai")),
+        ("xAI", "x-ai/grok-4", ("xai", "x-ai")),
+    ],
+)
+def test_openinference_provider_and_system_use_the_allowed_values(
+    provider: str, model: str, expected: tuple[str, str]
+) -> None:
+    from openinference.semconv.trace import OpenInferenceLLMProviderValues
+
+    allowed_providers = {value.value for value in OpenInferenceLLMProviderValues}
+    trace = dataclasses.replace(trace_of(chat_event(18)), provider=provider, model=model)
+    spans = all_spans(exported("phoenix", trace))
+    generation = next(attrs(span) for span in spans if span.name.startswith("chat"))
+    assert (generation["llm.provider"], generation["llm.system"]) == expected
+    assert generation["llm.provider"] in allowed_providers
 
 
 # -- the OpenInference dialect, attribute by attribute --------------------------------------
@@ -590,3 +656,58 @@ def test_webhook_format_otlp_sends_the_otlp_json_signed() -> None:
         json.loads(cls(json_config, webhook.transport).build_request(trace, CONTEXT).body)["type"]
         == "trace.completed"
     )
+
+
+# -- the generic collector keeps to the conventions -----------------------------------------
+
+
+def test_otel_collector_sends_only_convention_names_or_broadcast_ones() -> None:
+    from opentelemetry.semconv._incubating.attributes import (
+        error_attributes,
+        gen_ai_attributes,
+        session_attributes,
+        user_attributes,
+    )
+
+    defined = {
+        value
+        for module in (gen_ai_attributes, error_attributes, session_attributes, user_attributes)
+        for name, value in vars(module).items()
+        if name.isupper() and isinstance(value, str)
+    }
+    event = tool_call_event(19, trace={"trace_id": "wf", "span_name": "S", "feature": "f"})
+    for span in all_spans(exported("otel-collector", trace_of(event))):
+        for key in attrs(span):
+            assert key in defined or key.startswith("broadcast."), (span.name, key)
+    generation = attrs(
+        spans_by_name(exported("otel-collector", trace_of(event)))["chat openai/gpt-4o"]
+    )
+    for invented in ("gen_ai.usage.cost", "gen_ai.usage.total_tokens", "gen_ai.usage.input_cost"):
+        assert invented not in generation
+    assert generation["broadcast.cost.total"] == 0.000123
+
+
+def test_root_and_span_carry_bounded_previews_and_the_generation_everything() -> None:
+    long = "word " * 2000
+    event = chat_event(20, trace={"span_name": "S"})
+    event["request"]["messages"][-1]["content"] = long
+    spans = spans_by_name(exported("otel-collector", trace_of(event)))
+    for name in ("openai/gpt-4o", "S"):
+        (preview,) = json.loads(attrs(spans[name])["gen_ai.input.messages"])
+        assert len(preview["parts"][0]["content"].encode()) <= 2048
+        (answer,) = json.loads(attrs(spans[name])["gen_ai.output.messages"])
+        assert answer["parts"][0]["content"] == "The answer is 40."
+    full = json.loads(attrs(spans["chat openai/gpt-4o"])["gen_ai.input.messages"])
+    assert full[-1]["parts"][0]["content"] == long
+    private = spans_by_name(exported("otel-collector", trace_of(event).without_content()))
+    assert "gen_ai.input.messages" not in attrs(private["S"])
+
+
+def test_an_assistant_message_without_text_or_tool_calls_keeps_a_text_part() -> None:
+    event = chat_event(21)
+    event["response"]["choices"][0]["message"]["content"] = None
+    generation = attrs(
+        spans_by_name(exported("otel-collector", trace_of(event)))["chat openai/gpt-4o"]
+    )
+    (answer,) = json.loads(generation["gen_ai.output.messages"])
+    assert answer["parts"] == [{"type": "text", "content": ""}]

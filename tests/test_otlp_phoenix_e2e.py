@@ -249,3 +249,9 @@ def test_broadcast_delay_into_phoenix(
     assert llm["attributes"]["session.id"] == session
     assert llm["attributes"]["user.id"] == "end-user-7"
     assert llm["attributes"]["llm.output_messages.0.message.content"] == "The answer is 12."
+    # Previews: Phoenix's trace list shows the root's input and output.
+    for chain in (root, step):
+        assert chain["attributes"]["input.value"] == "What is 6 + 6?"
+        assert chain["attributes"]["output.value"] == "The answer is 12."
+    # The gateway's billed cost, as an attribute Phoenix keeps on the span.
+    assert llm["attributes"]["llm.cost.total"] == 0.000123

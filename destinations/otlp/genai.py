@@ -1,14 +1,21 @@
 """The OpenTelemetry GenAI semantic-conventions dialect (current names, not the deprecated ones).
 
+Only names the conventions define (checked against `opentelemetry-semantic-conventions`'
+`_incubating.attributes.gen_ai_attributes`); what no convention covers (the total token
+count, the gateway's billed cost) goes under `broadcast.`. A receiver that reads another
+name for cost gets it in its own dialect (LangSmith: `langsmith.usage_metadata`).
+
 On every span:
 
 | trace | attribute |
 | --- | --- |
 | `session_id` | `session.id`, `gen_ai.conversation.id` |
 | `user` | `user.id` |
-| other `trace` keys | `trace.metadata.<key>` |
+| other `trace` keys | `broadcast.metadata.<key>` |
 
-On the generation span (prefix `gen_ai.` left out):
+On the root and a `span_name` span: `gen_ai.input.messages` / `gen_ai.output.messages`
+with one text message each, a bounded preview (`previews.py`; content). On the generation
+span (prefix `gen_ai.` left out):
 
 | trace | attribute |
 | --- | --- |
@@ -17,21 +24,25 @@ On the generation span (prefix `gen_ai.` left out):
 | `model` | `request.model`, `response.model` |
 | request id | `response.id` |
 | `finish_reasons` | `response.finish_reasons` |
-| input / output / total tokens | `usage.input_tokens` / `output_tokens` / `total_tokens` |
+| input / output tokens | `usage.input_tokens` / `usage.output_tokens` |
+| total tokens | `broadcast.usage.total_tokens` (no convention) |
 | cached input tokens | `usage.cache_read.input_tokens` |
 | cache-write input tokens | `usage.cache_creation.input_tokens` |
 | reasoning tokens | `usage.reasoning.output_tokens` |
-| cost total / input / output | `usage.cost` / `usage.input_cost` / `usage.output_cost` (*) |
+| cost total / input / output (USD) | `broadcast.cost.total` / `.input` / `.output` (*) |
 | sampling parameters | `request.temperature`, `.max_tokens`, `.top_p`, `.top_k`, ... |
 | `stop` / `n` | `request.stop_sequences` / `request.choice.count` |
 | `streamed` / time to first token | `request.stream` / `response.time_to_first_chunk` (s) |
 | `tools` | `tool.definitions` (JSON) |
-| system, developer messages | `system_instructions` (JSON parts; content) |
-| other input messages | `input.messages` (JSON; content) |
+| input messages, system and developer too | `input.messages` (JSON; content) |
 | output messages | `output.messages` (JSON with `finish_reason`; content) |
 | error code | `error.type` (no prefix) |
 
-(*) USD; the conventions have no cost attribute, these are the names vendors read.
+(*) The gateway's billed cost; the conventions define no cost attribute.
+System and developer messages stay in `input.messages` (the conventions say SHOULD for
+chat history; `system_instructions` is for instructions given apart from it), so
+receivers' chat views keep them. A message with no text and no tool call keeps one empty
+text part rather than `"parts": []`.
 Time to first chunk is sent for streamed requests only.
 Content attributes are simply absent when the trace has no messages (privacy mode).
 """
@@ -44,12 +55,12 @@ from typing import Any
 
 from destinations.json_body import json_text
 from destinations.otlp.spans import Level, PlannedSpan, error_type
+from destinations.previews import input_preview, output_preview
 from destinations.trace import Message, ToolCall, Trace
 
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
-SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
-METADATA_PREFIX = "trace.metadata."
+METADATA_PREFIX = "broadcast.metadata."
 
 # Gateway provider names → the semconv's well-known `gen_ai.provider.name` values;
 # anything else is lower-cased with spaces as underscores (custom values are allowed).
@@ -80,7 +91,10 @@ _PARAMETERS = {
     "presence_penalty": "gen_ai.request.presence_penalty",
     "seed": "gen_ai.request.seed",
 }
-_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+# Chat roles → the conventions' roles (`developer` is OpenAI's newer name for `system`).
+_ROLES = {"function": "tool", "developer": "system"}
 
 
 def provider_name(provider: str) -> str:
@@ -94,6 +108,29 @@ def genai_attributes(trace: Trace, span: PlannedSpan) -> dict[str, Any]:
     values = common_attributes(trace)
     if span.level is Level.GENERATION:
         values.update(generation_attributes(trace))
+    else:
+        values.update(preview_attributes(trace))
+    return values
+
+
+def preview_attributes(trace: Trace) -> dict[str, str]:
+    """The request's input and output as one bounded text message each (root, span)."""
+    values: dict[str, str] = {}
+    question, answer = input_preview(trace), output_preview(trace)
+    if question is not None:
+        values[INPUT_MESSAGES] = json_text(
+            [{"role": "user", "parts": [{"type": "text", "content": question}]}]
+        )
+    if answer is not None:
+        values[OUTPUT_MESSAGES] = json_text(
+            [
+                {
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": answer}],
+                    "finish_reason": _finish_reason(trace, 0),
+                }
+            ]
+        )
     return values
 
 
@@ -121,13 +158,13 @@ def generation_attributes(trace: Trace) -> dict[str, Any]:
         "gen_ai.response.finish_reasons": list(trace.finish_reasons) or None,
         "gen_ai.usage.input_tokens": usage.input_tokens,
         "gen_ai.usage.output_tokens": usage.output_tokens,
-        "gen_ai.usage.total_tokens": usage.total_tokens,
+        "broadcast.usage.total_tokens": usage.total_tokens,
         "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
         "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_input_tokens,
         "gen_ai.usage.reasoning.output_tokens": usage.reasoning_tokens,
-        "gen_ai.usage.cost": cost.total,
-        "gen_ai.usage.input_cost": cost.input,
-        "gen_ai.usage.output_cost": cost.output,
+        "broadcast.cost.total": cost.total,
+        "broadcast.cost.input": cost.input,
+        "broadcast.cost.output": cost.output,
         "gen_ai.request.stream": trace.streamed,
         "gen_ai.tool.definitions": json_text(list(trace.tools)) if trace.tools else None,
     }
@@ -159,20 +196,9 @@ def request_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def content_attributes(trace: Trace) -> dict[str, str]:
-    """The three content attributes, each only when there is something to put in it."""
+    """The two content attributes, each only when there is something to put in it."""
     values: dict[str, str] = {}
-    system = [
-        {"type": "text", "content": message.content}
-        for message in trace.input_messages
-        if message.role in _SYSTEM_ROLES and message.content
-    ]
-    if system:
-        values[SYSTEM_INSTRUCTIONS] = json_text(system)
-    inputs = [
-        genai_message(message)
-        for message in trace.input_messages
-        if message.role not in _SYSTEM_ROLES
-    ]
+    inputs = [genai_message(message) for message in trace.input_messages]
     if inputs:
         values[INPUT_MESSAGES] = json_text(inputs)
     outputs = [
@@ -186,7 +212,7 @@ def content_attributes(trace: Trace) -> dict[str, str]:
 
 def genai_message(message: Message) -> dict[str, Any]:
     """A chat message in the semconv's `{role, parts[], name?}` shape."""
-    role = "tool" if message.role in ("tool", "function") else message.role
+    role = _ROLES.get(message.role, message.role)
     parts: list[dict[str, Any]] = []
     if role == "tool":
         parts.append(
@@ -195,6 +221,8 @@ def genai_message(message: Message) -> dict[str, Any]:
     elif message.content:
         parts.append({"type": "text", "content": message.content})
     parts.extend(_tool_call_part(call) for call in message.tool_calls)
+    if not parts:  # e.g. an answer cut off before any text: still one (empty) text part
+        parts.append({"type": "text", "content": message.content or ""})
     shaped: dict[str, Any] = {"role": role, "parts": parts}
     if message.name:
         shaped["name"] = message.name

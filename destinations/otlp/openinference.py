@@ -15,8 +15,8 @@ On the CHAIN spans: `input.value` = the last user message, `output.value` = the 
 | trace | attribute |
 | --- | --- |
 | input messages / first output | `input.value` (JSON) / `output.value` (content) |
-| `model` / `provider` (lower-cased) | `llm.model_name` / `llm.provider` |
-| model vendor prefix (`openai/...`) | `llm.system` |
+| `model` / `provider` | `llm.model_name` / `llm.provider` (OpenInference's values, see below) |
+| model vendor prefix (`openai/...`) | `llm.system` (OpenInference's values where one fits) |
 | sampling parameters, `tool_choice` | `llm.invocation_parameters` (JSON) |
 | input messages | `llm.input_messages.{i}.message.*` (content) |
 | output messages | `llm.output_messages.{i}.message.*` (content) |
@@ -29,7 +29,11 @@ On the CHAIN spans: `input.value` = the last user message, `output.value` = the 
 | cost input / output / total | `llm.cost.prompt` / `completion` / `total` (USD) |
 
 The project is the resource attribute `openinference.project.name`. Content attributes
-are absent when the trace has no messages (privacy mode).
+are absent when the trace has no messages (privacy mode). `llm.provider` and `llm.system`
+use `OpenInferenceLLMProviderValues` / `OpenInferenceLLMSystemValues` (`aws`, `google`,
+`mistralai`, `vertexai`, ...) where the gateway's name maps to one, else the name
+lower-cased with `_` for spaces. The CHAIN spans' `input.value` / `output.value` are
+previews bounded like `previews.py`'s.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 
 from destinations.json_body import json_text
 from destinations.otlp.spans import Level, PlannedSpan
+from destinations.previews import input_preview, output_preview
 from destinations.trace import Message, Trace
 
 SPAN_KIND = "openinference.span.kind"
@@ -48,6 +53,50 @@ TAGS_KEY = "tags"
 
 # Prefixes of the attributes privacy mode must remove (tests check none is left).
 CONTENT_PREFIXES = ("input.value", "output.value", "llm.input_messages.", "llm.output_messages.")
+
+
+# Gateway provider names → `OpenInferenceLLMProviderValues`.
+PROVIDERS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "cohere": "cohere",
+    "mistral": "mistralai",
+    "google": "google",
+    "google vertex": "google",
+    "google ai studio": "google",
+    "azure": "azure",
+    "amazon bedrock": "aws",
+    "xai": "xai",
+    "deepseek": "deepseek",
+    "groq": "groq",
+    "fireworks": "fireworks",
+    "moonshot ai": "moonshot",
+    "cerebras": "cerebras",
+    "perplexity": "perplexity",
+    "together": "together",
+}
+# Model vendor prefixes → `OpenInferenceLLMSystemValues`.
+SYSTEMS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "cohere": "cohere",
+    "mistralai": "mistralai",
+    "google": "vertexai",
+}
+
+
+def llm_provider(provider: str) -> str:
+    """`llm.provider` for a gateway provider name (see `PROVIDERS`)."""
+    key = provider.strip().lower()
+    return PROVIDERS.get(key, key.replace(" ", "_"))
+
+
+def llm_system(model: str) -> str | None:
+    """`llm.system` from the model's vendor prefix (`openai/gpt-4o`); None without one."""
+    if "/" not in model:
+        return None
+    prefix = model.split("/", 1)[0].strip().lower()
+    return SYSTEMS.get(prefix, prefix)
 
 
 def openinference_attributes(trace: Trace, span: PlannedSpan) -> dict[str, Any]:
@@ -78,13 +127,11 @@ def resource_attributes(project_name: str) -> dict[str, str]:
 def _chain_io(trace: Trace) -> dict[str, Any]:
     """The turn as a person reads it: the last user message in, the answer out."""
     values: dict[str, Any] = {}
-    question = next(
-        (m.content for m in reversed(trace.input_messages) if m.role == "user" and m.content),
-        None,
-    )
+    question, answer = input_preview(trace), output_preview(trace)
     if question is not None:
         values.update({"input.value": question, "input.mime_type": TEXT_MIME})
-    values.update(_output_value(trace))
+    if answer is not None:
+        values.update({"output.value": answer, "output.mime_type": TEXT_MIME})
     return values
 
 
@@ -101,8 +148,8 @@ def _llm_attributes(trace: Trace) -> dict[str, Any]:
     usage, cost = trace.usage, trace.cost
     values: dict[str, Any] = {
         "llm.model_name": trace.model,
-        "llm.provider": trace.provider.strip().lower(),
-        "llm.system": trace.model.split("/", 1)[0].lower() if "/" in trace.model else None,
+        "llm.provider": llm_provider(trace.provider),
+        "llm.system": llm_system(trace.model),
         "llm.finish_reason": trace.finish_reasons[0] if trace.finish_reasons else None,
         "llm.token_count.prompt": usage.input_tokens,
         "llm.token_count.completion": usage.output_tokens,

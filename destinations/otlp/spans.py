@@ -7,7 +7,8 @@
 | `trace_name` (default: model) | root span `name`, kind INTERNAL |
 | `span_name` (only when given) | intermediate span `name`, kind INTERNAL, child of the root |
 | `generation_name` (default: `chat {model}`) | generation span `name`, kind CLIENT |
-| `parent_span_id` | `parentSpanId` of our topmost span (then no root of ours) |
+| `parent_span_id` (16 hex, any case) | `parentSpanId` of our root (the root stays) |
+| `parent_span_id` (any other form) | no parent; kept in `broadcast.parent_span_id` (noted) |
 | `status: error` | `status` ERROR + message on every span; `exception` event on generation |
 
 Each span is the child of the one above it in this table.
@@ -15,7 +16,9 @@ Each span is the child of the one above it in this table.
 Ids: the trace id comes from (grouping id, destination id), so requests sharing a
 `trace_id` share one OTLP trace per destination; span ids come from (request id,
 destination id, level), so a retry re-sends the same ids and the vendor de-duplicates.
-Each request sends its own root span, so a grouped trace has one root per request.
+Each request sends its own root span, so a grouped trace has one root per request, each
+with its own times; with `parent_span_id` the root hangs under the caller's span, so
+`trace_name` never vanishes.
 
 A caller's `trace_id` that already is a valid OTLP trace id (32 lowercase hex, not all
 zeros) is used verbatim: that is the only way a `parent_span_id` from the caller's own
@@ -40,7 +43,8 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from destinations.ids import derived_hex
+from destinations.base import DeliveryContext
+from destinations.ids import derived_hex, otlp_span_id
 from destinations.otlp.encoding import attributes
 from destinations.trace import Trace
 
@@ -48,6 +52,9 @@ SCOPE_NAME = "broadcast"
 SCOPE_VERSION = "1.0.0"
 SERVICE_NAME = "broadcast"
 ORIGINAL_TRACE_ID = "broadcast.trace.id"
+ORIGINAL_PARENT_SPAN_ID = "broadcast.parent_span_id"
+CONNECTION_TEST_NAME = "broadcast connection test"
+CONNECTION_TEST_ATTRIBUTE = "broadcast.connection_test"
 
 _OTLP_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -103,14 +110,14 @@ def generation_span_name(trace: Trace) -> str:
 def hierarchy(trace: Trace, destination_id: str) -> Hierarchy:
     """Pure: the spans to send for `trace` to `destination_id` (see the module table)."""
     meta = trace.metadata
-    spans: list[PlannedSpan] = []
-    parent = meta.parent_span_id
-    if parent is None:
-        root = PlannedSpan(
-            Level.TRACE, trace.trace_name, span_id(trace, destination_id, Level.TRACE), None
-        )
-        spans.append(root)
-        parent = root.span_id
+    root = PlannedSpan(
+        Level.TRACE,
+        trace.trace_name,
+        span_id(trace, destination_id, Level.TRACE),
+        otlp_span_id(meta.parent_span_id),
+    )
+    spans: list[PlannedSpan] = [root]
+    parent = root.span_id
     if meta.span_name:
         middle = PlannedSpan(
             Level.SPAN, meta.span_name, span_id(trace, destination_id, Level.SPAN), parent
@@ -145,6 +152,8 @@ def export_request(
         values = dict(dialect(trace, planned))
         if trace.metadata.trace_id:
             values.setdefault(ORIGINAL_TRACE_ID, trace.metadata.trace_id)
+        if planned.level is Level.TRACE and parent_span_note(trace):
+            values.setdefault(ORIGINAL_PARENT_SPAN_ID, trace.metadata.parent_span_id)
         span = Span(
             trace_id=bytes.fromhex(plan.trace_id),
             span_id=bytes.fromhex(planned.span_id),
@@ -163,6 +172,12 @@ def export_request(
         if trace.is_error and planned.level is Level.GENERATION:
             span.events.append(_exception_event(trace, end))
         spans.append(span)
+    return _single_resource(spans, resource)
+
+
+def _single_resource(
+    spans: list[Span], resource: Mapping[str, Any] | None
+) -> ExportTraceServiceRequest:
     return ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(
@@ -178,6 +193,36 @@ def export_request(
             )
         ]
     )
+
+
+def connection_test_export(
+    context: DeliveryContext, resource: Mapping[str, Any] | None = None
+) -> ExportTraceServiceRequest:
+    """Pure: one INTERNAL span named `CONNECTION_TEST_NAME`, marked
+    `broadcast.connection_test=true`, at `context.now`, in a trace of its own derived from
+    the destination id."""
+    destination_id = context.destination_id
+    at = unix_nanos(context.now)
+    span = Span(
+        trace_id=bytes.fromhex(derived_hex(destination_id, CONNECTION_TEST_NAME, nbytes=16)),
+        span_id=bytes.fromhex(derived_hex(destination_id, CONNECTION_TEST_NAME, nbytes=8)),
+        name=CONNECTION_TEST_NAME,
+        kind=Span.SpanKind.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=at,
+        end_time_unix_nano=at,
+        attributes=attributes({CONNECTION_TEST_ATTRIBUTE: True}),
+        status=Status(code=Status.StatusCode.STATUS_CODE_OK),
+    )
+    return _single_resource([span], resource)
+
+
+def parent_span_note(trace: Trace) -> str | None:
+    """What the delivery log should say when the caller's `parent_span_id` is not an OTLP
+    span id and so could not parent our spans; None when it could (or there is none)."""
+    given = trace.metadata.parent_span_id
+    if given is None or otlp_span_id(given) is not None:
+        return None
+    return "parent_span_id is not a 16-hex span id: sent without a parent"
 
 
 def unix_nanos(moment: datetime) -> int:

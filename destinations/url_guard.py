@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 # Cloud metadata endpoints that are not already covered by link-local (169.254.0.0/16).
@@ -27,11 +28,38 @@ class BlockedUrl(ValueError):
     """The URL or the address it resolves to is not allowed by the network policy."""
 
 
+# (host, port) -> the addresses the name resolves to.
+Resolver = Callable[[str, int], list[str]]
+
+# Prefixes whose addresses carry an IPv4 address in their last 32 bits (RFC 6052 NAT64,
+# the deprecated IPv4-compatible and the SIIT IPv4-translated forms); the embedded address
+# is what a translator on the path would connect to.
+_EMBEDDING_V4_IN_LOW_32 = (
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
+)
+# Local-use NAT64 (RFC 8215): the operator's own translators, never public.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+# ISATAP interface identifiers (RFC 5214): ...:0:5efe:a.b.c.d or ...:200:5efe:a.b.c.d.
+_ISATAP_IDS = (0x00005EFE, 0x02005EFE)
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, through the operating system."""
+    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
 @dataclass(frozen=True)
 class NetworkPolicy:
-    """`allow_private_networks` lifts both rules, for on-premise installs, the demo and tests."""
+    """`allow_private_networks` lifts both rules, for on-premise installs, the demo and tests.
+
+    `resolver` is how names become addresses (the system's by default; tests inject one
+    to show which address a connection really goes to).
+    """
 
     allow_private_networks: bool = False
+    resolver: Resolver = field(default=system_resolver, compare=False, repr=False)
 
 
 def check_url(url: str, policy: NetworkPolicy) -> None:
@@ -41,7 +69,8 @@ def check_url(url: str, policy: NetworkPolicy) -> None:
     """
     check_url_form(url, policy)
     parts = urlsplit(url)
-    resolve_public_address(parts.hostname or "", parts.port or 443, policy)
+    default_port = 443 if parts.scheme == "https" else 80
+    resolve_public_address(parts.hostname or "", parts.port or default_port, policy)
 
 
 def check_url_form(url: str, policy: NetworkPolicy) -> None:
@@ -51,6 +80,12 @@ def check_url_form(url: str, policy: NetworkPolicy) -> None:
         raise BlockedUrl("must be an absolute http(s) URL")
     if parts.username or parts.password:
         raise BlockedUrl("must not carry credentials; put them in the secret config fields")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0  # out of 0..65535, or not a number
+    if port == 0:
+        raise BlockedUrl("has an invalid port (must be 1 to 65535)")
     if parts.scheme != "https" and not policy.allow_private_networks:
         raise BlockedUrl("must use https")
 
@@ -62,8 +97,7 @@ def resolve_public_address(host: str, port: int, policy: NetworkPolicy) -> str:
     private answer is refused as a whole. Raises `BlockedUrl`, or `OSError` when the name
     does not resolve.
     """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses = [info[4][0] for info in infos]
+    addresses = policy.resolver(host, port)
     if not addresses:
         raise OSError(f"{host} did not resolve")
     if not policy.allow_private_networks:
@@ -74,9 +108,58 @@ def resolve_public_address(host: str, port: int, policy: NetworkPolicy) -> str:
 
 
 def is_public_address(address: str) -> bool:
+    """Whether `address` is a public unicast address.
+
+    An IPv6 address that carries an IPv4 address (mapped, compatible, translated, NAT64,
+    6to4) is judged by the IPv4 address, which is where a translator on the path connects:
+    Python calls `64:ff9b::7f00:1` global although it reaches 127.0.0.1. Tunnels whose
+    far end the address cannot vouch for (Teredo, ISATAP, local-use NAT64) are refused.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo is not None or ip in _LOCAL_NAT64 or _is_isatap(ip):
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return _is_public(embedded)
+    return _is_public(ip)
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if ip in _METADATA_ADDRESSES:
         return False
     return ip.is_global and not ip.is_multicast
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in network for network in _EMBEDDING_V4_IN_LOW_32):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _is_isatap(ip: ipaddress.IPv6Address) -> bool:
+    return (int(ip) >> 32) & 0xFFFFFFFF in _ISATAP_IDS
+
+
+def pinned_connection_class(base: type, policy: NetworkPolicy) -> type:
+    """A subclass of the urllib3 connection class `base` that resolves its host through
+    `policy`, checks the address and connects to exactly that address.
+
+    Only the address used for the socket changes: the Host header, TLS SNI and certificate
+    verification still use the host name of the URL.
+    """
+
+    class PinnedConnection(base):  # type: ignore[misc, valid-type]
+        def _new_conn(self):  # urllib3's hook that opens the socket
+            hostname = self._dns_host
+            self._dns_host = resolve_public_address(hostname, self.port, policy)
+            try:
+                return super()._new_conn()
+            finally:
+                self._dns_host = hostname
+
+    return PinnedConnection

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -111,3 +112,43 @@ def error_event(index: int = 0, **overrides: Any) -> dict[str, Any]:
     event["usage"] = {"prompt_tokens": 21, "completion_tokens": 0, "total_tokens": 21}
     event.update(overrides)
     return event
+
+
+def destination_configs(
+    url: str, secret: str = "SeCrEt0123456789abcdef"
+) -> dict[str, dict[str, Any]]:
+    """A working config per destination type, every URL field at `url`, every credential
+    distinct and containing `secret` (the Langfuse secret key is `secret` itself)."""
+    basic = base64.b64encode(f"user:{secret}".encode()).decode()
+    return {
+        "arize": {
+            "api_key": "arz_" + secret,
+            "space_key": "space1",
+            "model_id": "m",
+            "base_url": url,
+        },
+        "braintrust": {"api_key": "bt_" + secret, "project_id": "p1", "base_url": url},
+        "datadog": {"api_key": "dd" + secret, "ml_app": "app", "url": url},
+        "dynatrace": {"api_token": "dt0c01." + secret, "environment_url": url},
+        "grafana": {"api_key": "glc_" + secret, "instance_id": "123456", "base_url": url},
+        "langfuse": {"public_key": "pk-lf-public0123", "secret_key": secret, "base_url": url},
+        "langsmith": {"api_key": "lsv2_" + secret, "endpoint": url},
+        "newrelic": {"license_key": "nr" + secret, "endpoint": url + "/v1/traces"},
+        "otel-collector": {
+            "endpoint": url + "/v1/traces",
+            "headers": {"Authorization": "Basic " + basic, "X-Token": "t" + secret},
+        },
+        "phoenix": {"endpoint": url, "api_key": "px" + secret},
+        "s3": {
+            "bucket": "bucket-1",
+            "endpoint_url": url,
+            "access_key_id": "AKIAEXAMPLE",
+            "secret_access_key": "s3" + secret,
+        },
+        "weave": {"api_key": "wb" + secret, "entity": "e", "project": "p", "base_url": url},
+        "webhook": {
+            "url": url + "/hook",
+            "headers": {"Authorization": "Bearer wh" + secret},
+            "signing_secret": "whsec_" + base64.b64encode(secret.encode().ljust(32, b"0")).decode(),
+        },
+    }

@@ -1,8 +1,9 @@
 """Encryption of destination secrets at rest (MultiFernet, so keys rotate).
 
 `BROADCAST_ENCRYPTION_KEYS` holds comma-separated Fernet keys; the first encrypts, all
-decrypt. To rotate: put a new key first, keep the old ones until `rotate()` re-encrypted
-every stored secret, then drop them. There is no plaintext fallback: no keys, no start.
+decrypt. To rotate: put a new key first, keep the old ones until `broadcast keys rotate`
+(settings/key_rotation.py) re-encrypted every stored secret, then drop them. There is
+no plaintext fallback: no keys, no start.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class SecretBox:
                 "Generate a key with `broadcast keys generate` and set it in the environment."
             )
         try:
-            self._fernet = MultiFernet([Fernet(key.encode("ascii")) for key in keys])
+            fernets = [Fernet(key.encode("ascii")) for key in keys]
+            self._primary = fernets[0]
+            self._fernet = MultiFernet(fernets)
         except (ValueError, UnicodeEncodeError):
             raise ConfigurationError(
                 "BROADCAST_ENCRYPTION_KEYS holds a value that is not a Fernet key"
@@ -47,7 +50,22 @@ class SecretBox:
             ) from None
 
     def rotate(self, token: str) -> str:
-        return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+        """`token` re-encrypted with the first key. Raises `SecretsCorrupted` when no
+        configured key decrypts it."""
+        try:
+            return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+        except InvalidToken:
+            raise SecretsCorrupted(
+                "stored secrets do not decrypt with any configured key"
+            ) from None
+
+    def is_current(self, token: str) -> bool:
+        """Whether `token` is encrypted with the first key (nothing to rotate)."""
+        try:
+            self._primary.decrypt(token.encode("ascii"))
+        except InvalidToken:
+            return False
+        return True
 
 
 def generate_key() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from destinations.trace import Trace
@@ -69,8 +71,8 @@ def test_privacy_drops_content_and_keeps_the_rest():
         (chat_event(2, model=None), "event gen-000002 rejected: model: Field may not be null."),
         ({**chat_event(3), "id": None}, "event (no id) rejected: id: Field may not be null."),
         (
-            chat_event(4, trace={"parent_span_id": "nothex"}),
-            "event gen-000004 rejected: trace.parent_span_id: Must be 16 lowercase hex characters.",
+            chat_event(4, trace={"parent_span_id": "x" * 257}),
+            "event gen-000004 rejected: trace.parent_span_id: Length must be between 1 and 256.",
         ),
         (
             chat_event(5, started_at="yesterday"),
@@ -97,3 +99,30 @@ def test_invalid_events_name_the_field_and_the_id(event, expected):
 
 def test_unknown_top_level_fields_are_ignored():
     assert build_trace(chat_event(1, future_field={"x": 1})).request_id == "gen-000001"
+
+
+@pytest.mark.parametrize(
+    "parent",
+    ["00f067aa0ba902b7", "00F067AA0BA902B7", "9b2d3c1e-8f6a-4f7e-9c1d-2a3b4c5d6e7f", "obs_42"],
+)
+def test_parent_span_id_is_accepted_in_any_form(parent):
+    assert build_trace(chat_event(1, trace={"parent_span_id": parent})).metadata.parent_span_id == (
+        parent
+    )
+
+
+def test_lone_surrogates_become_replacement_characters():
+    # What `json.loads` makes of a body with an unpaired `\\ud83d` escape.
+    event = json.loads(json.dumps(chat_event(1)).replace("What is", "What \\ud83d is"))
+    event["trace"] = {"trace_name": "bad \ud800", "note\udfff": "x"}
+    trace = build_trace(event)
+    texts = [m.content for m in trace.input_messages]
+    assert any("What \ufffd is" in (text or "") for text in texts)
+    assert trace.metadata.trace_name == "bad \ufffd"
+    assert trace.metadata.extra == {"note\ufffd": "x"}
+    json.dumps(trace.to_wire(), ensure_ascii=False).encode("utf-8")  # encodable everywhere
+
+
+def test_api_key_name_reaches_the_trace():
+    assert build_trace(chat_event(1, api_key_name="prod key")).api_key_name == "prod key"
+    assert build_trace(chat_event(2)).api_key_name is None

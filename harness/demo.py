@@ -79,7 +79,7 @@ def report(service: Any, destinations: dict[str, str], expected: int) -> list[di
                 "destination": name,
                 "delivered": counters["delivered"],
                 "retried": counters["retried"],
-                "parked": counters["parked"],
+                "dropped": counters["dropped_overflow"],
                 "failed": counters["failed"],
                 "median_latency_ms": round(statistics.median(latencies), 1) if latencies else None,
                 "worst_latency_ms": round(max(latencies), 1) if latencies else None,
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         ) as stack,
         receiver.server,
     ):
+        from settings.runtime import runtime
         from tasks import broadcast
-        from tasks.runtime import runtime
 
         service = runtime().service
         assert stack.moto is not None
@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         destinations = {"webhook": webhook["id"], "s3": s3["id"]}
         print(f"configured {OWNER}: webhook {webhook['id']}, s3 {s3['id']}", flush=True)
+        print(
+            "the demo webhook fails on purpose: it answers 503 to the first attempt of every "
+            "tenth request, so you see retries (and the circuit opening) in the report",
+            flush=True,
+        )
 
         events = sample_events(args.events)
         started = time.monotonic()
@@ -160,14 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\nall deliveries settled in {elapsed:.1f} s\n")
             header = (
-                f"{'destination':<12}{'delivered':>10}{'retried':>9}{'parked':>8}{'failed':>8}"
+                f"{'destination':<12}{'delivered':>10}{'retried':>9}{'dropped':>8}{'failed':>8}"
                 f"{'median ms':>11}{'worst ms':>10}"
             )
             print(header)
             for row in rows:
                 print(
                     f"{row['destination']:<12}{row['delivered']:>10}{row['retried']:>9}"
-                    f"{row['parked']:>8}{row['failed']:>8}{row['median_latency_ms']:>11}"
+                    f"{row['dropped']:>8}{row['failed']:>8}{row['median_latency_ms']:>11}"
                     f"{row['worst_latency_ms']:>10}"
                 )
             print(
@@ -175,7 +180,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"bad: {receiver.bad_signatures}"
             )
             for entry in rejected:
-                print(f"rejected event {entry['id']}: {entry['reason']}")
+                # The whole reason, however long: it names every field that failed.
+                print(f"rejected event {entry['id']} (on purpose):\n    {entry['reason']}")
+            print(f"\n$ broadcast status --owner {OWNER}")
+            from settings.cli import main as cli
+
+            cli(["status", "--owner", OWNER], service=service)
+            print(
+                "\nNext, on your own install: `broadcast status` (every owner), "
+                "`broadcast deliveries DESTINATION_ID` (each attempt), `broadcast rejected`."
+            )
         ok = all(row["delivered"] == len(events) for row in rows) and not receiver.bad_signatures
     print("stopped the local Redis, moto, worker and beat.")
     return 0 if ok else 1

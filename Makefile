@@ -1,10 +1,11 @@
 # `make demo` and `make test` do all their own set-up: redis-server (Debian package) and a
 # virtualenv with the project and its test extras.
 VENV := .venv
+MLFLOW_VENV := .venv-mlflow
 PY := $(VENV)/bin/python
 EXTRA_REQUIREMENTS := $(wildcard tests/requirements-*.txt)
 
-.PHONY: demo test bench lint setup redis-server
+.PHONY: demo test bench lint setup redis-server rabbitmq-server wheel-smoke
 
 demo: setup
 	$(PY) -m harness.demo
@@ -12,13 +13,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# The built wheel, installed into a fresh virtualenv, driven from outside the repository.
+wheel-smoke: setup
+	bash .ci/wheel_smoke.sh
+
 bench: setup
 	$(PY) bench/bench.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
-setup: redis-server $(VENV)/.installed
+setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS)
 	python3 -m venv $(VENV)
@@ -26,8 +31,22 @@ $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS)
 	$(PY) -m pip install --quiet -e '.[test,ops]' $(foreach f,$(EXTRA_REQUIREMENTS),-r $(f))
 	touch $@
 
+# The MLflow server for tests/test_otlp_mlflow_e2e.py, in its own venv: the full `mlflow`
+# package pins graphql-core below what arize-phoenix needs.
+$(MLFLOW_VENV)/.installed: tests/mlflow-server-requirements.txt
+	python3 -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet -r tests/mlflow-server-requirements.txt
+	touch $@
+
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server (Debian package) ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	}
+
+# RabbitMQ as the broker (tests/test_rabbitmq_broker.py); the tests start their own node.
+rabbitmq-server:
+	@command -v rabbitmq-server >/dev/null 2>&1 || test -x /usr/sbin/rabbitmq-server || { \
+		echo "installing rabbitmq-server (Debian package) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
 	}

@@ -8,51 +8,85 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from tqdm import tqdm
 
 from destinations.registry import known_types
+from settings import probes
+from settings.api_keys import ApiKeyError, ManagementKeys
 from settings.config import ConfigurationError
 from settings.crypto import SecretsCorrupted, generate_key
 from settings.dead_letters import DeadLetter
+from settings.key_rotation import rotate_all
+from settings.probes import Unhealthy
 from settings.service import SettingsError, SettingsService
 
 EXIT_REFUSED = 2
+# A health probe (`broadcast health ...`) that failed: what an orchestrator acts on.
+EXIT_UNHEALTHY = 1
 
 
 class Refused(Exception):
     """A mistake in the command line itself (bad JSON, unreadable file)."""
 
 
+class UsageError(Exception):
+    """argparse's complaint about the command line, reported like every other mistake."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises `UsageError` instead of printing usage and exiting, so `main` reports it in
+    the same one line (or JSON) as any other refusal. Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def main(argv: Sequence[str] | None = None, service: SettingsService | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args.handler is _keys_generate:
-            result = _keys_generate(None, args)
-        else:
-            result = args.handler(service or _service(), args)
-    except (SettingsError, ConfigurationError, Refused, SecretsCorrupted) as exc:
-        print(f"broadcast: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc), "--json" in argv, EXIT_REFUSED)
+    as_json = args.json or args.json_first
+    try:
+        result = args.handler((service or _service()) if args.needs_service else None, args)
+    except (SettingsError, ConfigurationError, Refused, SecretsCorrupted, ApiKeyError) as exc:
+        return _fail(str(exc), as_json, EXIT_REFUSED)
     except redis.ConnectionError:
-        print(
-            "broadcast: error: cannot reach the settings store (BROADCAST_STORE_URL)",
-            file=sys.stderr,
-        )
-        return EXIT_REFUSED
-    _print(result, args.json, args.render)
+        return _fail("cannot reach the settings store (BROADCAST_STORE_URL)", as_json, EXIT_REFUSED)
+    except Unhealthy as exc:
+        return _fail(str(exc), as_json, EXIT_UNHEALTHY)
+    try:
+        _print(result, as_json, args.render)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`broadcast ... | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's flush at exit does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
+def _fail(message: str, as_json: bool, status: int) -> int:
+    """One line on stderr (`broadcast: error: ...`), or `{"error": {"message": ...}}`."""
+    if as_json:
+        print(json.dumps({"error": {"message": message}}), file=sys.stderr)
+    else:
+        print(f"broadcast: error: {message}", file=sys.stderr)
+    return status
+
+
 def _service() -> SettingsService:
-    from tasks.runtime import runtime
+    from settings.runtime import runtime
 
     return runtime().service
 
@@ -85,6 +119,9 @@ def _destination_add(service: SettingsService, args: argparse.Namespace) -> dict
         exclude_api_keys=_split(args.exclude_api_keys),
         sampling_rate=args.sampling,
         privacy=args.privacy,
+        filter_rules=(
+            _json_object(args.filter_rules, "--filter-rules") if args.filter_rules else None
+        ),
         actor=args.actor,
     )
 
@@ -101,6 +138,11 @@ def _destination_update(service: SettingsService, args: argparse.Namespace) -> d
         sampling_rate=args.sampling,
         privacy=args.privacy,
         enabled=args.enabled,
+        filter_rules=(
+            _json_object(args.filter_rules, "--filter-rules")
+            if args.filter_rules is not None
+            else None
+        ),
         actor=args.actor,
     )
 
@@ -134,7 +176,7 @@ def _deliveries(service: SettingsService, args: argparse.Namespace) -> list[dict
 
 
 def _rejected(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
-    return service.rejected_events(args.owner, limit=args.limit)
+    return service.rejected_events(args.owner, limit=args.limit, actor=args.actor)
 
 
 def _notify_set(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
@@ -196,6 +238,72 @@ def _keys_generate(_service: None, _args: argparse.Namespace) -> dict[str, str]:
     return {"key": generate_key()}
 
 
+def _keys_rotate(service: SettingsService, _args: argparse.Namespace) -> dict[str, int]:
+    return rotate_all(service.store, service.box).as_dict()
+
+
+# Operations: probes for an orchestrator and the metrics endpoint (no settings service).
+
+
+def _health_worker(_service: None, args: argparse.Namespace) -> dict[str, Any]:
+    from settings.runtime import runtime
+
+    return probes.check_worker(runtime().task_client, node=args.node, timeout=args.timeout)
+
+
+def _health_beat(_service: None, args: argparse.Namespace) -> dict[str, Any]:
+    from settings.runtime import runtime
+
+    return probes.check_beat(
+        runtime().store.redis, max_age_seconds=args.max_age, now=time.time()
+    )
+
+
+def _health_store(_service: None, _args: argparse.Namespace) -> dict[str, Any]:
+    from settings.runtime import runtime
+
+    return probes.check_store(runtime().store.redis)
+
+
+def _metrics_serve(_service: None, args: argparse.Namespace) -> dict[str, Any]:
+    from settings import metrics
+
+    metrics.serve(args.host, args.port)
+    return {"stopped": True}
+
+
+def _api_keys_create(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    service.authorize(args.owner, actor=args.actor)
+    created = ManagementKeys(service.store.redis).create(args.owner, args.name or "")
+    return {
+        **asdict(created.key),
+        "key": created.token,
+        "note": "shown once: only its hash is stored",
+    }
+
+
+def _api_keys_list(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    service.authorize(args.owner, actor=args.actor)
+    return [asdict(key) for key in ManagementKeys(service.store.redis).list(args.owner)]
+
+
+def _api_keys_revoke(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    keys = ManagementKeys(service.store.redis)
+    found = keys.get(args.key_id)
+    if found is None:
+        raise Refused(f"no management key {args.key_id!r}")
+    service.authorize(found.owner, actor=args.actor)
+    key = keys.revoke(args.key_id)
+    return {"id": key.id, "owner": key.owner, "revoked": True}
+
+
+def _serve(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    from settings.http_api import serve
+
+    serve(service, args.host, args.port)
+    return {"stopped": f"http://{args.host}:{args.port}"}
+
+
 # Rendering
 
 
@@ -209,6 +317,8 @@ def _render_destination(d: dict[str, Any]) -> str:
         filters.append(f"sampling={d['sampling_rate']:g}")
     if d["privacy"]:
         filters.append("privacy")
+    if d.get("filter_rules"):
+        filters.append("filter-rules")
     lines = [
         f"{d['id']}  {d['type']}  {d['name']!r}  owner={d['owner']}  "
         f"{'enabled' if d['enabled'] else 'disabled'}  health={d['health']}"
@@ -225,17 +335,21 @@ def _render_status(row: dict[str, Any]) -> str:
         f"{'' if row['owner_enabled'] else ' (broadcast off)'}  "
         f"{'enabled' if row['enabled'] else 'disabled'}  health={row['health']}\n"
         f"    delivered={c['delivered']} retried={c['retried']} failed={c['failed']} "
-        f"filtered_by_key={c['filtered_by_key']} sampled_out={c['sampled_out']} "
-        f"parked={c['parked']} "
+        f"filtered_by_key={c['filtered_by_key']} "
+        f"filtered_by_rule={c.get('filtered_by_rule', 0)} sampled_out={c['sampled_out']} "
+        f"dropped_overflow={c['dropped_overflow']} "
+        f"skipped(disabled)={c['skipped_disabled'] + c['skipped_owner_disabled']} "
         f"rejected_events(owner)={row['owner_rejected_events']}"
     )
     line += (
-        f"\n    circuit={row['circuit']} parked_now={row['parked']} "
-        f"dead_letters={row['dead_letters']} last_check={row['checked_at'] or '-'} "
-        f"next_check={row['next_check'] or '-'}"
+        f"\n    delivery: {row['delivery']}"
+        + (f" until {row['next_attempt']}" if row["next_attempt"] else "")
+        + f"  circuit={row['circuit']} backlog={row['backlog']} in_flight={row['in_flight']}"
+        f" dead_letters={row['dead_letters']}"
     )
-    if row["parked"]:
-        line += f" next_parked_due={row['next_parked_due']}"
+    if row["oldest_waiting_since"]:
+        line += f" oldest_waiting_since={row['oldest_waiting_since']}"
+    line += f"\n    last_check={row['checked_at'] or '-'} next_check={row['next_check'] or '-'}"
     if row["health_reason"]:
         line += f"\n    health reason: {row['health_reason']}"
     if row["last_error"]:
@@ -264,16 +378,21 @@ def _render_replay(result: dict[str, Any]) -> str:
 
 
 def _render_attempt(entry: dict[str, Any]) -> str:
-    text = (
-        f"{entry['at']}  {entry['request_id']}  attempt {entry['attempt']}  "
-        f"{entry['outcome']}  status={entry['status_code']}  {entry['duration_ms']:.0f}ms"
-    )
+    count = entry.get("traces", 1)
+    requests = entry["request_id"] + (f" (+{count - 1} more)" if count > 1 else "")
+    text = f"{entry['at']}  {requests}  {entry['outcome']}"
+    if entry.get("status_code") is not None or entry.get("duration_ms") is not None:
+        text += f"  status={entry.get('status_code')}  {entry.get('duration_ms') or 0:.0f}ms"
     if entry.get("next"):
         text += f"  next={entry['next']}"
     if entry.get("error"):
         text += f"\n    {entry['error']}"
     for item in entry.get("rejected") or ():
         text += f"\n    rejected: {item}"
+    for note in entry.get("notes") or ():
+        text += f"\n    note: {note}"
+    for request_id, fate in (entry.get("items") or {}).items():
+        text += f"\n    {request_id}: {fate}"
     return text
 
 
@@ -298,18 +417,23 @@ def _print(result: Any, as_json: bool, render: Callable[[Any], str] | None) -> N
 
 
 def _config(raw: str) -> dict[str, Any]:
+    return _json_object(raw, "--config")
+
+
+def _json_object(raw: str, flag: str) -> dict[str, Any]:
+    """A JSON object given inline or as @file."""
     text = raw
     if raw.startswith("@"):
         try:
             text = Path(raw[1:]).read_text()
         except OSError as exc:
-            raise Refused(f"--config: cannot read {raw[1:]}: {exc.strerror}") from None
+            raise Refused(f"{flag}: cannot read {raw[1:]}: {exc.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise Refused(f"--config is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise Refused(f"{flag} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(value, dict):
-        raise Refused("--config must be a JSON object")
+        raise Refused(f"{flag} must be a JSON object")
     return value
 
 
@@ -347,13 +471,16 @@ def _split(raw: str | None) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON")
     common.add_argument("--actor", help="act as user:ID (permissions checked); default: operator")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="broadcast", description="Configure and inspect Broadcast destinations."
     )
+    # `--json` is accepted before the command too; its own dest, because a subcommand's
+    # default would overwrite a shared one.
+    parser.add_argument("--json", dest="json_first", action="store_true", help="print JSON")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(
@@ -364,7 +491,7 @@ def _parser() -> argparse.ArgumentParser:
         render: Callable[[Any], str] | None = None,
     ) -> argparse.ArgumentParser:
         sub = group.add_parser(name, parents=[common], help=help_text, description=help_text)
-        sub.set_defaults(handler=handler, render=render)
+        sub.set_defaults(handler=handler, render=render, needs_service=True)
         return sub
 
     for name, handler, text in (
@@ -399,6 +526,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--exclude-api-keys", help="never these API key ids (comma-separated)")
     add.add_argument("--sampling", type=float, default=1.0, help="rate in (0, 1]")
     add.add_argument("--privacy", action="store_true", help="drop prompts and completions")
+    add.add_argument("--filter-rules", help="filter rules JSON object, or @file")
 
     update = command(
         destination,
@@ -415,6 +543,7 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--sampling", type=float)
     update.add_argument("--privacy", action=argparse.BooleanOptionalAction, default=None)
     update.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
+    update.add_argument("--filter-rules", help="filter rules JSON object, or @file; {} removes")
 
     command(
         destination, "list", _destination_list, "list an owner's destinations", _render_destination
@@ -476,12 +605,65 @@ def _parser() -> argparse.ArgumentParser:
         if name == "dead-letters":
             sub.add_argument("--limit", type=int)
 
-    command(commands, "types", _types, "destination types available")
+    command(commands, "types", _types, "destination types available").set_defaults(
+        needs_service=False
+    )
     keys = commands.add_parser("keys", help="encryption keys").add_subparsers(
         dest="keys_command", required=True
     )
-    command(keys, "generate", _keys_generate, "print a new encryption key")
+    command(
+        keys, "generate", _keys_generate, "print a new encryption key", lambda r: r["key"]
+    ).set_defaults(needs_service=False)
+    command(
+        keys,
+        "rotate",
+        _keys_rotate,
+        "re-encrypt every stored secret with the first key of BROADCAST_ENCRYPTION_KEYS",
+    )
+    _operations_commands(commands, command)
+
+    api_keys = commands.add_parser(
+        "api-keys", help="management keys of the HTTP API"
+    ).add_subparsers(dest="api_keys_command", required=True)
+    create = command(
+        api_keys, "create", _api_keys_create, "create a management key (printed once)"
+    )
+    create.add_argument("--owner", required=True, help="user:ID or org:ID the key acts as")
+    create.add_argument("--name", help="a label to recognise the key by")
+    command(api_keys, "list", _api_keys_list, "an owner's management keys").add_argument(
+        "--owner", required=True
+    )
+    command(api_keys, "revoke", _api_keys_revoke, "revoke a management key").add_argument(
+        "key_id"
+    )
+
+    serve = command(commands, "serve", _serve, "run the management HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
     return parser
+
+
+def _operations_commands(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    """`broadcast health worker|beat|store` (exit 0 or 1) and `broadcast metrics serve`."""
+    health = commands.add_parser(
+        "health", help="liveness/readiness probes: exit 0 when healthy, 1 when not"
+    ).add_subparsers(dest="health_command", required=True)
+    worker = command(health, "worker", _health_worker, "a worker answers a Celery ping")
+    worker.add_argument("--node", help="worker node name (`fanout` means fanout@this host)")
+    worker.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    beat = command(health, "beat", _health_beat, "beat's sweep ran recently")
+    beat.add_argument(
+        "--max-age", type=float, default=60.0, help="seconds since the last sweep (default 60)"
+    )
+    store = command(health, "store", _health_store, "the settings store answers")
+    metrics = commands.add_parser("metrics", help="Prometheus metrics").add_subparsers(
+        dest="metrics_command", required=True
+    )
+    serve = command(metrics, "serve", _metrics_serve, "serve /metrics (read from Redis)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9808)
+    for sub in (worker, beat, store, serve):
+        sub.set_defaults(needs_service=False)
 
 
 if __name__ == "__main__":

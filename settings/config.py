@@ -27,29 +27,60 @@ class BroadcastConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     delivery_log_size: int = 200
-    # Short retry tier (seconds): base and cap of the exponential backoff, and how many.
+    # Short retry tier (seconds): a destination's backoff after a retryable failure is
+    # exponential with full jitter from the base, capped; Retry-After is a floor.
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 120.0
-    max_short_retries: int = 6
-    # Long retry tier: the waits between attempts of a parked delivery (about a day in all).
-    park_schedule_seconds: tuple[float, ...] = (300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
     # Circuit per destination: this many retryable failures within the window open it; an
-    # open circuit lets one probe through per interval.
+    # open circuit probes the vendor with one trace after each wait of the probe schedule
+    # (the last wait repeats) while the backlog waits in Redis.
     circuit_failures: int = 5
     circuit_window_seconds: float = 60.0
-    circuit_probe_seconds: float = 30.0
-    # Parked deliveries a sweep re-queues per destination (the drain rate after recovery).
-    drain_per_sweep: int = 50
-    # How long a swept delivery is leased before it may be swept again.
-    claim_lease_seconds: float = 600.0
+    probe_schedule_seconds: tuple[float, ...] = (30.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+    # A trace not delivered this long after fan-out accepted it is dead-lettered.
+    retry_horizon_seconds: float = 86400.0
+    # Deliver tasks working on one destination at once (requests in flight).
+    max_in_flight: int = 4
+    # Seconds one deliver task keeps claiming batches before it hands over to a new task,
+    # and how long it waits for a next trace before it leaves (it takes one the moment it
+    # arrives: no trace waits for it).
+    task_slice_seconds: float = 10.0
+    task_linger_seconds: float = 0.25
+    # Backlog bounds per destination, and the budget of trace bytes that lagging backlogs
+    # may retain in all; past them the oldest entries of whoever is furthest behind drop.
+    backlog_max_entries: int = 1_000_000
+    backlog_max_bytes: int = 1024 * 1024 * 1024
+    trace_budget_bytes: int = 4 * 1024 * 1024 * 1024
+    # A stored trace lives this long unless a lagging backlog retains it (beat's sweep
+    # retains the traces of entries older than `trace_retain_after_seconds`).
+    trace_ttl_seconds: float = 300.0
+    trace_retain_after_seconds: float = 60.0
+    # Redis broker: an unacknowledged message (a killed worker's) comes back after this. It
+    # must exceed the longest task (150 s) plus the longest retry countdown (the cap).
+    visibility_timeout_seconds: float = 300.0
+    # How often beat sweeps the backlogs (kicks, retention, expiry, bounds).
+    sweep_interval_seconds: float = 10.0
+    # Celery's task-sent events cost the gateway a second broker write per `.delay()`.
+    send_sent_events: bool = False
     # Credentials rejected for this long: the destination is disabled.
     auth_failed_disable_seconds: float = 3 * 86400.0
     dead_letter_retention_seconds: float = 7 * 86400.0
     # Re-validation of credentials (beat): every destination, and rejected ones more often.
     revalidate_seconds: float = 6 * 3600.0
     auth_failed_recheck_seconds: float = 900.0
+    # A deliver task's entries are reclaimed by another task when it stays silent this long
+    # (a killed worker's work resumes after it): above the longest vendor request.
+    claim_lease_seconds: float = 90.0
     # Dead letters of one destination that trigger a notification to its owner.
     dead_letter_notify_threshold: int = 10
+    # Limits on a gateway's event (settings/event_limits.py); the broker codec enforces the
+    # depth and size limits where a message is decoded.
+    event_max_depth: int = 64
+    event_max_bytes: int = 16 * 1024 * 1024
+    event_max_messages: int = 10_000
+    event_max_string_chars: int = 8 * 1024 * 1024
+    # Log lines as text, or one JSON object per line (settings/log_format.py).
+    log_format: str = "text"
 
 
 # Setting name -> environment variable.
@@ -63,18 +94,32 @@ ENVIRONMENT = {
     "delivery_log_size": "BROADCAST_DELIVERY_LOG_SIZE",
     "retry_base_seconds": "BROADCAST_RETRY_BASE_SECONDS",
     "retry_cap_seconds": "BROADCAST_RETRY_CAP_SECONDS",
-    "max_short_retries": "BROADCAST_MAX_SHORT_RETRIES",
-    "park_schedule_seconds": "BROADCAST_PARK_SCHEDULE_SECONDS",
     "circuit_failures": "BROADCAST_CIRCUIT_FAILURES",
     "circuit_window_seconds": "BROADCAST_CIRCUIT_WINDOW_SECONDS",
-    "circuit_probe_seconds": "BROADCAST_CIRCUIT_PROBE_SECONDS",
-    "drain_per_sweep": "BROADCAST_DRAIN_PER_SWEEP",
-    "claim_lease_seconds": "BROADCAST_CLAIM_LEASE_SECONDS",
+    "probe_schedule_seconds": "BROADCAST_PROBE_SCHEDULE_SECONDS",
+    "retry_horizon_seconds": "BROADCAST_RETRY_HORIZON_SECONDS",
+    "max_in_flight": "BROADCAST_MAX_IN_FLIGHT",
+    "task_slice_seconds": "BROADCAST_TASK_SLICE_SECONDS",
+    "task_linger_seconds": "BROADCAST_TASK_LINGER_SECONDS",
+    "backlog_max_entries": "BROADCAST_BACKLOG_MAX_ENTRIES",
+    "backlog_max_bytes": "BROADCAST_BACKLOG_MAX_BYTES",
+    "trace_budget_bytes": "BROADCAST_TRACE_BUDGET_BYTES",
+    "trace_ttl_seconds": "BROADCAST_TRACE_TTL_SECONDS",
+    "trace_retain_after_seconds": "BROADCAST_TRACE_RETAIN_AFTER_SECONDS",
+    "sweep_interval_seconds": "BROADCAST_SWEEP_INTERVAL_SECONDS",
+    "visibility_timeout_seconds": "BROADCAST_VISIBILITY_TIMEOUT_SECONDS",
+    "send_sent_events": "BROADCAST_SEND_SENT_EVENTS",
     "auth_failed_disable_seconds": "BROADCAST_AUTH_FAILED_DISABLE_SECONDS",
     "dead_letter_retention_seconds": "BROADCAST_DEAD_LETTER_RETENTION_SECONDS",
     "revalidate_seconds": "BROADCAST_REVALIDATE_SECONDS",
     "auth_failed_recheck_seconds": "BROADCAST_AUTH_FAILED_RECHECK_SECONDS",
+    "claim_lease_seconds": "BROADCAST_CLAIM_LEASE_SECONDS",
     "dead_letter_notify_threshold": "BROADCAST_DEAD_LETTER_NOTIFY_THRESHOLD",
+    "event_max_depth": "BROADCAST_EVENT_MAX_DEPTH",
+    "event_max_bytes": "BROADCAST_EVENT_MAX_BYTES",
+    "event_max_messages": "BROADCAST_EVENT_MAX_MESSAGES",
+    "event_max_string_chars": "BROADCAST_EVENT_MAX_STRING_CHARS",
+    "log_format": "BROADCAST_LOG_FORMAT",
 }
 
 
@@ -103,6 +148,8 @@ def _parse(name: str, raw: str) -> Any:
     variable = ENVIRONMENT[name]
     default = getattr(BroadcastConfig, name)
     try:
+        if name == "log_format" and raw not in ("text", "json"):
+            raise ValueError(raw)
         if name == "encryption_keys":
             return tuple(key.strip() for key in raw.split(",") if key.strip())
         if isinstance(default, tuple):

@@ -6,7 +6,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
+
+from settings.filter_rules import RuleFilter, compile_rules
 
 OWNER_PATTERN = re.compile(r"^(user|org):[A-Za-z0-9_.@-]{1,128}$")
 
@@ -34,6 +37,8 @@ class DestinationRecord:
     enabled: bool = True
     created_at: str = ""
     updated_at: str = ""
+    # Validated `settings.filter_rules` rules; None (and records saved before) = no rules.
+    filter_rules: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -53,8 +58,8 @@ class Circuit(StrEnum):
 
 @dataclass(frozen=True)
 class HealthRecord:
-    """A destination's health. Times are ISO 8601 except the circuit's unix-seconds floats,
-    which the sweep compares with its clock."""
+    """A destination's health. Times are ISO 8601 except the unix-seconds floats of the
+    circuit and the backoff, which deliver tasks and the sweep compare with their clock."""
 
     status: Health = Health.HEALTHY
     reason: str = ""
@@ -65,6 +70,11 @@ class HealthRecord:
     circuit: Circuit = Circuit.CLOSED
     circuit_opened_at: float = 0.0
     probe_at: float = 0.0
+    # Short-tier backoff: no attempt before this time; failures since the last success.
+    backoff_until: float = 0.0
+    consecutive_failures: int = 0
+    # Failed probes since the circuit opened (indexes the probe schedule).
+    probe_step: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,28 @@ class Route:
     api_keys: frozenset[str]
     exclude_api_keys: frozenset[str]
     sampling_rate: float
+    # Not hashed: a dict is not hashable, and the id already identifies the route.
+    filter_rules: dict[str, Any] | None = field(default=None, hash=False)
+
+    @classmethod
+    def from_record(cls, record: DestinationRecord, health: HealthRecord) -> Route:
+        return cls(
+            id=record.id,
+            type=record.type,
+            enabled=record.enabled,
+            health=health.status,
+            circuit=health.circuit,
+            api_keys=frozenset(record.api_keys),
+            exclude_api_keys=frozenset(record.exclude_api_keys),
+            sampling_rate=record.sampling_rate,
+            filter_rules=record.filter_rules,
+        )
+
+    @cached_property
+    def rule_filter(self) -> RuleFilter | None:
+        """The compiled filter rules, built once per route, i.e. once per routing snapshot
+        (cached_property writes the instance dict, which a frozen dataclass allows)."""
+        return compile_rules(self.filter_rules)
 
 
 @dataclass(frozen=True)

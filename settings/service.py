@@ -10,6 +10,7 @@ Permissions: `actor=None` is the operator (the CLI on the server, trusted). An a
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -20,24 +21,42 @@ import marshmallow
 
 from destinations.base import ConnectionCheck, DeliveryContext, Destination
 from destinations.registry import UnknownDestinationType, destination_class
+from destinations.trace import Trace
 from destinations.transport import HttpTransport
 from destinations.url_guard import BlockedUrl, NetworkPolicy, check_url
+from settings.backlog import Backlog
 from settings.crypto import SecretBox
-from settings.dead_letters import DeadLetter
-from settings.health import HealthKeeper
+from settings.dead_letters import DeadLetter, DeadLetters
+from settings.filter_rules import FilterRulesError
+from settings.filter_rules import validate as validate_filter_rules
+from settings.health import HealthKeeper, Kick
 from settings.masking import MASK_PREFIX, is_mask_of, mask_secrets
-from settings.models import OWNER_PATTERN, DestinationRecord, Health
+from settings.models import OWNER_PATTERN, Circuit, DestinationRecord, Health, HealthRecord
+from settings.redaction import redact
 from settings.store import SettingsStore, TooManyDestinations
-
-# Hands a trace to the delivery queue: (destination id, trace wire dict, accepted at).
-EnqueueDelivery = Callable[[str, dict[str, Any], float], None]
+from settings.trace_store import TraceStore
 
 MAX_PER_TYPE = 5
+# A destination's config (secrets included) as JSON: far above any vendor's needs, far below
+# what would slow every fan-out and delivery that reads the record.
+MAX_CONFIG_BYTES = 64 * 1024
+# What an actor may do with an owner's settings (`SettingsService._authorize`).
+READ, CHANGE = "read", "change"
+# Rejected events read to filter for an actor without --owner (the store keeps at most 500).
+REJECTED_SCAN = 500
 ROLES = ("admin", "member")
 
 
 class SettingsError(ValueError):
     """A refused operation; the message is one line that names the problem."""
+
+
+class ConnectionTestFailed(SettingsError):
+    """Test Connection did not pass, so nothing was saved."""
+
+
+class LimitReached(SettingsError):
+    """The owner already has the most destinations of that type."""
 
 
 def utc_now() -> datetime:
@@ -52,18 +71,28 @@ class SettingsService:
         transport: HttpTransport,
         health: HealthKeeper,
         *,
-        enqueue_delivery: EnqueueDelivery,
+        backlog: Backlog,
+        traces: TraceStore,
+        dead_letters: DeadLetters,
+        kick: Kick,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.box = box
         self.transport = transport
         self.health = health
-        self.enqueue_delivery = enqueue_delivery
+        self.backlog = backlog
+        self.traces = traces
+        self.dead_letter_store = dead_letters
+        self.kick = kick
         self.policy: NetworkPolicy = transport.policy
         self.clock = clock
 
     # Owners and organizations
+
+    def authorize(self, owner: str, *, actor: str | None = None) -> None:
+        """Refuse (`SettingsError`) unless `actor` may change `owner`'s settings."""
+        self._authorize(owner, actor)
 
     def set_enabled(self, owner: str, enabled: bool, *, actor: str | None = None) -> None:
         self._authorize(owner, actor)
@@ -88,6 +117,8 @@ class SettingsService:
         exclude_api_keys: Sequence[str] = (),
         sampling_rate: float = 1.0,
         privacy: bool = False,
+        filter_rules: Mapping[str, Any] | None = None,
+        enabled: bool = True,
         actor: str | None = None,
     ) -> dict[str, Any]:
         """Validate, run Test Connection, and save only if it passes. Returns the masked view."""
@@ -108,16 +139,20 @@ class SettingsService:
             exclude_api_keys=_key_list(exclude_api_keys),
             sampling_rate=_checked_rate(sampling_rate),
             privacy=privacy,
+            enabled=enabled,
             created_at=now,
             updated_at=now,
+            filter_rules=_checked_rules(filter_rules),
         )
         self._require_connection(cls, full_config, record)
         try:
             self.store.add_destination(record, max_per_type=MAX_PER_TYPE)
         except TooManyDestinations as exc:
-            raise SettingsError(str(exc)) from None
+            raise LimitReached(str(exc)) from None
+        self.backlog.create(record.id)
         self.store.set_health(record, {"status": Health.HEALTHY, "checked_at": now})
-        self.health.schedule_first_check(record.id, self.clock().timestamp())
+        if enabled:
+            self.health.schedule_first_check(record.id, self.clock().timestamp())
         return self.view(record)
 
     def update_destination(
@@ -131,10 +166,12 @@ class SettingsService:
         sampling_rate: float | None = None,
         privacy: bool | None = None,
         enabled: bool | None = None,
+        filter_rules: Mapping[str, Any] | None = None,
         actor: str | None = None,
     ) -> dict[str, Any]:
         """Change what is given. `config` is merged into the stored one; a masked secret
-        sent back keeps the stored secret. A config change must pass Test Connection."""
+        sent back keeps the stored secret. A config change must pass Test Connection.
+        `filter_rules={}` removes the rules."""
         record = self._record(destination_id, actor)
         cls = self._destination_class(record.type)
         changes: dict[str, Any] = {"updated_at": self._now()}
@@ -150,6 +187,8 @@ class SettingsService:
             changes["privacy"] = privacy
         if enabled is not None:
             changes["enabled"] = enabled
+        if filter_rules is not None:
+            changes["filter_rules"] = _checked_rules(filter_rules)
         full_config = None
         if config is not None:
             stored = self.decrypted_config(record)
@@ -172,6 +211,7 @@ class SettingsService:
             self.health.check_passed(updated, now)
         if enabled is True and not record.enabled:
             self.health.schedule_first_check(record.id, now)
+            self.kick(record.id, force=True)
         elif enabled is False:
             self.health.unschedule_check(record.id)
         return self.view(updated)
@@ -181,11 +221,11 @@ class SettingsService:
         self.health.unschedule_check(destination_id)
 
     def list_destinations(self, owner: str, *, actor: str | None = None) -> list[dict[str, Any]]:
-        self._authorize(owner, actor)
+        self._authorize(owner, actor, READ)
         return [self.view(record) for record in self.store.list_destinations(owner)]
 
     def show_destination(self, destination_id: str, *, actor: str | None = None) -> dict[str, Any]:
-        return self.view(self._record(destination_id, actor))
+        return self.view(self._record(destination_id, actor, READ))
 
     def test_destination(self, destination_id: str, *, actor: str | None = None) -> dict[str, Any]:
         """Run Test Connection on a saved destination and record the result as its health."""
@@ -200,10 +240,14 @@ class SettingsService:
         }
 
     def check_connection(self, record: DestinationRecord) -> ConnectionCheck:
-        """Run Test Connection on a stored destination (credentials decrypted in memory)."""
-        return self._check(
-            self._destination_class(record.type), self.decrypted_config(record), record
-        )
+        """Run Test Connection on a stored destination (credentials decrypted in memory).
+
+        The message is redacted: it becomes the health reason, an owner event, CLI output.
+        """
+        config = self.decrypted_config(record)
+        check = self._check(self._destination_class(record.type), config, record)
+        secrets = self.box.open(record.sealed_secrets)
+        return replace(check, message=redact(check.message, secrets)) if check.message else check
 
     def record_check(self, record: DestinationRecord, check: ConnectionCheck) -> None:
         """Health from a Test Connection: passed, keys rejected, or unreachable."""
@@ -212,10 +256,15 @@ class SettingsService:
     # Status
 
     def status(self, owner: str | None = None, *, actor: str | None = None) -> list[dict[str, Any]]:
-        owners = [owner] if owner else self.store.owners()
+        # Without an owner, an actor sees the owners it may read and hears of no other.
+        owners = (
+            [owner]
+            if owner
+            else [each for each in self.store.owners() if self._readable(each, actor)]
+        )
         rows = []
         for each in owners:
-            self._authorize(each, actor)
+            self._authorize(each, actor, READ)
             enabled = self.store.is_enabled(each)
             rejected = self.store.rejected_count(each)
             for record in self.store.list_destinations(each):
@@ -236,9 +285,8 @@ class SettingsService:
                         "last_error": self._redact(health.last_error, record),
                         "last_error_at": health.last_error_at,
                         "circuit": health.circuit.value,
-                        "parked": self.health.parking.count(record.id),
-                        "next_parked_due": _iso_or_none(self.health.parking.next_due(record.id)),
-                        "dead_letters": self.health.dead_letters.count(record.id),
+                        **self._delivery_state(record, health),
+                        "dead_letters": self.dead_letter_store.count(record.id),
                         "next_check": _iso_or_none(self.health.next_check(record.id)),
                     }
                 )
@@ -247,11 +295,21 @@ class SettingsService:
     def deliveries(
         self, destination_id: str, *, limit: int = 20, actor: str | None = None
     ) -> list[dict[str, Any]]:
-        record = self._record(destination_id, actor)
+        record = self._record(destination_id, actor, READ)
         return self.store.attempts(record.id, limit)
 
-    def rejected_events(self, owner: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return self.store.rejected_events(owner, limit)
+    def rejected_events(
+        self, owner: str | None = None, limit: int = 20, *, actor: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest rejected events, of `owner` or of every owner the actor may read."""
+        if owner is not None:
+            self._authorize(owner, actor, READ)
+            return self.store.rejected_events(owner, limit)
+        if actor is None:
+            return self.store.rejected_events(None, limit)
+        _check_actor(actor)
+        entries = self.store.rejected_events(None, REJECTED_SCAN)
+        return [e for e in entries if self._readable(e.get("owner"), actor)][:limit]
 
     # Notifications, health events, dead letters
 
@@ -275,7 +333,7 @@ class SettingsService:
         }
 
     def events(self, owner: str, *, limit: int = 50, actor: str | None = None) -> list[dict]:
-        self._authorize(owner, actor)
+        self._authorize(owner, actor, READ)
         return self.health.notifications.events(owner, limit)
 
     def dead_letters(
@@ -288,8 +346,8 @@ class SettingsService:
         limit: int | None = None,
         actor: str | None = None,
     ) -> list[DeadLetter]:
-        record = self._record(destination_id, actor)
-        return self.health.dead_letters.list(
+        record = self._record(destination_id, actor, READ)
+        return self.dead_letter_store.list(
             record.id, since=since, until=until, ids=list(ids) if ids else None, limit=limit
         )
 
@@ -301,19 +359,63 @@ class SettingsService:
         on_progress: Callable[[DeadLetter], None] | None = None,
         actor: str | None = None,
     ) -> int:
-        """Re-queue each dead letter; returns how many. Vendor ids are derived from the
-        request and destination, so replaying twice still delivers once."""
+        """Re-queue each dead letter that kept its trace; returns how many. Vendor ids are
+        derived from the request and destination, so replaying twice still delivers once."""
         record = self._record(destination_id, actor)
         if not record.enabled:
             raise SettingsError(f"destination {record.id} is disabled; enable it before replaying")
         count = 0
         for letter in letters:
-            self.enqueue_delivery(record.id, letter.trace, letter.accepted_at)
-            self.health.dead_letters.mark_replayed(record.id, letter.id, self.clock().timestamp())
-            count += 1
+            if self._requeue(record, letter):
+                self.dead_letter_store.mark_replayed(
+                    record.id, letter.id, self.clock().timestamp()
+                )
+                count += 1
             if on_progress is not None:
                 on_progress(letter)
         return count
+
+    def _requeue(self, record: DestinationRecord, letter: DeadLetter) -> bool:
+        """Append a dead letter's trace to the backlog again (stored anew if it expired)."""
+        if letter.trace is None or letter.trace.get("owner") != record.owner:
+            return False
+        trace = Trace.from_wire(letter.trace)
+        stored = self.traces.restore(trace)
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            self.backlog.append(
+                pipe, record.id, trace.request_id, self.clock().timestamp(), stored.size, kick=False
+            )
+            pipe.execute()
+        self.kick(record.id)
+        return True
+
+    def _delivery_state(self, record: DestinationRecord, health: HealthRecord) -> dict[str, Any]:
+        """What the destination's backlog is doing now, for `status`."""
+        now = self.clock().timestamp()
+        backlog = self.backlog.stats(record.id, now)
+        if health.status is Health.AUTH_FAILED:
+            state, next_attempt = "paused: credentials rejected", self.health.next_check(record.id)
+        elif health.circuit is Circuit.OPEN:
+            state, next_attempt = "circuit open: probing", health.probe_at
+        elif health.backoff_until > now:
+            state, next_attempt = "backing off", health.backoff_until
+        else:
+            state, next_attempt = "sending", None
+        shown_health = health.status.value
+        if health.status is Health.HEALTHY and health.circuit is Circuit.OPEN:
+            shown_health = "circuit_open"
+        elif health.status is Health.HEALTHY and health.consecutive_failures:
+            shown_health = "failing"
+        return {
+            "health": shown_health,
+            "delivery": state,
+            "next_attempt": _iso_or_none(next_attempt),
+            "consecutive_failures": health.consecutive_failures,
+            "backlog": backlog.depth,
+            "in_flight": backlog.in_flight,
+            "backlog_bytes": backlog.bytes,
+            "oldest_waiting_since": _iso_or_none(backlog.oldest_accepted_at),
+        }
 
     # Helpers shared with the deliver task
 
@@ -339,25 +441,42 @@ class SettingsService:
 
     # Internals
 
-    def _authorize(self, owner: str, actor: str | None) -> None:
+    def _authorize(self, owner: str, actor: str | None, action: str = CHANGE) -> None:
+        """Refuse unless `actor` may `action` (READ or CHANGE) `owner`'s settings."""
         if not OWNER_PATTERN.match(owner):
             raise SettingsError(f"owner must be user:ID or org:ID, not {owner!r}")
-        if actor is None:
+        if actor is None or self._may(owner, actor, action):
             return
-        if not actor.startswith("user:"):
-            raise SettingsError(f"actor must be user:ID, not {actor!r}")
+        kind, owner_id = owner.split(":", 1)
+        if kind == "org" and action == CHANGE:
+            raise SettingsError(f"{actor} is not an admin of organization {owner_id}")
+        raise SettingsError(f"{actor} may not {action} the settings of {owner}")
+
+    def _may(self, owner: str, actor: str, action: str) -> bool:
+        """A user reads and changes its own settings; an organization's members read its
+        settings and only its admins change them. The operator (no actor) may do anything."""
+        _check_actor(actor)
         kind, owner_id = owner.split(":", 1)
         actor_id = actor.split(":", 1)[1]
-        if kind == "user" and owner_id != actor_id:
-            raise SettingsError(f"{actor} may not change the settings of {owner}")
-        if kind == "org" and self.store.member_role(owner_id, actor_id) != "admin":
-            raise SettingsError(f"{actor} is not an admin of organization {owner_id}")
+        if kind == "user":
+            return owner_id == actor_id
+        role = self.store.member_role(owner_id, actor_id)
+        return role == "admin" or (action == READ and role is not None)
 
-    def _record(self, destination_id: str, actor: str | None) -> DestinationRecord:
+    def _readable(self, owner: str | None, actor: str | None) -> bool:
+        if actor is None:
+            return True
+        return bool(owner and OWNER_PATTERN.match(owner)) and self._may(owner, actor, READ)
+
+    def _record(
+        self, destination_id: str, actor: str | None, action: str = CHANGE
+    ) -> DestinationRecord:
+        """The destination, if `actor` may `action` it. One that exists but that the actor
+        may not even read is "not found", exactly like one that does not exist."""
         record = self.store.get_destination(destination_id)
-        if record is None:
+        if record is None or not self._readable(record.owner, actor):
             raise SettingsError(f"no destination {destination_id!r}")
-        self._authorize(record.owner, actor)
+        self._authorize(record.owner, actor, action)
         return record
 
     @staticmethod
@@ -370,6 +489,9 @@ class SettingsService:
     def _validate_config(self, cls: type[Destination], config: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(config, Mapping):
             raise SettingsError("config must be a JSON object")
+        size = len(json.dumps(config, default=str).encode())
+        if size > MAX_CONFIG_BYTES:
+            raise SettingsError(f"config is {size} bytes; at most {MAX_CONFIG_BYTES} are allowed")
         for name, value in config.items():
             if (
                 isinstance(value, str)
@@ -404,26 +526,10 @@ class SettingsService:
             message = redact(
                 check.message, {k: config[k] for k in cls.secret_fields() if k in config}
             )
-            raise SettingsError(f"Test Connection failed, nothing saved: {message}")
+            raise ConnectionTestFailed(f"Test Connection failed, nothing saved: {message}")
 
     def _now(self) -> str:
         return self.clock().isoformat()
-
-
-def redact(text: str, secret_values: Mapping[str, Any]) -> str:
-    """Replace every secret value (and each value of a secret mapping) found in `text`."""
-    for value in _secret_strings(secret_values.values()):
-        if len(value) >= 4:
-            text = text.replace(value, "[redacted]")
-    return text
-
-
-def _secret_strings(values: Iterable[Any]) -> Iterable[str]:
-    for value in values:
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, Mapping):
-            yield from _secret_strings(value.values())
 
 
 def _unmask(
@@ -445,6 +551,11 @@ def _unmask(
     return result
 
 
+def _check_actor(actor: str) -> None:
+    if not actor.startswith("user:") or not OWNER_PATTERN.match(actor):
+        raise SettingsError(f"actor must be user:ID, not {actor!r}")
+
+
 def _describe_config_error(slug: str, messages: Any) -> str:
     if isinstance(messages, Mapping):
         for name, problems in messages.items():
@@ -464,6 +575,13 @@ def _checked_rate(rate: float) -> float:
     if not 0.0 < rate <= 1.0:
         raise SettingsError(f"sampling rate must be in (0, 1], not {rate}")
     return float(rate)
+
+
+def _checked_rules(rules: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        return validate_filter_rules(rules)
+    except FilterRulesError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _key_list(keys: Sequence[str]) -> tuple[str, ...]:

@@ -19,17 +19,35 @@ def _describe_event(event: Any = None, *_: Any, **__: Any) -> str:
     return f"event {str(event_id)[:256] if event_id else '(no id)'}"
 
 
-@broadcast_task(name="broadcast.fan_out", describe_args=_describe_event)
+# Waits before retrying a fan-out whose store was unreachable (seconds, then capped).
+STORE_RETRY_SECONDS = (1, 2, 5, 10, 30)
+
+
+@broadcast_task(
+    name="broadcast.fan_out",
+    max_retries=None,
+    describe_args=_describe_event,
+    # The message is the event's only copy until the trace is stored: a failure (a bug)
+    # must not acknowledge it away; it comes back after the broker's visibility timeout.
+    ack_failures=False,
+)
 def fan_out(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> dict[str, Any]:
     """Validate, store once, append to each eligible destination's backlog.
 
     An invalid event (or a message from another client with other arguments) is recorded
     once with its reason and rejected: Flower shows it REJECTED, and it is never retried
-    (the same bytes would fail the same way).
+    (the same bytes would fail the same way). An unreachable store retries the task (a
+    retry after a partial run is recognised: see `tasks.intake`).
     """
+    from redis import RedisError
+
     from tasks.intake import accept  # the worker's side: validation, store, routing
 
-    intake = accept(event, extra, unexpected)
+    try:
+        intake = accept(event, extra, unexpected)
+    except RedisError:
+        delay = STORE_RETRY_SECONDS[min(self.request.retries, len(STORE_RETRY_SECONDS) - 1)]
+        raise self.retry(countdown=delay, max_retries=None) from None
     if intake.rejected is not None:
         raise Reject(intake.rejected, requeue=False)
     return intake.shown()

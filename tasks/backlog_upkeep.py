@@ -32,6 +32,7 @@ from settings.runtime import Runtime
 logger = logging.getLogger("broadcast.maintenance")
 
 SCAN_BATCH = 500
+LOG_REQUEST_IDS = 50
 # The retained traces are kept a little past the horizon, so the entry that reaches the
 # horizon still finds its trace when it is dead-lettered with a copy.
 RETAIN_MARGIN_SECONDS = 3600.0
@@ -164,18 +165,7 @@ def drop_oldest(
         return 0
     release_settled(current, record, entries, now)
     current.health.dropped(record, len(entries), reason, now)
-    current.store.record_attempt(
-        record.id,
-        {
-            "at": _iso(now),
-            "request_id": entries[0].request_id,
-            "request_ids": [e.request_id for e in entries[:50]],
-            "traces": len(entries),
-            "outcome": "dropped",
-            "error": reason,
-            "next": "-",
-        },
-    )
+    _log(current, record, entries, now, outcome="dropped", error=reason, next_step="-")
     logger.warning(
         "broadcast.backlog.dropped destination=%s count=%d reason=%s",
         record.id,
@@ -211,19 +201,33 @@ def _dead_letter(
     current.store.count(record.id, "failed", len(entries))
     last = reason if isinstance(reason, str) else next(iter(reason.values()))
     current.health.dead_lettered(record, len(entries), last, now)
+    _log(current, record, entries, now, outcome="failed", error=last, next_step="dead-lettered")
+    return len(entries)
+
+
+def _log(
+    current: Runtime,
+    record: DestinationRecord,
+    entries: Sequence[BacklogEntry],
+    now: float,
+    *,
+    outcome: str,
+    error: str,
+    next_step: str,
+) -> None:
+    """One delivery-log entry for entries that left the backlog without a vendor request."""
     current.store.record_attempt(
         record.id,
         {
             "at": _iso(now),
             "request_id": entries[0].request_id,
-            "request_ids": [e.request_id for e in entries[:50]],
+            "request_ids": [e.request_id for e in entries[:LOG_REQUEST_IDS]],
             "traces": len(entries),
-            "outcome": "failed",
-            "error": last,
-            "next": "dead-lettered",
+            "outcome": outcome,
+            "error": error,
+            "next": next_step,
         },
     )
-    return len(entries)
 
 
 def _retained_bytes(current: Runtime, destination_id: str) -> int:

@@ -68,7 +68,6 @@ def delivery_policy(current: Runtime) -> DeliveryPolicy:
         retry_base_seconds=config.retry_base_seconds,
         retry_cap_seconds=config.retry_cap_seconds,
         circuit_failures=config.circuit_failures,
-        circuit_window_seconds=config.circuit_window_seconds,
         probe_schedule_seconds=config.probe_schedule_seconds,
         retry_horizon_seconds=config.retry_horizon_seconds,
         auth_recheck_seconds=config.auth_failed_recheck_seconds,

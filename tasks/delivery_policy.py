@@ -43,16 +43,15 @@ from destinations.outcomes import Outcome
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
-    """The numbers behind the decisions (all seconds). Built from `BroadcastConfig`."""
+    """The numbers behind the decisions (all seconds), from `BroadcastConfig`, whose
+    fields say what each means (`tasks.deliver.delivery_policy` builds it)."""
 
-    retry_base_seconds: float = 2.0
-    retry_cap_seconds: float = 120.0
-    circuit_failures: int = 5
-    circuit_window_seconds: float = 60.0
-    # Waits between probes while a circuit is open; the last one repeats.
-    probe_schedule_seconds: tuple[float, ...] = (30.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
-    retry_horizon_seconds: float = 86400.0
-    auth_recheck_seconds: float = 900.0
+    retry_base_seconds: float
+    retry_cap_seconds: float
+    circuit_failures: int
+    probe_schedule_seconds: tuple[float, ...]
+    retry_horizon_seconds: float
+    auth_recheck_seconds: float
     # A backlog entry may be read a moment before fan-out finished writing its trace.
     trace_grace_seconds: float = 30.0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 from celery import Task
 
-from tasks.app import broadcast_task
 from settings.runtime import runtime
+from tasks.app import broadcast_task
 
 COUNTER_KEY = "bench:noop"
 

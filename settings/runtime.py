@@ -19,8 +19,8 @@ from settings.config import BroadcastConfig, load_config
 from settings.crypto import SecretBox
 from settings.dead_letters import DeadLetters
 from settings.health import HealthKeeper
-from settings.redis_client import connect
 from settings.notifications import Notifications
+from settings.redis_client import connect
 from settings.service import SettingsService
 from settings.store import SettingsStore
 from settings.trace_store import TraceStore

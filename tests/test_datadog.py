@@ -10,6 +10,7 @@ from typing import Any
 
 import marshmallow
 import pytest
+from ddtrace.llmobs import _constants as ddtrace_constants
 
 from destinations.base import DeliveryContext, PayloadTooLarge
 from destinations.datadog import (
@@ -454,24 +455,20 @@ def test_end_to_end_through_the_worker(
     assert names == ["Checkout", "Plan", "openai/gpt-4o"]
 
 
-# Metric names as ddtrace itself writes them on LLM spans (DataDog/dd-trace-py,
-# `ddtrace/llmobs/_constants.py`: INPUT_TOKENS_METRIC_KEY ... REASONING_OUTPUT_TOKENS_METRIC_KEY,
-# TIME_TO_FIRST_TOKEN_METRIC_KEY), vendored because ddtrace is not a test dependency; the
-# cost and non-cached names are from Datadog's cost page (see tests/schemas/README.md).
+# Metric names as ddtrace itself writes them on LLM spans, read from ddtrace's own
+# constants (`ddtrace.llmobs._constants`, every `*_METRIC_KEY`: tokens, cost, timing);
+# `non_cached_input_tokens` is from Datadog's cost page (see tests/schemas/README.md).
 DDTRACE_METRIC_KEYS = {
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cache_write_input_tokens",
-    "cache_read_input_tokens",
-    "reasoning_output_tokens",
-    "time_to_first_token",
+    getattr(ddtrace_constants, name)
+    for name in dir(ddtrace_constants)
+    if name.endswith("_METRIC_KEY")
 }
-DATADOG_COST_KEYS = {"input_cost", "output_cost", "total_cost", "non_cached_input_tokens"}
+DATADOG_COST_KEYS = {"non_cached_input_tokens"}
 
 
 def test_metric_names_are_the_ones_ddtrace_writes() -> None:
     llm = spans(build_trace(tool_call_event(3)))[-1]
+    assert {"input_cost", "output_cost", "total_cost"} <= DDTRACE_METRIC_KEYS  # ddtrace's own
     assert set(llm["metrics"]) <= DDTRACE_METRIC_KEYS | DATADOG_COST_KEYS
     assert {"cache_read_input_tokens", "reasoning_output_tokens", "total_cost"} <= set(
         llm["metrics"]

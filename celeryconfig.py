@@ -22,6 +22,10 @@ task_ignore_result = True
 # a deeply nested one would kill it before any task runs (settings/message_codec.py).
 register_codec(EventLimits.from_config(_config))
 task_serializer = "json"
+# A fan-out message carries the whole event: zlib makes it (and its copy in the unacked
+# hash) about a third smaller. Workers read compressed and plain messages alike, so a
+# gateway's own Celery client need not compress.
+task_compression = "zlib"
 accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True

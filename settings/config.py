@@ -46,6 +46,9 @@ class BroadcastConfig:
     # arrives: no trace waits for it).
     task_slice_seconds: float = 10.0
     task_linger_seconds: float = 0.25
+    # Under load only (a batch just went out and traces are still waiting), how long a task
+    # gathers before its next request, so requests carry more traces.
+    batch_gather_seconds: float = 0.02
     # Backlog bounds per destination, and the budget of trace bytes that lagging backlogs
     # may retain in all; past them the oldest entries of whoever is furthest behind drop.
     backlog_max_entries: int = 1_000_000
@@ -101,6 +104,7 @@ ENVIRONMENT = {
     "max_in_flight": "BROADCAST_MAX_IN_FLIGHT",
     "task_slice_seconds": "BROADCAST_TASK_SLICE_SECONDS",
     "task_linger_seconds": "BROADCAST_TASK_LINGER_SECONDS",
+    "batch_gather_seconds": "BROADCAST_BATCH_GATHER_SECONDS",
     "backlog_max_entries": "BROADCAST_BACKLOG_MAX_ENTRIES",
     "backlog_max_bytes": "BROADCAST_BACKLOG_MAX_BYTES",
     "trace_budget_bytes": "BROADCAST_TRACE_BUDGET_BYTES",

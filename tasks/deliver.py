@@ -162,8 +162,10 @@ class DeliveryRun:
         touched = time.monotonic()
         # First what a dead task left and what failed before, then what is new.
         entries = backlog.claim(record.id, consumer, max_items)
+        busy = False  # True while traces keep arriving as fast as batches go out
         while True:
             if not entries:
+                busy = False
                 # Linger a moment: the next trace goes out the moment it is appended, and
                 # the task (with its broker round trips) is not paid for again.
                 entries = backlog.read_new(record.id, consumer, full, config.task_linger_seconds)
@@ -172,6 +174,12 @@ class DeliveryRun:
                     return
                 entries = backlog.claim(record.id, consumer, full)
                 continue
+            if busy and len(entries) < full:
+                # Under load (a batch just went out, and this one is not full), gather a
+                # moment so the next request carries more; a trace that finds the
+                # destination idle goes out at once.
+                time.sleep(config.batch_gather_seconds)
+                entries += backlog.read_new(record.id, consumer, full - len(entries), 0.0)
             if limits is not None:
                 entries = self._within_bytes(record.id, entries, limits.max_bytes)
             if len(entries) == full > 1 and not helper_called:
@@ -195,6 +203,7 @@ class DeliveryRun:
                 backlog.touch(record.id, self.token, time.time())
                 touched = time.monotonic()
             entries = backlog.read_new(record.id, consumer, full, 0.0)
+            busy = bool(entries) and full > 1
 
     def _vendor(self, record: DestinationRecord) -> Destination | None:
         try:

@@ -68,6 +68,7 @@ MAX_SPAN_AGE = timedelta(hours=24)
 ML_APP_MAX_CHARS = 193
 ML_APP_PUNCTUATION = frozenset("_-:./")
 ROOT_PARENT = "undefined"
+PARENT_NOT_USED = "parent_span_id is not a 16-hex span id: kept in metadata, not as the parent"
 KEY_REJECTED = "Datadog key rejected: check the API key and that the URL is your Datadog site"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -314,6 +315,19 @@ class DatadogDestination(HttpDestination):
             reset = parse_retry_after(result.headers.get("x-ratelimit-reset"))
             result = dataclasses.replace(result, retry_after=reset)
         return result_from_transport(result)
+
+    def interpret_batch(
+        self, result: TransportResult, traces: Sequence[Trace]
+    ) -> list[DeliveryResult]:
+        """The intake's answer for each trace, noting a `parent_span_id` that is no Datadog
+        span id (it is kept in the LLM span's metadata instead)."""
+        delivery = self.interpret(result)
+        return [
+            dataclasses.replace(delivery, notes=(PARENT_NOT_USED,))
+            if t.metadata.parent_span_id and not otlp_span_id(t.metadata.parent_span_id)
+            else delivery
+            for t in traces
+        ]
 
     def test_connection(self, context: DeliveryContext) -> ConnectionCheck:
         result = self.transport.send(

@@ -38,6 +38,7 @@ from harness.processes import (
     control_client,
     scratch_dir,
 )
+from harness.rabbitmq import RabbitMQServer
 from harness.receiver import HANG_UP, ReceivedRequest, Receiver, Reply
 from harness.samples import chat_event
 from harness.waiting import Timeout, wait_for
@@ -81,7 +82,7 @@ class ChaosVendor:
 
 
 class Chaos:
-    def __init__(self, events: int, kill_every: float, kills: int) -> None:
+    def __init__(self, events: int, kill_every: float, kills: int, broker: str) -> None:
         self.events = events
         self.kill_every = kill_every
         # The sender spreads the events over the kills, so traces are in flight at each.
@@ -89,9 +90,11 @@ class Chaos:
         self.planned_kills = kills
         self.workdir = scratch_dir("broadcast-chaos-")
         self.redis = RedisServer(self.workdir, extra_args=["--appendfsync", "always"])
+        self.rabbitmq = RabbitMQServer(self.workdir) if broker == "rabbitmq" else None
+        self.broker_url = self.rabbitmq.url if self.rabbitmq else self.redis.url
         self.env = {
             **os.environ,
-            "BROADCAST_BROKER_URL": self.redis.url,
+            "BROADCAST_BROKER_URL": self.broker_url,
             "BROADCAST_STORE_URL": self.redis.url,
             "BROADCAST_ENCRYPTION_KEYS": generate_key(),
             "BROADCAST_ALLOW_PRIVATE_NETWORKS": "1",
@@ -110,7 +113,7 @@ class Chaos:
         from settings.runtime import runtime
 
         self.runtime = runtime()
-        self.client = control_client(self.redis.url)
+        self.client = control_client(self.broker_url)
         self.vendors = [ChaosVendor(seed) for seed in range(3)]
         self.receivers = [Receiver(vendor).start() for vendor in self.vendors]
         self.worker: ManagedProcess | None = None
@@ -200,10 +203,11 @@ class Chaos:
     def report(self, ids: list[str], settled: bool, seconds: float) -> bool:
         store = self.runtime.store
         ok = settled
+        broker = "RabbitMQ" if self.rabbitmq else "Redis"
         print(
-            f"chaos: {self.events} events x {len(ids)} destinations, {self.kills} worker kills "
-            f"(kill -9, prefork), 1 Redis kill -9, {self.send_retries} sender retries, "
-            f"{seconds:.0f} s"
+            f"chaos: {self.events} events x {len(ids)} destinations, broker {broker}, "
+            f"{self.kills} worker kills (kill -9, prefork), 1 Redis kill -9, "
+            f"{self.send_retries} sender retries, {seconds:.0f} s"
         )
         print(
             f"{'dest':<6} {'delivered':>9} {'dead':>5} {'lost':>5} {'vendor':>7} "
@@ -244,6 +248,8 @@ class Chaos:
     def close(self) -> None:
         for receiver in self.receivers:
             receiver.stop()
+        if self.rabbitmq is not None:
+            self.rabbitmq.stop()
         self.redis.stop()
 
 
@@ -252,12 +258,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--kill-every", type=float, default=5.0)
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
     parser.add_argument("--short", action="store_true", help="the CI form: 300 events")
     args = parser.parse_args()
     if args.short:
-        chaos = Chaos(300, kill_every=3.0, kills=5)
+        chaos = Chaos(300, kill_every=3.0, kills=5, broker=args.broker)
     else:
-        chaos = Chaos(args.events, kill_every=args.kill_every, kills=args.kills)
+        chaos = Chaos(args.events, args.kill_every, args.kills, args.broker)
     try:
         return 0 if chaos.run() else 1
     finally:

@@ -53,15 +53,12 @@ def broadcast_task(
     name: str,
     max_retries: int | None = 0,
     describe_args: Callable[..., str] | None = None,
-    ack_failures: bool = True,
 ) -> Callable[[Callable[..., Any]], Task]:
     """Register a bound task with the project's defaults (acks late, no result).
 
     Queues come from `task_routes` in celeryconfig.py, the one place that routes tasks;
     time limits come from celeryconfig.py too. `describe_args(*args, **kwargs)` says how
     the task's arguments appear in messages and Flower (see `BroadcastTask`).
-    `ack_failures=False` keeps a failed task's message (it comes back after the broker's
-    visibility timeout): for a task whose message is the only copy of what it carries.
     """
 
     def decorate(function: Callable[..., Any]) -> Task:
@@ -73,7 +70,6 @@ def broadcast_task(
             "reject_on_worker_lost": True,
             "ignore_result": True,
             "max_retries": max_retries,
-            "acks_on_failure_or_timeout": ack_failures,
             "describe_args": staticmethod(describe_args) if describe_args else None,
         }
         return app.task(**options)(function)

@@ -23,31 +23,34 @@ def _describe_event(event: Any = None, *_: Any, **__: Any) -> str:
 STORE_RETRY_SECONDS = (1, 2, 5, 10, 30)
 
 
-@broadcast_task(
-    name="broadcast.fan_out",
-    max_retries=None,
-    describe_args=_describe_event,
-    # The message is the event's only copy until the trace is stored: a failure (a bug)
-    # must not acknowledge it away; it comes back after the broker's visibility timeout.
-    ack_failures=False,
-)
+@broadcast_task(name="broadcast.fan_out", max_retries=None, describe_args=_describe_event)
 def fan_out(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> dict[str, Any]:
     """Validate, store once, append to each eligible destination's backlog.
 
     An invalid event (or a message from another client with other arguments) is recorded
     once with its reason and rejected: Flower shows it REJECTED, and it is never retried
-    (the same bytes would fail the same way). An unreachable store retries the task (a
-    retry after a partial run is recognised: see `tasks.intake`).
+    (the same bytes would fail the same way). The message is the event's only copy until
+    its trace is stored, so nothing else may acknowledge it away: an unreachable store
+    retries the task (a retry after a partial run is recognised, see `tasks.intake`), and
+    when even the retry cannot be sent (the broker is down too) the message is requeued.
+    A bug is recorded as a rejected event with its type, never lost silently.
     """
+    from kombu.exceptions import OperationalError
     from redis import RedisError
 
-    from tasks.intake import accept  # the worker's side: validation, store, routing
+    from tasks.intake import accept, record_internal_error  # the worker's side
 
     try:
         intake = accept(event, extra, unexpected)
-    except RedisError:
+    except RedisError as exc:
         delay = STORE_RETRY_SECONDS[min(self.request.retries, len(STORE_RETRY_SECONDS) - 1)]
-        raise self.retry(countdown=delay, max_retries=None) from None
+        try:
+            raise self.retry(countdown=delay, max_retries=None) from None
+        except (OperationalError, RedisError):
+            raise Reject(exc, requeue=True) from None
+    except Exception as exc:  # boundary: a bug in validation or routing, recorded
+        record_internal_error(event, exc)
+        raise Reject(f"internal error: {type(exc).__name__}", requeue=False) from None
     if intake.rejected is not None:
         raise Reject(intake.rejected, requeue=False)
     return intake.shown()

@@ -5,10 +5,10 @@ Imported by the worker only (it loads validation, the store and the settings cac
 the gateway's `from tasks import broadcast` stays light.
 
 Redis work per accepted event, in two round trips: `SET NX` of the trace (marked pending),
-then one pipeline with an `XADD` and a `SET NX` of the queued flag per destination and the
-mark that fan-out completed. A redelivered fan-out (its worker died, or the gateway sent
-the event twice) finds the trace: complete means nothing to do; still pending means the
-earlier run died between the two round trips, and the appends are made now.
+then one transaction with an `XADD` and a `SET NX` of the queued flag per destination and
+the mark that fan-out completed. A redelivered fan-out (its worker died, or the gateway
+sent the event twice) finds the trace: complete means nothing to do; still pending means
+the earlier run died before the transaction, and the appends are made now.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
+
+from kombu.exceptions import OperationalError
+from redis.cluster import RedisCluster
 
 from settings.event_limits import EventLimits
 from settings.runtime import runtime
@@ -98,7 +101,11 @@ def accept(
         intake.duplicate = True
         return intake
     accepted_at = time.time()
-    with current.store.redis.pipeline(transaction=False) as pipe:
+    client = current.store.redis
+    # One Redis: the appends and the completion mark are one MULTI, all or nothing, so a
+    # crash between them cannot leave half the appends to be made twice. A Redis Cluster
+    # cannot span slots in a MULTI: there the crash window is the pipeline's own.
+    with client.pipeline(transaction=not isinstance(client, RedisCluster)) as pipe:
         current.store.count_many(intake.skipped.items(), pipe)
         for destination_id in intake.appended:
             current.backlog.append(
@@ -116,7 +123,7 @@ def accept(
     for destination_id in intake.appended:
         next(replies)  # the entry id
         if destination_id in kick and next(replies):
-            deliver.apply_async(args=(destination_id,))
+            _kick(destination_id)
     logger.info(
         "broadcast.fan_out.accepted request=%s owner=%s destinations=%d skipped=%d",
         trace.request_id,
@@ -125,6 +132,26 @@ def accept(
         len(intake.skipped),
     )
     return intake
+
+
+def _kick(destination_id: str) -> None:
+    """Send the destination's deliver task. The event is already safe in its backlog: if
+    the broker cannot take the task now, beat's sweep sends one once the flag expires."""
+    try:
+        deliver.apply_async(args=(destination_id,))
+    except OperationalError as exc:
+        logger.warning(
+            "broadcast.fan_out.kick_failed destination=%s error=%s",
+            destination_id,
+            type(exc).__name__,
+        )
+
+
+def record_internal_error(event: Any, exc: Exception) -> None:
+    """A bug met this event: log it with its traceback and record it as rejected, so it
+    is listed (`broadcast rejected`) instead of vanishing."""
+    logger.exception("broadcast.fan_out.internal_error event=%s", event_id_of(event))
+    _reject(event, InvalidEvent(event_id_of(event), f"internal error: {type(exc).__name__}"))
 
 
 def _reject(event: Any, exc: InvalidEvent) -> None:

@@ -94,7 +94,7 @@ return out
 """
 
 # KEYS: backlog, counters, latency, log, dead, attempts.
-# ARGV: group, waiting consumer, log entry, log size, (unused),
+# ARGV: group, waiting consumer, log entry, log size, "fresh" when no entry was ever tried,
 #       then per item: stream id, kind (d delivered / f dead letter / w wait after a failed
 #       attempt / g given back untried), request id, latency bucket, latency ms, letter JSON.
 # Only entries still pending are settled, so an entry that two tasks raced for (a task
@@ -155,7 +155,9 @@ for i = 0, n - 1 do
   end
 end
 -- Failed attempts on record (a hash that exists only while some entry has failed).
-if #forget > 0 and redis.call('EXISTS', KEYS[6]) == 1 then call_with({'HDEL', KEYS[6]}, forget) end
+if #forget > 0 and ARGV[5] ~= 'fresh' and redis.call('EXISTS', KEYS[6]) == 1 then
+  call_with({'HDEL', KEYS[6]}, forget)
+end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[2], 'delivered', delivered)
   if delivered == #done then
@@ -427,15 +429,19 @@ class Backlog:
         destination_id: str,
         settlements: Sequence[Settlement],
         log_entry: dict[str, Any],
+        *,
+        fresh: bool = False,
     ) -> tuple[int, int]:
         """Apply settlements and the delivery-log entry atomically; returns how many were
-        counted delivered and dead-lettered now (a raced duplicate counts nothing)."""
+        counted delivered and dead-lettered now (a raced duplicate counts nothing).
+        `fresh`: every entry came new from the stream, so none has failed attempts on
+        record to forget."""
         args: list[Any] = [
             GROUP,
             WAITING,
             json.dumps(log_entry, sort_keys=True),
             self.log_size,
-            "-",
+            "fresh" if fresh else "-",
         ]
         for item in settlements:
             args += [

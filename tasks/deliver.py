@@ -162,6 +162,7 @@ class DeliveryRun:
         touched = time.monotonic()
         # First what a dead task left and what failed before, then what is new.
         entries = backlog.claim(record.id, consumer, max_items)
+        fresh = False  # entries read new from the stream: none was ever tried
         busy = False  # True while traces keep arriving as fast as batches go out
         while True:
             if not entries:
@@ -169,10 +170,12 @@ class DeliveryRun:
                 # Linger a moment: the next trace goes out the moment it is appended, and
                 # the task (with its broker round trips) is not paid for again.
                 entries = backlog.read_new(record.id, consumer, full, config.task_linger_seconds)
+                fresh = True
             if not entries:
                 if backlog.finish(record.id, self.token, time.time()):
                     return
                 entries = backlog.claim(record.id, consumer, full)
+                fresh = False
                 continue
             if busy and len(entries) < full:
                 # Under load (a batch just went out, and this one is not full), gather a
@@ -186,7 +189,7 @@ class DeliveryRun:
                 # A full batch: more may wait. A helper takes a slot if one is free.
                 current.kick(record.id, force=True)
                 helper_called = True
-            decision, health = self._batch(record, vendor, health, entries, summary)
+            decision, health = self._batch(record, vendor, health, entries, summary, fresh)
             summary.batches += 1
             if not decision.keeps_sending:
                 wait = max((decision.wait_until or 0.0) - time.time(), 0.0)
@@ -203,6 +206,7 @@ class DeliveryRun:
                 backlog.touch(record.id, self.token, time.time())
                 touched = time.monotonic()
             entries = backlog.read_new(record.id, consumer, full, 0.0)
+            fresh = True
             busy = bool(entries) and full > 1
 
     def _vendor(self, record: DestinationRecord) -> Destination | None:
@@ -234,6 +238,7 @@ class DeliveryRun:
         health: HealthRecord,
         entries: Sequence[BacklogEntry],
         summary: RunSummary,
+        fresh: bool,
     ) -> tuple[DestinationDecision, HealthRecord]:
         current, now = self.current, time.time()
         stored = current.traces.get_many(record.owner, [e.request_id for e in entries])
@@ -292,7 +297,7 @@ class DeliveryRun:
                 )
             )
         log_entry = self._log_entry(entries, results, items, decision, now, secrets)
-        current.backlog.settle(record.id, settlements, log_entry)
+        current.backlog.settle(record.id, settlements, log_entry, fresh=fresh)
         settled = [s.entry for s in settlements if s.kind in ("d", "f")]
         self._release_retained(record, settled, now)
         health = self._apply(record, health, decision, now)

@@ -32,8 +32,9 @@ CHECK_BATCH = 500
 CHECK_LEASE_SECONDS = 600.0
 OUTBOX_BATCH = 200
 NOTIFY_MAX_RETRIES = 8
-# One sweep at a time, even when one runs longer than beat's interval.
-SWEEP_LOCK_SECONDS = 300
+# One sweep at a time, even when one runs longer than beat's interval; a sweep whose
+# worker was killed holds the lock only this many intervals (every step is idempotent).
+SWEEP_LOCK_INTERVALS = 3
 
 
 # The backlogs
@@ -45,7 +46,8 @@ def sweep(current: Runtime, now: float) -> Counter[str]:
     redis_client = current.store.redis
     redis_client.set(keys.BEAT_HEARTBEAT, repr(now))
     lock = f"{keys.BEAT_HEARTBEAT}:sweeping"
-    if not redis_client.set(lock, "1", nx=True, ex=SWEEP_LOCK_SECONDS):
+    lock_ms = int(SWEEP_LOCK_INTERVALS * current.config.sweep_interval_seconds * 1000)
+    if not redis_client.set(lock, "1", nx=True, px=lock_ms):
         return Counter(skipped=1)
     try:
         done: Counter[str] = Counter()

@@ -13,7 +13,7 @@ class Decision(StrEnum):
     ELIGIBLE = "eligible"
     OWNER_DISABLED = "skipped_owner_disabled"
     DISABLED = "skipped_disabled"
-    PARK = "parked"
+    WAIT = "waiting"
     FILTERED_BY_KEY = "filtered_by_key"
     FILTERED_BY_RULE = "filtered_by_rule"
     SAMPLED_OUT = "sampled_out"
@@ -34,8 +34,9 @@ def decide(route: Route, trace: Trace) -> Decision:
     if not sampled_in(route.id, trace.session_id or trace.request_id, route.sampling_rate):
         return Decision.SAMPLED_OUT
     if route.health is Health.AUTH_FAILED or route.circuit is Circuit.OPEN:
-        # Eligible, but the destination cannot take it now: parked, not attempted.
-        return Decision.PARK
+        # Eligible, but the destination cannot take it now (credentials rejected, circuit
+        # open): the trace waits in its backlog, no task is sent; beat kicks it when due.
+        return Decision.WAIT
     return Decision.ELIGIBLE
 
 

@@ -84,7 +84,7 @@ def accept(
         if decision is Decision.ELIGIBLE:
             intake.appended.append(route.id)
             kick.append(route.id)
-        elif decision is Decision.PARK:
+        elif decision is Decision.WAIT:
             # Paused or probing: the entry waits in the backlog; beat kicks it when due.
             intake.appended.append(route.id)
         else:

@@ -47,8 +47,8 @@ def test_decisions_in_order():
     trace = build_trace(chat_event(1))
     assert decide(route(), trace) is Decision.ELIGIBLE
     assert decide(route(enabled=False, health=Health.AUTH_FAILED), trace) is Decision.DISABLED
-    assert decide(route(health=Health.AUTH_FAILED), trace) is Decision.PARK
-    assert decide(route(circuit=Circuit.OPEN), trace) is Decision.PARK
+    assert decide(route(health=Health.AUTH_FAILED), trace) is Decision.WAIT
+    assert decide(route(circuit=Circuit.OPEN), trace) is Decision.WAIT
     assert decide(route(health=Health.AUTH_FAILED, api_keys=frozenset({"other"})), trace) is (
         Decision.FILTERED_BY_KEY
     )

@@ -73,6 +73,14 @@ class ManagedProcess:
         self._log.close()
 
 
+def redis_answers(client: redis.Redis) -> bool:
+    """True when the server answers a PING (False while it is not up yet)."""
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
 class RedisServer:
     """A throwaway redis-server on a free loopback port, AOF on, in a temporary directory.
 
@@ -116,19 +124,12 @@ class RedisServer:
     def start(self) -> None:
         self.process = ManagedProcess(self.name, self.argv, os.environ, self.workdir)
         client = redis.Redis.from_url(self.url)
-        wait_for(lambda: self._ping(client), timeout=15, what="redis-server to answer")
+        wait_for(lambda: redis_answers(client), timeout=15, what="redis-server to answer")
 
     def restart(self) -> None:
         """Stop (its AOF flushed) and start again on the same port and data."""
         self.stop()
         self.start()
-
-    @staticmethod
-    def _ping(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
 
     def stop(self) -> None:
         self.process.stop()

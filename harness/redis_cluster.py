@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from harness.processes import ManagedProcess, free_port
+from harness.processes import ManagedProcess, free_port, redis_answers
 from harness.waiting import wait_for
 
 MASTERS = 3
@@ -49,7 +49,7 @@ class RedisClusterServer:
     def _create(self) -> None:
         cli = shutil.which("redis-cli") or "redis-cli"
         clients = [redis.Redis(host="127.0.0.1", port=port) for port in self.ports]
-        wait_for(lambda: all(self._ping(c) for c in clients), timeout=15, what="cluster nodes")
+        wait_for(lambda: all(redis_answers(c) for c in clients), timeout=15, what="cluster nodes")
         created = subprocess.run(
             [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
              "--cluster-replicas", "0", "--cluster-yes"],
@@ -67,13 +67,6 @@ class RedisClusterServer:
         )
         for client in clients:
             client.close()
-
-    @staticmethod
-    def _ping(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
 
     def stop(self) -> None:
         for process in self.processes:

@@ -6,6 +6,13 @@ local Redis as the default.
 
 from kombu import Exchange, Queue
 
+from settings.broker import (
+    DELIVER_QUEUE,
+    FANOUT_QUEUE,
+    MAINTENANCE_QUEUE,
+    TASK_QUEUES,
+    transport_for,
+)
 from settings.config import load_config
 from settings.event_limits import EventLimits
 from settings.message_codec import register_codec
@@ -13,6 +20,10 @@ from settings.message_codec import register_codec
 _config = load_config()
 
 broker_url = _config.broker_url
+# On Redis, Broadcast's own transport: each task queue is a Redis stream read through a
+# consumer group, so no message is lost between a pop and its unacked record, and each is
+# stored once (settings/stream_transport.py). Other URLs use kombu's transport.
+broker_transport = transport_for(broker_url)
 # Fire-and-forget: outcomes live in the settings store's delivery log, not a result backend.
 result_backend = None
 task_ignore_result = True
@@ -30,13 +41,10 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-FANOUT_QUEUE = "broadcast.fanout"
-DELIVER_QUEUE = "broadcast.deliver"
-MAINTENANCE_QUEUE = "broadcast.maintenance"
 # Each queue has its own direct exchange and routing key, so a message lands in one queue.
 task_queues = tuple(
     Queue(name, Exchange(name, type="direct"), routing_key=name)
-    for name in (FANOUT_QUEUE, DELIVER_QUEUE, MAINTENANCE_QUEUE)
+    for name in TASK_QUEUES
 )
 task_default_queue = FANOUT_QUEUE
 task_default_exchange = FANOUT_QUEUE
@@ -117,7 +125,7 @@ if broker_url.startswith(AMQP_SCHEMES):
             routing_key=name,
             queue_arguments={"x-queue-type": "quorum"},
         )
-        for name in (FANOUT_QUEUE, DELIVER_QUEUE, MAINTENANCE_QUEUE)
+        for name in TASK_QUEUES
     )
     task_default_exchange_type = "topic"
     task_default_queue_type = "quorum"

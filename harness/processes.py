@@ -17,6 +17,7 @@ import redis
 from celery import Celery
 
 from harness.waiting import wait_for
+from settings.broker import use_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +176,7 @@ def control_client(broker_url: str | None) -> Celery:
     client = Celery("broadcast-harness", set_as_current=False)
     client.config_from_object("celeryconfig")
     if broker_url:
-        client.conf.broker_url = broker_url
+        use_broker(client.conf, broker_url)
     return client
 
 

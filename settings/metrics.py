@@ -40,9 +40,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from settings.broker import TASK_QUEUES, transport_for
+
 logger = logging.getLogger("broadcast.metrics")
 
-QUEUES = ("broadcast.fanout", "broadcast.deliver", "broadcast.maintenance")
 LABELS = ("destination", "type", "owner")
 
 
@@ -61,7 +62,7 @@ class Sources:
     store: Store
     broker_url: str
     backlog: Any | None = None
-    queues: Sequence[str] = QUEUES
+    queues: Sequence[str] = TASK_QUEUES
     broker_timeout: float = 2.0
 
 
@@ -150,11 +151,12 @@ def queue_depths(broker_url: str, queues: Sequence[str], timeout: float) -> dict
     """Messages ready in each queue, through kombu, so Redis and RabbitMQ read alike.
 
     A passive declare changes nothing. A queue that does not exist holds nothing: with
-    Redis an empty queue has no key, and with RabbitMQ no worker declared it yet.
+    Redis no stream or list key, and with RabbitMQ no worker declared it yet.
     Raises `OperationalError` (or `OSError`) when the broker cannot be reached.
     """
     depths: dict[str, int] = {}
-    with Connection(broker_url, connect_timeout=timeout) as connection:
+    transport = transport_for(broker_url)
+    with Connection(broker_url, transport=transport, connect_timeout=timeout) as connection:
         connection.ensure_connection(max_retries=1)
         for queue in queues:
             # A failed passive declare closes an AMQP channel: one channel per queue.

@@ -15,6 +15,7 @@ from celery import Celery
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
 from settings.backlog import Backlog
+from settings.broker import use_broker
 from settings.config import BroadcastConfig, load_config
 from settings.crypto import SecretBox
 from settings.dead_letters import DeadLetters
@@ -96,7 +97,7 @@ class Runtime:
         sending tasks by name: the settings layer never imports `tasks`."""
         client = Celery("broadcast", set_as_current=False)
         client.config_from_object("celeryconfig")
-        client.conf.broker_url = self.config.broker_url
+        use_broker(client.conf, self.config.broker_url)
         return client
 
     def kick(self, destination_id: str, *, force: bool = False) -> None:

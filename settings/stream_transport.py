@@ -1,0 +1,584 @@
+"""A kombu transport that keeps each task queue in a Redis stream read by one consumer group.
+
+Why not kombu's Redis transport: it pops a message (`BRPOP`) and only then records it in
+its `unacked` hash, so a consumer killed between the two loses the message before any
+task runs (celery/kombu#305, celery/celery#4354, #7950); it stores every message twice
+(the list, then the hash) and costs about 11 commands per message. Here:
+
+- publish is one `XADD` of the envelope and the raw body (no base64, no second copy);
+- consume is `XREADGROUP`, which records the entry in the group's pending list in the
+  same command that hands it out: nothing is ever held only by a socket;
+- acknowledge is `XACK` + `XDEL`; requeue and the visibility-timeout restore are Lua
+  scripts that copy the entry to the tail, marked redelivered, and drop the original, once;
+- kombu's list protocol still works for clients that speak it (a gateway's own Celery
+  client, in any language): every consumer moves what such clients push onto a queue's
+  lists into the stream, atomically, once a second;
+- everything else (fanout exchanges, Celery's remote-control reply queues, events) is
+  kombu's Redis transport, unchanged.
+
+Only the queues named in `stream_queues` (a transport option; Broadcast's three task
+queues by default) are streams. Priorities are not supported on them: Broadcast sets none.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from time import monotonic
+from typing import Any
+
+from kombu.transport import redis as redis_transport
+from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
+from redis import Redis
+from redis.exceptions import ResponseError
+
+from settings.broker import TASK_QUEUES
+
+log = logging.getLogger(__name__)
+
+GROUP = "workers"
+# Entry fields: the envelope without its body, the raw body, a whole kombu list envelope
+# (moved in from a list), and the redelivered mark of a restored copy.
+ENVELOPE, BODY, LIST_ENVELOPE, REDELIVERED = b"e", b"b", b"j", b"r"
+TAG_SEPARATOR = "#"
+# Lists are moved into streams this often, and at most this many items per list per move.
+LIST_MOVE_INTERVAL_SECONDS = 1.0
+LIST_MOVE_LIMIT = 1000
+RESTORE_LIMIT = 1000
+UNREADABLE_MAX_ENTRIES = 10_000
+
+
+def stream_key(queue: str) -> str:
+    return f"{queue}:stream"
+
+
+def unreadable_key(queue: str) -> str:
+    """Where an entry that is no kombu envelope at all is kept, with the reason."""
+    return f"{queue}:unreadable"
+
+
+def delivery_tag(queue: str, entry_id: str) -> str:
+    return f"{queue}{TAG_SEPARATOR}{entry_id}"
+
+
+def split_delivery_tag(tag: str) -> tuple[str, str]:
+    queue, _, entry_id = tag.rpartition(TAG_SEPARATOR)
+    return queue, entry_id
+
+
+def entry_fields(message: dict[str, Any]) -> dict[bytes, bytes]:
+    """A kombu envelope as stream fields: the body raw, the rest as JSON.
+
+    kombu base64-encodes bodies for its JSON envelope; a stream field holds bytes, so the
+    body is stored decoded (a third smaller) and handed back decoded."""
+    envelope = dict(message)
+    body = envelope.pop("body", None)
+    properties = dict(envelope.get("properties") or {})
+    properties.pop("delivery_tag", None)  # a delivery's tag is its stream entry
+    fields: dict[bytes, bytes] = {}
+    if isinstance(body, str) and properties.get("body_encoding") == "base64":
+        fields[BODY] = base64.b64decode(body)
+        properties["body_encoding"] = None
+    elif isinstance(body, bytes):
+        fields[BODY] = body
+        properties["body_encoding"] = None
+    elif body is not None:
+        envelope["body"] = body
+    envelope["properties"] = properties
+    fields[ENVELOPE] = dumps(envelope).encode()
+    return fields
+
+
+class UnreadableEntry(ValueError):
+    """A stream entry that is no kombu envelope: kept aside, never handed to Celery."""
+
+
+def message_from_entry(queue: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """The kombu envelope of a stream entry, with its delivery tag. Raises UnreadableEntry."""
+    try:
+        if LIST_ENVELOPE in fields:
+            message = loads(fields[LIST_ENVELOPE])
+        else:
+            message = loads(fields[ENVELOPE])
+            if BODY in fields:
+                message["body"] = fields[BODY]
+        properties = message["properties"]
+        delivery_info = properties.setdefault("delivery_info", {})
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UnreadableEntry(f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(delivery_info, dict):
+        raise UnreadableEntry("the envelope is not a JSON object with properties")
+    properties["delivery_tag"] = delivery_tag(queue, entry_id)
+    if REDELIVERED in fields:
+        delivery_info["redelivered"] = True
+        headers = message.get("headers")
+        if isinstance(headers, dict):
+            headers["redelivered"] = True
+    return message
+
+
+# Copy an entry to the tail, marked redelivered, and drop the original, once: only a
+# delivery still pending is requeued, so a requeue racing an ack or a restore does nothing.
+_COPY_TO_TAIL = """
+local function copy_to_tail(key, fields)
+  local copy = {}
+  for j = 1, #fields, 2 do
+    if fields[j] ~= 'r' then
+      copy[#copy + 1] = fields[j]
+      copy[#copy + 1] = fields[j + 1]
+    end
+  end
+  copy[#copy + 1] = 'r'
+  copy[#copy + 1] = '1'
+  redis.call('XADD', key, '*', unpack(copy))
+end
+"""
+
+REQUEUE = (
+    _COPY_TO_TAIL
+    + """
+-- KEYS[1] stream; ARGV[1] group; ARGV[2..] entry ids
+local requeued = 0
+for i = 2, #ARGV do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    local found = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+    if found[1] then
+      copy_to_tail(KEYS[1], found[1][2])
+      requeued = requeued + 1
+    end
+    redis.call('XDEL', KEYS[1], ARGV[i])
+  end
+end
+return requeued
+"""
+)
+
+RESTORE_IDLE = (
+    _COPY_TO_TAIL
+    + """
+-- KEYS[1] stream; ARGV[1] group; ARGV[2] minimum idle ms; ARGV[3] at most this many
+local cursor, restored, rounds = '0-0', 0, 0
+repeat
+  local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], 'restorer', ARGV[2], cursor,
+                             'COUNT', 100)
+  cursor = claimed[1]
+  for _, entry in ipairs(claimed[2]) do
+    if entry and entry[2] then
+      copy_to_tail(KEYS[1], entry[2])
+      restored = restored + 1
+    end
+    if entry then
+      redis.call('XACK', KEYS[1], ARGV[1], entry[1])
+      redis.call('XDEL', KEYS[1], entry[1])
+    end
+  end
+  rounds = rounds + 1
+until cursor == '0-0' or restored >= tonumber(ARGV[3]) or rounds >= 100
+return restored
+"""
+)
+
+# KEYS[1] stream; KEYS[2..] kombu lists of the queue; ARGV[1] at most this many per list.
+MOVE_LISTS = """
+local moved = 0
+for i = 2, #KEYS do
+  local items = redis.call('RPOP', KEYS[i], ARGV[1])
+  if items then
+    for _, item in ipairs(items) do
+      redis.call('XADD', KEYS[1], '*', 'j', item)
+      moved = moved + 1
+    end
+  end
+end
+return moved
+"""
+
+
+class QoS(virtual.QoS):
+    """Acknowledgements on the stream: the group's pending list is the unacked record."""
+
+    restore_at_shutdown = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._restore_calls = 0
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel._acknowledge(delivery_tag)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.channel._requeue([delivery_tag])
+        else:
+            self.channel._acknowledge(delivery_tag)
+        super().ack(delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> list[Any]:
+        """At shutdown: every delivery not acknowledged goes back to its queue."""
+        self._flush()
+        tags = list(self._delivered)
+        self._delivered.clear()
+        self.channel._requeue(tags)
+        return []
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Requeue deliveries pending longer than the visibility timeout (their consumer
+        died), on every `interval`-th call."""
+        self._restore_calls += 1
+        if (self._restore_calls - 1) % (interval or 1):
+            return
+        self.channel._restore_idle()
+
+
+class Channel(redis_transport.Channel):
+    QoS = QoS
+    stream_queues: tuple[str, ...] = TASK_QUEUES
+    # The idle-entry restore is one script per queue: run it on every periodic call
+    # (every `unacked_restore_interval`, 10 s), not one in ten as kombu's hash scan.
+    unacked_restore_throttle = 1
+    from_transport_options = (*redis_transport.Channel.from_transport_options, "stream_queues")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.global_keyprefix:
+            raise ValueError("the stream transport does not support global_keyprefix")
+        self.stream_queues = tuple(self.stream_queues)
+        self.consumer_name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._groups_ready: set[str] = set()
+        self._tables: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
+        self._lists_moved_at = float("-inf")
+        self._reading_streams = False  # what the pending blocking read is
+
+    # --- one client for the channel's synchronous commands
+
+    @cached_property
+    def _sync_client(self) -> Redis:
+        return self._create_client()
+
+    @contextmanager
+    def conn_or_acquire(self, client: Redis | None = None) -> Iterator[Redis]:
+        # kombu builds a new client object per command (about 100 us of every publish);
+        # a client is thread-safe over its pool, so one serves the channel.
+        yield client or self._sync_client
+
+    def _disconnect_pools(self) -> None:
+        self.__dict__.pop("_sync_client", None)
+        super()._disconnect_pools()
+
+    @cached_property
+    def _scripts(self) -> dict[str, Any]:
+        client = self._sync_client
+        return {
+            "requeue": client.register_script(REQUEUE),
+            "restore_idle": client.register_script(RESTORE_IDLE),
+            "move_lists": client.register_script(MOVE_LISTS),
+        }
+
+    def is_stream(self, queue: str) -> bool:
+        return queue in self.stream_queues
+
+    # --- publish
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if not self.is_stream(queue):
+            return super()._put(queue, message, **kwargs)
+        fields = entry_fields(message)
+        publish_batch = kwargs.pop("_publish_batch", None)
+        if publish_batch is not None:
+            publish_batch.add("xadd", stream_key(queue), fields)
+            return
+        self._sync_client.xadd(stream_key(queue), fields)
+
+    def get_table(self, exchange: str) -> list[tuple[str, ...]]:
+        # kombu reads an exchange's bindings (SMEMBERS) on every publish. They change when
+        # a queue is bound or deleted, which this channel sees itself; other processes'
+        # changes show within the cache time.
+        cached = self._tables.get(exchange)
+        now = monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        table = super().get_table(exchange)
+        if table:
+            self._tables[exchange] = (now + 10.0, table)
+        return table
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        self._tables.pop(exchange, None)
+        super()._queue_bind(exchange, routing_key, pattern, queue)
+
+    # --- declare, size, purge, delete
+
+    def _ensure_group(self, queue: str) -> None:
+        if queue in self._groups_ready:
+            return
+        try:
+            # From id 0: entries added before the group existed are delivered too.
+            self._sync_client.xgroup_create(stream_key(queue), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_ready.add(queue)
+
+    def _new_queue(self, queue: str, auto_delete: bool = False, **kwargs: Any) -> None:
+        super()._new_queue(queue, auto_delete=auto_delete, **kwargs)
+        if self.is_stream(queue):
+            self._ensure_group(queue)
+
+    def _size(self, queue: str) -> int:
+        """Messages waiting: entries not handed out yet, plus items on its lists."""
+        if not self.is_stream(queue):
+            return super()._size(queue)
+        client = self._sync_client
+        key = stream_key(queue)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.xlen(key)
+            pipe.xpending(key, GROUP)
+            for list_key in self._list_keys(queue):
+                pipe.llen(list_key)
+            replies = pipe.execute(raise_on_error=False)
+        length, pending, *lists = replies
+        pending_count = pending["pending"] if isinstance(pending, dict) else 0
+        return max(0, int(length) - pending_count) + sum(int(n) for n in lists)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        if self.is_stream(queue) and self._sync_client.exists(stream_key(queue)):
+            return True
+        return super()._has_queue(queue, **kwargs)
+
+    def _purge(self, queue: str) -> int:
+        """Drop the messages not handed out yet (running tasks keep theirs)."""
+        if not self.is_stream(queue):
+            return super()._purge(queue)
+        client = self._sync_client
+        key = stream_key(queue)
+        self._ensure_group(queue)
+        group = next(g for g in client.xinfo_groups(key) if g["name"] == GROUP.encode())
+        undelivered = client.xrange(key, min=b"(" + group["last-delivered-id"])
+        ids = [entry_id for entry_id, _ in undelivered]
+        if ids:
+            client.xdel(key, *ids)
+        return len(ids) + super()._purge(queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        super()._delete(queue, *args, **kwargs)
+        self._tables.clear()
+        if self.is_stream(queue):
+            self._sync_client.delete(stream_key(queue))
+            self._groups_ready.discard(queue)
+
+    # --- consume
+
+    def _stream_consumption(self, queues: list[str]) -> bool:
+        streams = [q for q in queues if self.is_stream(q)]
+        if streams and len(streams) != len(queues):
+            lists = [q for q in queues if not self.is_stream(q)]
+            raise ValueError(
+                f"one channel cannot consume stream queues {streams} and list queues {lists}"
+            )
+        return bool(streams)
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if self.is_stream(queue):
+            self._ensure_group(queue)
+        consumer_tag = super().basic_consume(queue, *args, **kwargs)
+        self._stream_consumption(self.active_queues)
+        return consumer_tag
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self.active_queues
+        self._reading_streams = bool(queues) and self._stream_consumption(queues)
+        if not self._reading_streams:
+            return super()._brpop_start(timeout)
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(queues))
+        for queue in queues:
+            self._ensure_group(queue)
+        # One read takes as many entries as the prefetch allows, spread over the queues.
+        room = self.qos.can_consume_max_estimate() or 1
+        count = max(1, room // len(queues))
+        keys = [stream_key(queue) for queue in queues]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command(
+            "XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", count,
+            "BLOCK", int((timeout or 0) * 1000), "STREAMS", *keys, *([">"] * len(keys)),
+        )  # fmt: skip
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._reading_streams:
+            return super()._brpop_read(**options)
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "XREADGROUP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream was deleted (a flushed or replaced Redis): recreate the groups.
+                self._groups_ready.clear()
+                raise virtual.Empty() from None
+            delivered = self._deliver_reply(reply)
+            if not delivered:
+                raise virtual.Empty()
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _deliver_reply(self, reply: Any) -> int:
+        delivered = 0
+        streams = reply.items() if isinstance(reply, dict) else (reply or ())
+        for stream, entries in streams:
+            queue = stream.decode().removesuffix(":stream")
+            if isinstance(entries, list) and entries and isinstance(entries[0], list):
+                entries = entries[0]  # RESP3 nests the entries once more
+            for raw_id, fields in entries:
+                if fields is None:
+                    continue
+                entry_id = raw_id.decode()
+                try:
+                    message = message_from_entry(queue, entry_id, fields)
+                except UnreadableEntry as exc:
+                    self._set_aside(queue, entry_id, fields, str(exc))
+                    continue
+                self.connection._deliver(message, queue)
+                delivered += 1
+            self._queue_cycle.rotate(queue)
+        return delivered
+
+    def _get(self, queue: str) -> dict[str, Any]:
+        if not self.is_stream(queue):
+            return super()._get(queue)
+        self._ensure_group(queue)
+        reply = self._sync_client.xreadgroup(
+            GROUP, self.consumer_name, {stream_key(queue): ">"}, count=1
+        )
+        for _stream, entries in reply or ():
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                try:
+                    return message_from_entry(queue, entry_id, fields)
+                except UnreadableEntry as exc:
+                    self._set_aside(queue, entry_id, fields, str(exc))
+        raise virtual.Empty()
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        if message is not None and no_ack and self.is_stream(queue):
+            self._acknowledge(message.delivery_tag)
+        return message
+
+    # --- acknowledge, requeue, restore
+
+    def _acknowledge(self, tag: str) -> None:
+        queue, entry_id = split_delivery_tag(tag)
+        if not self.is_stream(queue):
+            return
+        key = stream_key(queue)
+        with self._sync_client.pipeline(transaction=False) as pipe:
+            pipe.xack(key, GROUP, entry_id)
+            pipe.xdel(key, entry_id)
+            pipe.execute()
+
+    def _requeue(self, tags: Iterable[str]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for tag in tags:
+            queue, entry_id = split_delivery_tag(tag)
+            if self.is_stream(queue):
+                by_queue.setdefault(queue, []).append(entry_id)
+        for queue, entry_ids in by_queue.items():
+            self._scripts["requeue"](keys=[stream_key(queue)], args=[GROUP, *entry_ids])
+
+    def _restore(self, message: Any, leftmost: bool = False) -> None:
+        self._requeue([message.delivery_tag])
+
+    def _restore_at_beginning(self, message: Any) -> None:
+        self._requeue([message.delivery_tag])
+
+    def _restore_idle(self) -> None:
+        """Requeue what consumers that died were holding (pending past the visibility
+        timeout), and move in what list clients pushed."""
+        min_idle_ms = int(self.visibility_timeout * 1000)
+        for queue in self.stream_queues:
+            if queue not in self._groups_ready:
+                continue
+            restored = self._scripts["restore_idle"](
+                keys=[stream_key(queue)], args=[GROUP, min_idle_ms, RESTORE_LIMIT]
+            )
+            if restored:
+                log.warning(
+                    "requeued %d message(s) of %s held past the visibility timeout (%ss)",
+                    restored, queue, self.visibility_timeout,
+                )  # fmt: skip
+        self.move_lists()
+
+    def _list_keys(self, queue: str) -> list[str]:
+        return [self._q_for_pri(queue, priority) for priority in self.priority_steps]
+
+    def move_lists(self) -> int:
+        """Move what kombu list clients pushed onto this channel's stream queues into the
+        streams (atomically per queue). Returns how many messages moved."""
+        self._lists_moved_at = monotonic()
+        moved = 0
+        for queue in self.stream_queues:
+            if queue not in self._groups_ready:
+                continue
+            keys = [stream_key(queue), *self._list_keys(queue)]
+            moved += int(self._scripts["move_lists"](keys=keys, args=[LIST_MOVE_LIMIT]))
+        return moved
+
+    def maybe_move_lists(self) -> None:
+        if monotonic() - self._lists_moved_at >= LIST_MOVE_INTERVAL_SECONDS:
+            self.move_lists()
+
+    def _set_aside(self, queue: str, entry_id: str, fields: dict[bytes, bytes], why: str) -> None:
+        """Keep an entry that is no envelope where an operator can read it, and take it
+        off the queue: it would fail the same way on every delivery."""
+        log.error(
+            "unreadable broker message %s on %s set aside in %s: %s",
+            entry_id, queue, unreadable_key(queue), why,
+        )  # fmt: skip
+        key = stream_key(queue)
+        with self._sync_client.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                unreadable_key(queue),
+                {**fields, b"entry": entry_id.encode(), b"error": why.encode()},
+                maxlen=UNREADABLE_MAX_ENTRIES,
+                approximate=True,
+            )
+            pipe.xack(key, GROUP, entry_id)
+            pipe.xdel(key, entry_id)
+            pipe.execute()
+
+
+class Transport(redis_transport.Transport):
+    Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        cycle = self.cycle
+        previous = getattr(cycle, "_move_lists_tref", None)
+        if previous is not None:
+            previous.cancel()
+
+        def move_lists() -> None:
+            for channel in list(cycle._channels):
+                if channel.active_queues and channel._stream_consumption(channel.active_queues):
+                    try:
+                        channel.maybe_move_lists()
+                    except channel.connection_errors:
+                        log.debug("moving list messages: broker unreachable, next tick")
+                    return  # one channel moves for the process, as kombu's restore does
+
+        cycle._move_lists_tref = loop.call_repeatedly(LIST_MOVE_INTERVAL_SECONDS, move_lists)

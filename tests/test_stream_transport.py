@@ -1,0 +1,224 @@
+"""The stream transport (settings/stream_transport.py) on a real Redis, through kombu.
+
+Each test has its own queue on its own database, so the session's worker never reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+from kombu import Connection, Exchange, Queue
+
+from harness.processes import RedisServer
+from harness.waiting import wait_for
+from settings.broker import STREAM_TRANSPORT
+from settings.stream_transport import GROUP, stream_key, unreadable_key
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = 11
+
+
+@pytest.fixture
+def broker(redis_server: RedisServer) -> Iterator[tuple[str, redis_py.Redis]]:
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+    client = redis_py.Redis.from_url(url)
+    client.flushdb()
+    yield url, client
+    client.flushdb()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"t.{uuid.uuid4().hex[:8]}"
+
+
+def connect(url: str, queue: str, **options: object) -> Connection:
+    transport_options = {"stream_queues": [queue], **options}
+    return Connection(url, transport=STREAM_TRANSPORT, transport_options=transport_options)
+
+
+def declared(queue: str) -> Queue:
+    return Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
+
+
+def publish(connection: Connection, queue: str, body: object) -> None:
+    with connection.Producer() as producer:
+        producer.publish(body, routing_key=queue, exchange=queue, declare=[declared(queue)])
+
+
+def receive(connection: Connection, queue: str, count: int = 1) -> list:
+    """Consume `count` messages (not acknowledged) with a deadline."""
+    got: list = []
+    with connection.Consumer(declared(queue), callbacks=[lambda _b, m: got.append(m)]):
+        wait_for(lambda: _drain(connection) or len(got) >= count, what=f"{count} message(s)")
+    return got
+
+
+def _drain(connection: Connection) -> bool:
+    try:
+        connection.drain_events(timeout=0.2)
+    except TimeoutError:
+        pass
+    return False
+
+
+def pending(client: redis_py.Redis, queue: str) -> int:
+    return client.xpending(stream_key(queue), GROUP)["pending"]
+
+
+def test_a_message_is_stored_once_with_its_body_raw(broker, queue_name):
+    url, client = broker
+    body = {"text": "x" * 3000}
+    with connect(url, queue_name) as connection:
+        publish(connection, queue_name, body)
+        entries = client.xrange(stream_key(queue_name))
+        assert len(entries) == 1
+        fields = entries[0][1]
+        assert set(fields) == {b"e", b"b"}
+        assert b"x" * 3000 in fields[b"b"]  # the body raw, not base64
+        assert client.keys("unacked*") == []  # no second copy anywhere
+
+        [message] = receive(connection, queue_name)
+        assert message.payload == body
+        assert pending(client, queue_name) == 1
+        message.ack()
+        assert pending(client, queue_name) == 0
+        assert client.xlen(stream_key(queue_name)) == 0  # acknowledged is deleted
+
+
+def test_a_publish_is_one_command(broker, queue_name):
+    url, client = broker
+    with connect(url, queue_name) as connection:
+        publish(connection, queue_name, {"n": 0})  # declares the queue once
+        before = client.info("commandstats")
+        for n in range(50):
+            publish(connection, queue_name, {"n": n})
+        after = client.info("commandstats")
+    calls = {
+        name: after[name]["calls"] - before.get(name, {"calls": 0})["calls"]
+        for name in after
+        if name != "cmdstat_info"
+    }
+    assert {name: n for name, n in calls.items() if n} == {"cmdstat_xadd": 50}
+
+
+CONSUME_AND_HANG = """
+import sys, time
+from kombu import Connection, Exchange, Queue
+url, queue, transport = sys.argv[1:4]
+q = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
+with Connection(url, transport=transport, transport_options={"stream_queues": [queue]}) as c:
+    def got(body, message):
+        print("got", body["n"], flush=True)
+    with c.Consumer(q, callbacks=[got]):
+        c.drain_events(timeout=30)
+        time.sleep(60)  # killed here, holding the message
+"""
+
+
+def test_a_consumer_killed_holding_a_message_loses_nothing(broker, queue_name, tmp_path):
+    url, client = broker
+    with connect(url, queue_name) as connection:
+        publish(connection, queue_name, {"n": 1})
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", CONSUME_AND_HANG, url, queue_name, STREAM_TRANSPORT],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert consumer.stdout.readline().strip() == "got 1"
+    finally:
+        os.kill(consumer.pid, signal.SIGKILL)
+        consumer.wait()
+    assert pending(client, queue_name) == 1  # the group still holds it for the dead consumer
+
+    # A live consumer takes it back once it is held past the visibility timeout.
+    with connect(url, queue_name, visibility_timeout=1) as connection:
+        channel = connection.default_channel
+        channel.queue_declare(queue_name)
+
+        def requeued() -> bool:
+            channel._restore_idle()
+            return pending(client, queue_name) == 0 and client.xlen(stream_key(queue_name)) == 1
+
+        wait_for(requeued, what="the held message requeued")
+        [message] = receive(connection, queue_name)
+        assert message.payload == {"n": 1}
+        assert message.delivery_info["redelivered"] is True
+        message.ack()
+    assert client.xlen(stream_key(queue_name)) == 0
+
+
+def test_a_requeue_happens_once(broker, queue_name):
+    url, client = broker
+    with connect(url, queue_name) as connection:
+        publish(connection, queue_name, {"n": 1})
+        [message] = receive(connection, queue_name)
+        channel = connection.default_channel
+        channel._requeue([message.delivery_tag])
+        channel._requeue([message.delivery_tag])  # a second requeue of one delivery
+        assert client.xlen(stream_key(queue_name)) == 1
+        assert pending(client, queue_name) == 0
+        message.ack()  # acknowledging the old delivery removes nothing else
+        [again] = receive(connection, queue_name)
+        assert again.payload == {"n": 1} and again.delivery_info["redelivered"] is True
+        again.ack()
+        assert client.xlen(stream_key(queue_name)) == 0
+
+
+def test_what_a_list_client_pushes_is_delivered(broker, queue_name):
+    """A gateway's own Celery client speaks kombu's list protocol: its messages arrive."""
+    url, client = broker
+    with Connection(url) as list_client:  # kombu's own Redis transport
+        publish(list_client, queue_name, {"from": "a list client"})
+    assert client.llen(queue_name) == 1
+    with connect(url, queue_name) as connection:
+        channel = connection.default_channel
+        channel.queue_declare(queue_name)
+        assert channel._size(queue_name) == 1  # counted while still on the list
+        assert channel.move_lists() == 1
+        [message] = receive(connection, queue_name)
+        assert message.payload == {"from": "a list client"}
+        message.ack()
+    assert client.llen(queue_name) == 0 and client.xlen(stream_key(queue_name)) == 0
+
+
+def test_an_unreadable_entry_is_set_aside_and_the_queue_goes_on(broker, queue_name, caplog):
+    url, client = broker
+    with connect(url, queue_name) as connection:
+        connection.default_channel.queue_declare(queue_name)
+        bad_id = client.xadd(stream_key(queue_name), {b"e": b"\xff not json"}).decode()
+        publish(connection, queue_name, {"n": 2})
+        with caplog.at_level(logging.ERROR, logger="settings.stream_transport"):
+            [message] = receive(connection, queue_name)
+        assert message.payload == {"n": 2}
+        message.ack()
+    [(_, kept)] = client.xrange(unreadable_key(queue_name))
+    assert kept[b"entry"].decode() == bad_id and kept[b"e"] == b"\xff not json"
+    assert bad_id in caplog.text and unreadable_key(queue_name) in caplog.text
+    assert client.xlen(stream_key(queue_name)) == 0
+
+
+def test_size_counts_waiting_messages_and_purge_spares_delivered_ones(broker, queue_name):
+    url, client = broker
+    with connect(url, queue_name) as connection:
+        for n in range(3):
+            publish(connection, queue_name, {"n": n})
+        channel = connection.default_channel
+        [held] = receive(connection, queue_name)
+        assert channel._size(queue_name) == 2
+        assert channel.queue_purge(queue_name) == 2
+        assert channel._size(queue_name) == 0
+        assert pending(client, queue_name) == 1  # the delivered one is still held
+        held.ack()
+        assert client.xlen(stream_key(queue_name)) == 0

@@ -10,6 +10,7 @@ from settings.broker import (
     DELIVER_QUEUE,
     FANOUT_QUEUE,
     MAINTENANCE_QUEUE,
+    STREAM_TRANSPORT,
     TASK_QUEUES,
     transport_for,
 )
@@ -49,10 +50,14 @@ task_queues = tuple(
 task_default_queue = FANOUT_QUEUE
 task_default_exchange = FANOUT_QUEUE
 task_default_routing_key = FANOUT_QUEUE
+# On the stream transport a sender declares nothing (Celery would check its declaration
+# cache on every `.delay()`): XADD creates the stream, and the workers' consumer group
+# reads it from its first entry, whenever the group is created.
+_declare = {"declare": []} if broker_transport == STREAM_TRANSPORT else {}
 task_routes = {
-    "broadcast.fan_out": {"queue": FANOUT_QUEUE},
-    "broadcast.deliver": {"queue": DELIVER_QUEUE},
-    "broadcast.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+    "broadcast.fan_out": {"queue": FANOUT_QUEUE, **_declare},
+    "broadcast.deliver": {"queue": DELIVER_QUEUE, **_declare},
+    "broadcast.maintenance.*": {"queue": MAINTENANCE_QUEUE, **_declare},
 }
 # The worker loads these; a gateway that only sends `broadcast.fan_out` never does.
 imports = ("tasks.deliver", "tasks.maintenance")

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from settings import keys
 
@@ -31,7 +32,7 @@ def check_worker(app: Celery, *, node: str | None, timeout: float) -> dict[str, 
     destination = [node_name(node)] if node else None
     try:
         replies = app.control.ping(destination=destination, timeout=timeout) or []
-    except OSError as exc:  # kombu raises socket and connection errors as OSError
+    except (OSError, OperationalError) as exc:  # kombu wraps connection errors
         raise Unhealthy(f"cannot reach the broker: {type(exc).__name__}") from None
     answered = sorted(name for reply in replies for name in reply)
     if not answered:

@@ -121,3 +121,10 @@ def test_health_worker_pings_a_real_worker(worker):
     assert run("health", "worker", "--node", node, "--timeout", "1").returncode == 0
     absent = run("health", "worker", "--node", "nobody", "--timeout", "0.5")
     assert absent.returncode == 1 and "no worker nobody@" in absent.stderr
+
+
+def test_health_worker_says_when_the_broker_is_unreachable():
+    env = {**os.environ, "BROADCAST_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    result = run("health", "worker", "--timeout", "0.5", env=env)
+    assert result.returncode == 1
+    assert "cannot reach the broker" in result.stderr and "Traceback" not in result.stderr

@@ -51,8 +51,9 @@ def declared(queue: str) -> Queue:
 
 
 def publish(connection: Connection, queue: str, body: object) -> None:
+    """As Celery sends a task: to the default exchange, with the queue as routing key."""
     with connection.Producer() as producer:
-        producer.publish(body, routing_key=queue, exchange=queue, declare=[declared(queue)])
+        producer.publish(body, routing_key=queue, exchange="", declare=[declared(queue)])
 
 
 def receive(connection: Connection, queue: str, count: int = 1) -> list:
@@ -83,7 +84,7 @@ def test_a_message_is_stored_once_with_its_body_raw(broker, queue_name):
         entries = client.xrange(stream_key(queue_name))
         assert len(entries) == 1
         fields = entries[0][1]
-        assert set(fields) == {b"e", b"b"}
+        assert set(fields) == {b"z", b"b"}  # the envelope compressed, the body
         assert b"x" * 3000 in fields[b"b"]  # the body raw, not base64
         assert client.keys("unacked*") == []  # no second copy anywhere
 
@@ -197,14 +198,14 @@ def test_an_unreadable_entry_is_set_aside_and_the_queue_goes_on(broker, queue_na
     url, client = broker
     with connect(url, queue_name) as connection:
         connection.default_channel.queue_declare(queue_name)
-        bad_id = client.xadd(stream_key(queue_name), {b"e": b"\xff not json"}).decode()
+        bad_id = client.xadd(stream_key(queue_name), {b"z": b"\xff not zlib"}).decode()
         publish(connection, queue_name, {"n": 2})
         with caplog.at_level(logging.ERROR, logger="settings.stream_transport"):
             [message] = receive(connection, queue_name)
         assert message.payload == {"n": 2}
         message.ack()
     [(_, kept)] = client.xrange(unreadable_key(queue_name))
-    assert kept[b"entry"].decode() == bad_id and kept[b"e"] == b"\xff not json"
+    assert kept[b"entry"].decode() == bad_id and kept[b"z"] == b"\xff not zlib"
     assert bad_id in caplog.text and unreadable_key(queue_name) in caplog.text
     assert client.xlen(stream_key(queue_name)) == 0
 
@@ -222,3 +223,23 @@ def test_size_counts_waiting_messages_and_purge_spares_delivered_ones(broker, qu
         assert pending(client, queue_name) == 1  # the delivered one is still held
         held.ack()
         assert client.xlen(stream_key(queue_name)) == 0
+
+
+def test_consumers_that_hold_nothing_and_stopped_reading_are_forgotten(broker, queue_name):
+    url, client = broker
+    key = stream_key(queue_name)
+    with connect(url, queue_name) as holder:
+        with connect(url, queue_name) as gone:
+            for n in range(2):
+                publish(gone, queue_name, {"n": n})
+            assert len(receive(gone, queue_name)) == 1
+            gone.default_channel.qos.restore_unacked_once()  # a warm shutdown: holds nothing
+        [held] = receive(holder, queue_name)  # a consumer that still holds a message
+        assert len(client.xinfo_consumers(key, GROUP)) == 2
+        with connect(url, queue_name, consumer_forget_idle_seconds=0.2) as watcher:
+            channel = watcher.default_channel
+            channel.queue_declare(queue_name)
+            wait_for(lambda: channel.forget_gone_consumers() == 1, what="the idle one forgotten")
+        [kept] = client.xinfo_consumers(key, GROUP)
+        assert kept["pending"] == 1  # the one holding a message stays
+        held.ack()

@@ -118,7 +118,7 @@ def message_from_entry(queue: str, entry_id: str, fields: dict[bytes, bytes]) ->
                 message["body"] = fields[BODY]
         properties = message["properties"]
         delivery_info = properties.setdefault("delivery_info", {})
-    except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, zlib.error) as exc:
         raise UnreadableEntry(f"{type(exc).__name__}: {exc}") from None
     if not isinstance(message, dict) or not isinstance(delivery_info, dict):
         raise UnreadableEntry("the envelope is not a JSON object with properties")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,13 +200,16 @@ def test_an_unreadable_entry_is_set_aside_and_the_queue_goes_on(broker, queue_na
     with connect(url, queue_name) as connection:
         connection.default_channel.queue_declare(queue_name)
         bad_id = client.xadd(stream_key(queue_name), {b"z": b"\xff not zlib"}).decode()
+        deep = zlib.compress(b"[" * 100_000 + b"]" * 100_000)  # nested past any recursion
+        deep_id = client.xadd(stream_key(queue_name), {b"z": deep}).decode()
         publish(connection, queue_name, {"n": 2})
         with caplog.at_level(logging.ERROR, logger="settings.stream_transport"):
             [message] = receive(connection, queue_name)
         assert message.payload == {"n": 2}
         message.ack()
-    [(_, kept)] = client.xrange(unreadable_key(queue_name))
+    [(_, kept), (_, kept_deep)] = client.xrange(unreadable_key(queue_name))
     assert kept[b"entry"].decode() == bad_id and kept[b"z"] == b"\xff not zlib"
+    assert kept_deep[b"entry"].decode() == deep_id and b"RecursionError" in kept_deep[b"error"]
     assert bad_id in caplog.text and unreadable_key(queue_name) in caplog.text
     assert client.xlen(stream_key(queue_name)) == 0
 

@@ -1,11 +1,12 @@
 """Broadcast benchmark: ratios against baselines measured in the same run, on loopback.
 
-Rows (the delivery-engine issue's table; every ratio's baseline runs in this process,
-on the same broker, worker, pool and concurrency, with worker task events on):
+Rows (the delivery-engine issue's table; every baseline is measured in this run, on the
+same Redis, pool and concurrency, with worker task events on):
 
 - B1  `broadcast.delay(event)` against a raw `LPUSH` of the event's JSON bytes;
-- B2  events/s with 3 webhook destinations (batch format) against the floor: a bare no-op
-      Celery task, 4 per event (a fan-out and 3 deliveries' worth);
+- B2  events/s with 3 webhook destinations (batch format) against the floor: a bare
+      Celery app (bench/floor_app.py, kombu's own Redis transport) running a no-op task,
+      4 per event (a fan-out and 3 deliveries' worth);
 - B2b the same with 3 OTLP destinations;
 - B3  Redis commands per event (INFO commandstats delta) with 3 destinations;
 - B3b Redis input bytes per event (INFO total_net_input_bytes delta) / the event's size;
@@ -35,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.processes import ManagedProcess
 from harness.receiver import ReceivedRequest, Receiver, Reply
 from harness.samples import chat_event
 from harness.stack import Stack, local_stack
@@ -111,9 +113,9 @@ def gateway_cost(calls: int, rounds: int) -> dict[str, float]:
     return {"delay_us": delay_us, "lpush_us": lpush_us, "ratio": delay_us / lpush_us}
 
 
-def worker_cpu_seconds(stack: Stack) -> float:
-    """User + system CPU of the worker's process group (prefork children included)."""
-    group = stack.processes[0].process.pid
+def worker_cpu_seconds(worker: ManagedProcess) -> float:
+    """User + system CPU of a worker's process group (prefork children included)."""
+    group = worker.process.pid
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for entry in Path("/proc").iterdir():
@@ -193,7 +195,7 @@ def run_events(
 
         sent_at: dict[str, float] = {}
         before_stats, before_net = client.info("commandstats"), client.info("stats")
-        cpu_before = worker_cpu_seconds(stack)
+        cpu_before = worker_cpu_seconds(stack.processes[0])
         started = time.perf_counter()
         for n, event in enumerate(batch):
             if rate:
@@ -204,7 +206,7 @@ def run_events(
             broadcast.delay(event)
         wait_for(lambda: delivered() >= events * destinations, timeout=900, interval=0.02)
         seconds = time.perf_counter() - started
-        cpu = worker_cpu_seconds(stack) - cpu_before
+        cpu = worker_cpu_seconds(stack.processes[0]) - cpu_before
         after_stats, after_net = client.info("commandstats"), client.info("stats")
         failed = sum(service.store.counters(i)["failed"] for i in ids)
     finally:
@@ -236,20 +238,45 @@ def run_events(
     }
 
 
-def floor(stack: Stack, events: int) -> dict[str, float]:
-    """The bare Celery floor: 4 no-op tasks per event, same worker."""
-    from bench.noop import COUNTER_KEY, noop
+def floor(stack: Stack, events: int, pool: str, concurrency: int) -> dict[str, float]:
+    """The floor: a bare Celery app (bench/floor_app.py, kombu's own Redis transport)
+    running 4 no-op tasks per event on the same Redis, with the Broadcast worker's pool and
+    concurrency; its worker runs only while it is measured."""
+    from bench import floor_app
     from settings.runtime import runtime
 
     client = runtime().store.redis
-    tasks_run = events * (1 + DESTINATIONS)
-    client.delete(COUNTER_KEY)
-    started = time.perf_counter()
-    for _ in range(tasks_run):
-        noop.delay()
-    wait_for(lambda: int(client.get(COUNTER_KEY) or 0) >= tasks_run, timeout=900, interval=0.02)
-    seconds = time.perf_counter() - started
-    return {"events_per_s": events / seconds, "tasks_per_s": tasks_run / seconds}
+    argv = [sys.executable, "-m", "celery", "-A", "bench.floor_app", "worker"]
+    argv += ["-Q", floor_app.QUEUE, "-P", pool, "-c", str(concurrency)]
+    argv += ["-n", f"floor-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    argv += ["-l", "WARNING"]
+    worker = ManagedProcess("floor", argv, dict(os.environ), stack.workdir)
+    try:
+        wait_for(
+            lambda: bool(floor_app.app.control.ping(timeout=0.5)),
+            timeout=60,
+            what="the floor worker to answer a ping",
+        )
+        tasks_run = events * (1 + DESTINATIONS)
+        client.delete(floor_app.COUNTER_KEY)
+        cpu_before = worker_cpu_seconds(worker)
+        started = time.perf_counter()
+        for _ in range(tasks_run):
+            floor_app.noop.delay()
+        wait_for(
+            lambda: int(client.get(floor_app.COUNTER_KEY) or 0) >= tasks_run,
+            timeout=900,
+            interval=0.02,
+        )
+        seconds = time.perf_counter() - started
+        cpu = worker_cpu_seconds(worker) - cpu_before
+    finally:
+        worker.stop()
+    return {
+        "events_per_s": events / seconds,
+        "tasks_per_s": tasks_run / seconds,
+        "cpu_ms_per_task": cpu * 1000.0 / tasks_run,
+    }
 
 
 def outage_memory(entries: int) -> dict[str, float]:
@@ -295,10 +322,11 @@ def main() -> int:
     with local_stack(
         with_beat=False,
         worker_concurrency=args.concurrency,
-        worker_args={"include": "bench.noop", "pool": args.pool},
+        # Both workers log at WARNING, the level of the production guide's commands.
+        worker_args={"pool": args.pool, "loglevel": "WARNING"},
     ) as stack:
         cost = gateway_cost(args.delay_calls, args.rounds)
-        base = floor(stack, args.events)
+        base = floor(stack, args.events, args.pool, args.concurrency)
         hooks = run_events(
             stack, kind="webhook", destinations=3, events=args.events, prefix="b-hook"
         )
@@ -332,7 +360,8 @@ def main() -> int:
             "events/s, 3 webhook (batch) / floor",
             f"{hooks['events_per_s'] / base['events_per_s']:.2f}",
             f"{hooks['events_per_s']:.0f} vs {base['events_per_s']:.0f} events/s "
-            f"({base['tasks_per_s']:.0f} no-op tasks/s)",
+            f"({base['tasks_per_s']:.0f} no-op tasks/s, "
+            f"{base['cpu_ms_per_task']:.2f} worker CPU ms each)",
             ">= 1.5",
         ),
         (

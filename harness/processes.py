@@ -149,11 +149,12 @@ def celery_worker(
     concurrency: int = 8,
     pool: str = "threads",
     include: str | None = None,
+    loglevel: str = "INFO",
 ) -> ManagedProcess:
     """A real worker; returns once it answers a ping. `include`: extra task modules."""
     hostname = f"{name}-{os.getpid()}@%h"
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues]
-    argv += ["-P", pool, "-c", str(concurrency), "-n", hostname, "-l", "INFO"]
+    argv += ["-P", pool, "-c", str(concurrency), "-n", hostname, "-l", loglevel]
     argv += ["--without-gossip", "--without-mingle"]
     if include:
         argv += ["--include", include]

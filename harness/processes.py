@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from harness.waiting import wait_for
 from settings.broker import use_broker
@@ -164,7 +165,10 @@ def celery_worker(
     def answered() -> bool:
         if not process.alive():
             raise RuntimeError(f"worker exited:\n{process.log_tail()}")
-        replies = client.control.ping(timeout=0.5) or []
+        try:
+            replies = client.control.ping(timeout=0.5) or []
+        except (OSError, OperationalError, redis.ConnectionError):
+            return False  # the broker just restarted (the chaos run): ask again
         return any(hostname.split("@")[0] in next(iter(reply)) for reply in replies)
 
     wait_for(answered, timeout=60, what="the Celery worker to answer a ping")

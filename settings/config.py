@@ -74,6 +74,10 @@ class BroadcastConfig:
     # A deliver task's entries are reclaimed by another task when it stays silent this long
     # (a killed worker's work resumes after it): above the longest vendor request.
     claim_lease_seconds: float = 90.0
+    # Once a vendor answered, a deliver task waits this long for an unreachable store to
+    # record the answer (a restart, a failover) before it gives up and the batch is sent
+    # again after the lease. Below the lease.
+    settle_patience_seconds: float = 30.0
     # Dead letters of one destination that trigger a notification to its owner.
     dead_letter_notify_threshold: int = 10
     # Limits on a gateway's event (settings/event_limits.py); the broker codec enforces the
@@ -118,6 +122,7 @@ ENVIRONMENT = {
     "revalidate_seconds": "BROADCAST_REVALIDATE_SECONDS",
     "auth_failed_recheck_seconds": "BROADCAST_AUTH_FAILED_RECHECK_SECONDS",
     "claim_lease_seconds": "BROADCAST_CLAIM_LEASE_SECONDS",
+    "settle_patience_seconds": "BROADCAST_SETTLE_PATIENCE_SECONDS",
     "dead_letter_notify_threshold": "BROADCAST_DEAD_LETTER_NOTIFY_THRESHOLD",
     "event_max_depth": "BROADCAST_EVENT_MAX_DEPTH",
     "event_max_bytes": "BROADCAST_EVENT_MAX_BYTES",

@@ -12,8 +12,11 @@ trace's fate and the destination's next step, and this module only carries it ou
 settle (atomic, exactly once per entry), update health, back off, or stop.
 
 Failures that are not a vendor's answer: a store error retries the task (the claimed
-entries come back to another run after the lease); a bug in a vendor module becomes a
-permanent, recorded failure of the trace it concerns, never a dead worker or a lost trace.
+entries come back to another run after the lease), except between the vendor's answer
+and the settlement, where the run waits for the store (`BROADCAST_SETTLE_PATIENCE_SECONDS`)
+so that a Redis restart does not make it send an accepted batch again; a bug in a
+vendor module becomes a permanent, recorded failure of the trace it concerns, never a
+dead worker or a lost trace.
 """
 
 from __future__ import annotations
@@ -297,7 +300,7 @@ class DeliveryRun:
                 )
             )
         log_entry = self._log_entry(entries, results, items, decision, now, secrets)
-        current.backlog.settle(record.id, settlements, log_entry, fresh=fresh)
+        self._settle_through_outage(record, settlements, log_entry, fresh)
         settled = [s.entry for s in settlements if s.kind in ("d", "f")]
         self._release_retained(record, settled, now)
         health = self._apply(record, health, decision, now)
@@ -305,6 +308,35 @@ class DeliveryRun:
             current.health.dead_lettered(record, len(dead_reasons), dead_reasons[-1], now)
         self._log(record, entries, log_entry)
         return decision, health
+
+    def _settle_through_outage(
+        self,
+        record: DestinationRecord,
+        settlements: list[Settlement],
+        log_entry: dict[str, Any],
+        fresh: bool,
+    ) -> None:
+        """Settle the batch the vendor answered, retrying while the store is unreachable
+        (a restart, a failover) for up to `settle_patience_seconds`; then raise. Only
+        pending entries are settled, so a retry after a settlement that was applied but
+        not answered counts no delivery or dead letter twice (its `retried` count and
+        delivery-log entry may repeat)."""
+        deadline = time.monotonic() + self.current.config.settle_patience_seconds
+        wait = 0.1
+        while True:
+            try:
+                self.current.backlog.settle(record.id, settlements, log_entry, fresh=fresh)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + wait > deadline:
+                    raise
+                logger.warning(
+                    "broadcast.deliver.settle_waits_for_store destination=%s error=%s",
+                    record.id,
+                    type(exc).__name__,
+                )
+                time.sleep(wait)  # backoff while the store comes back
+                wait = min(wait * 2, 2.0)
 
     def _send(
         self, record: DestinationRecord, vendor: Destination | None, traces: list[Trace]

@@ -28,6 +28,7 @@ from settings.runtime import Runtime
 from tasks.maintenance import sweep
 
 pytestmark = pytest.mark.integration
+SETTLE_PATIENCE = 5.0
 
 
 @dataclass
@@ -62,7 +63,13 @@ def stack(workdir: Path) -> Iterator[FaultStack]:
     root.mkdir(exist_ok=True)
     broker = RedisServer(root, name="broker")
     store = RedisServer(root, name="store")
-    env = {**os.environ, "BROADCAST_BROKER_URL": broker.url, "BROADCAST_STORE_URL": store.url}
+    env = {
+        **os.environ,
+        "BROADCAST_BROKER_URL": broker.url,
+        "BROADCAST_STORE_URL": store.url,
+        # A store outage after the vendor's answer is waited out this long (then re-sent).
+        "BROADCAST_SETTLE_PATIENCE_SECONDS": str(SETTLE_PATIENCE),
+    }
     runtime = Runtime(load_config(environ=env))
     yield FaultStack(root, broker, store, env, runtime, control_client(broker.url))
     store.stop()
@@ -174,3 +181,37 @@ def test_a_store_outage_mid_delivery_retries_the_task_and_loses_nothing(stack, r
     assert (counters["delivered"], counters["failed"]) == (1, 0)
     assert set(vendor.ids) == {vendor.ids[0]}  # re-sent with the same webhook-id
     assert len(vendor.ids) >= 2  # at least once: the vendor de-duplicates by the id
+
+
+def test_a_store_restart_after_the_vendors_answer_is_waited_out_without_a_resend(
+    stack, receiver, user_id
+):
+    vendor = HangingVendor()
+    sink = receiver(vendor)
+    owner = f"user:{user_id}"
+    destination_id = add_hook(stack, owner, sink)
+    worker = stack.worker("store-restart")
+    try:
+        vendor.hold.set()
+        stack.send(chat_event(1, user_id=user_id, id=f"{user_id}-1"))
+        assert vendor.hung.wait(30), "the delivery never reached the vendor"
+        stack.store.stop()
+        vendor.hold.clear()
+        vendor.released.set()  # the vendor answers 200 while the store is down
+        wait_for(
+            lambda: "broadcast.deliver.settle_waits_for_store" in worker.log_path.read_text(),
+            timeout=30,
+            what="the task to wait for the store to record the answer",
+        )
+        stack.store.start()  # back within the patience
+        store = stack.runtime.store
+        wait_for(
+            lambda: store.counters(destination_id)["delivered"] == 1,
+            timeout=30,
+            what="the answer recorded once the store is back",
+        )
+    finally:
+        worker.stop()
+    assert len(vendor.ids) == 1  # sent once: the accepted batch was not sent again
+    assert "broadcast.deliver.store_unreachable" not in worker.log_path.read_text()
+    assert stack.runtime.store.counters(destination_id)["failed"] == 0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from destinations.otlp.encoding import (
     Encoding,
@@ -21,8 +24,9 @@ from destinations.otlp.encoding import (
     parse_response,
 )
 from destinations.otlp.genai import genai_attributes
+from destinations.otlp.openinference import openinference_attributes
 from destinations.otlp.spans import export_request, unix_nanos
-from harness.samples import chat_event, error_event
+from harness.samples import chat_event, error_event, tool_call_event
 from tasks.events import build_trace
 from tests.emulators.otlp_receiver import plain, success
 
@@ -121,3 +125,56 @@ def test_partial_success_response_is_read_in_both_encodings(encoding: Encoding) 
 def test_unreadable_success_bodies_are_empty_responses(body: bytes) -> None:
     assert parse_response(body, "text/html").partial_success.rejected_spans == 0
     assert parse_response(body, "application/json").partial_success.rejected_spans == 0
+
+
+def _oracle_json(request: ExportTraceServiceRequest) -> dict:
+    """The protobuf library's own proto3 JSON, with OTLP's hex ids: what `encode_json`
+    must produce (it walks the fields itself, for speed)."""
+    document = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for resource_spans in document.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for node in (span, *span.get("links", [])):
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if node.get(key):
+                            node[key] = base64.b64decode(node[key]).hex()
+    return document
+
+
+def _every_field_kind() -> ExportTraceServiceRequest:
+    """Values that proto3 JSON writes specially: 64-bit ints, bytes, doubles, enums."""
+    span = Span(
+        trace_id=bytes(range(16)),
+        span_id=bytes(range(8)),
+        parent_span_id=bytes(range(8, 16)),
+        name="edge",
+        kind=Span.SPAN_KIND_CLIENT,
+        start_time_unix_nano=2**63 - 1,
+        end_time_unix_nano=1,
+        status=Status(code=Status.STATUS_CODE_ERROR, message="boom"),
+        dropped_attributes_count=3,
+        events=[Span.Event(name="e", time_unix_nano=5, attributes=attributes({"n": -(2**40)}))],
+        links=[Span.Link(trace_id=bytes(16), span_id=bytes(8), attributes=attributes({"x": 1}))],
+    )
+    span.attributes.extend(attributes({"nan": math.nan, "inf": math.inf, "ninf": -math.inf}))
+    span.attributes.extend(attributes({"f": 0.5, "b": False, "list": [1, 2], "doc": {"k": 1}}))
+    span.attributes.add(key="raw", value=AnyValue(bytes_value=b"\x00\xffbytes"))
+    span.attributes.add(key="empty", value=AnyValue(string_value=""))
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.append(span)
+    return request
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        _request(),
+        _request(error_event(2)),
+        _request(tool_call_event(3)),
+        export_request(build_trace(chat_event(4)), "dst_2", openinference_attributes),
+        _every_field_kind(),
+    ],
+    ids=["chat", "error", "tool-call", "openinference", "every-field-kind"],
+)
+def test_json_equals_the_protobuf_librarys_json_with_hex_ids(request_) -> None:
+    assert json.loads(encode_json(request_)) == _oracle_json(request_)

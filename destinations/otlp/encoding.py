@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import gzip
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -83,10 +86,64 @@ def encode(request: ExportTraceServiceRequest, encoding: Encoding) -> bytes:
 
 
 def encode_json(request: ExportTraceServiceRequest) -> bytes:
-    """OTLP JSON: proto3 JSON with hex ids and integer enums."""
-    document = json_format.MessageToDict(request, use_integers_for_enums=True)
-    _rewrite_ids(document, _base64_to_hex)
-    return compact_json(document)
+    """OTLP JSON: proto3 JSON with hex ids and integer enums.
+
+    A direct walk over the set fields: `json_format.MessageToDict`'s generic walk (maps,
+    `Any`, wrappers, none of which OTLP traces use) was half of a trace's encoding time.
+    `tests/test_otlp_encoding.py` checks that it equals `MessageToDict` with the ids
+    rewritten to hex, for every sample trace."""
+    return compact_json(_json_object(request))
+
+
+def _json_object(message: Message) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        name, convert = _json_plan(field)
+        document[name] = [convert(item) for item in value] if field.is_repeated else convert(value)
+    return document
+
+
+@functools.cache
+def _json_plan(field: FieldDescriptor) -> tuple[str, Callable[[Any], Any]]:
+    """A field's JSON key and how its values convert (proto3 JSON, OTLP's deviations)."""
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_MESSAGE:
+        return field.json_name, _json_object
+    if kind == FieldDescriptor.TYPE_BYTES:
+        to_text = bytes.hex if field.json_name in _ID_FIELDS else _base64_text
+        return field.json_name, to_text
+    if kind in _INT64_KINDS:
+        return field.json_name, str  # proto3 JSON: 64-bit integers are decimal strings
+    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return field.json_name, _json_number
+    return field.json_name, _same  # string, bool, 32-bit integers, enums as integers
+
+
+_INT64_KINDS = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _base64_text(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _json_number(value: float) -> float | str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
 
 
 _JSON_HEAD, _JSON_TAIL = b'{"resourceSpans":[', b"]}"
@@ -177,10 +234,6 @@ def _convert_ids(node: dict[str, Any], convert: Callable[[str], str]) -> None:
 
 def _dicts(value: Any) -> Iterable[dict[str, Any]]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _base64_to_hex(value: str) -> str:
-    return base64.b64decode(value).hex()
 
 
 def _hex_to_base64(value: str) -> str:

@@ -56,6 +56,7 @@ class ChaosVendor:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.accepted: Counter[str] = Counter()  # request id -> 2xx answers carrying it
+        self.accepted_at: dict[str, list[float]] = {}  # request id -> when (for duplicates)
         self.answers: Counter[str] = Counter()
 
     def __call__(self, request: ReceivedRequest) -> Reply:
@@ -76,8 +77,10 @@ class ChaosVendor:
         data = json.loads(request.body)["data"]
         with self.lock:
             self.answers["200"] += 1
+            now = time.time()
             for document in data if isinstance(data, list) else [data]:
                 self.accepted[document["requestId"]] += 1
+                self.accepted_at.setdefault(document["requestId"], []).append(now)
         return Reply(200)
 
 
@@ -229,7 +232,9 @@ class Chaos:
             if counters["failed"] != len(dead):
                 checks.append(f"failed counter {counters['failed']} != {len(dead)} letters")
             if share > MAX_DUPLICATES:
-                checks.append("too many duplicates")
+                twice = sorted(r for r, n in vendor.accepted.items() if n > 1)
+                when = ", ".join(f"{r} at {_clock(vendor.accepted_at[r])}" for r in twice[:2])
+                checks.append(f"too many duplicates (e.g. {when})")
             if not all(letter.reason for letter in letters):
                 checks.append("a dead letter without a reason")
             ok = ok and not checks
@@ -251,6 +256,10 @@ class Chaos:
         if self.rabbitmq is not None:
             self.rabbitmq.stop()
         self.redis.stop()
+
+
+def _clock(times: list[float]) -> str:
+    return " and ".join(time.strftime("%H:%M:%S", time.localtime(t)) for t in times)
 
 
 def main() -> int:

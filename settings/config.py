@@ -76,7 +76,7 @@ class BroadcastConfig:
     claim_lease_seconds: float = 90.0
     # Once a vendor answered, a deliver task waits this long for an unreachable store to
     # record the answer (a restart, a failover) before it gives up and the batch is sent
-    # again after the lease. Below the lease.
+    # again after the lease. At most half the lease is used.
     settle_patience_seconds: float = 30.0
     # Dead letters of one destination that trigger a notification to its owner.
     dead_letter_notify_threshold: int = 10

@@ -317,11 +317,15 @@ class DeliveryRun:
         fresh: bool,
     ) -> None:
         """Settle the batch the vendor answered, retrying while the store is unreachable
-        (a restart, a failover) for up to `settle_patience_seconds`; then raise. Only
+        (a restart, a failover) for up to `settle_patience_seconds` (at most half the claim
+        lease); then raise. Only
         pending entries are settled, so a retry after a settlement that was applied but
         not answered counts no delivery or dead letter twice (its `retried` count and
         delivery-log entry may repeat)."""
-        deadline = time.monotonic() + self.current.config.settle_patience_seconds
+        config = self.current.config
+        # Past half the lease another run may reclaim the batch and send it again anyway.
+        patience = min(config.settle_patience_seconds, config.claim_lease_seconds / 2)
+        deadline = time.monotonic() + patience
         wait = 0.1
         while True:
             try:
@@ -336,7 +340,8 @@ class DeliveryRun:
                     type(exc).__name__,
                 )
                 time.sleep(wait)  # backoff while the store comes back
-                wait = min(wait * 2, 2.0)
+                # At most 0.5 s: once it is back, settle before a sweep reclaims the batch.
+                wait = min(wait * 2, 0.5)
 
     def _send(
         self, record: DestinationRecord, vendor: Destination | None, traces: list[Trace]

@@ -150,19 +150,23 @@ def test_a_batch_held_by_a_killed_worker_is_delivered_after_reclaim(stack, recei
     assert stack.runtime.backlog.stats(destination_id, time.time()).depth == 0
 
 
+def answer_while_the_store_is_down(stack: FaultStack, vendor: HangingVendor, user_id: str) -> None:
+    """Send one event, hold its delivery at the vendor, stop the store, then let the
+    vendor answer 200: the worker has an answer it cannot record."""
+    vendor.hold.set()
+    stack.send(chat_event(1, user_id=user_id, id=f"{user_id}-1"))
+    assert vendor.hung.wait(30), "the delivery never reached the vendor"
+    stack.store.stop()
+    vendor.hold.clear()
+    vendor.released.set()
+
+
 def test_a_store_outage_mid_delivery_retries_the_task_and_loses_nothing(stack, receiver, user_id):
     vendor = HangingVendor()
-    sink = receiver(vendor)
-    owner = f"user:{user_id}"
-    destination_id = add_hook(stack, owner, sink)
+    destination_id = add_hook(stack, f"user:{user_id}", receiver(vendor))
     worker = stack.worker("store-outage")
     try:
-        vendor.hold.set()
-        stack.send(chat_event(1, user_id=user_id, id=f"{user_id}-1"))
-        assert vendor.hung.wait(30), "the delivery never reached the vendor"
-        stack.store.stop()  # the store goes away while the vendor holds the request
-        vendor.hold.clear()
-        vendor.released.set()  # the vendor answers 200: the worker cannot record it
+        answer_while_the_store_is_down(stack, vendor, user_id)
         wait_for(
             lambda: "broadcast.deliver.store_unreachable" in worker.log_path.read_text(),
             timeout=30,
@@ -187,17 +191,10 @@ def test_a_store_restart_after_the_vendors_answer_is_waited_out_without_a_resend
     stack, receiver, user_id
 ):
     vendor = HangingVendor()
-    sink = receiver(vendor)
-    owner = f"user:{user_id}"
-    destination_id = add_hook(stack, owner, sink)
+    destination_id = add_hook(stack, f"user:{user_id}", receiver(vendor))
     worker = stack.worker("store-restart")
     try:
-        vendor.hold.set()
-        stack.send(chat_event(1, user_id=user_id, id=f"{user_id}-1"))
-        assert vendor.hung.wait(30), "the delivery never reached the vendor"
-        stack.store.stop()
-        vendor.hold.clear()
-        vendor.released.set()  # the vendor answers 200 while the store is down
+        answer_while_the_store_is_down(stack, vendor, user_id)
         wait_for(
             lambda: "broadcast.deliver.settle_waits_for_store" in worker.log_path.read_text(),
             timeout=30,

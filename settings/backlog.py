@@ -66,6 +66,9 @@ return {probing and 'probe' or 'run', '0'}
 """
 
 # KEYS: backlog. ARGV: group, consumer, count, lease ms, waiting consumer.
+# Orphans (entries of a run that died, maybe mid-request) come back as a batch of their
+# own, not topped up: the batch a vendor may already hold is sent again as it was, with
+# the same batch-level ids (a webhook's `webhook-id`), so the vendor can de-duplicate it.
 _CLAIM = """
 local out = {}
 local want = tonumber(ARGV[3])
@@ -76,6 +79,7 @@ if not ok then
   auto = {'0-0', {}}
 end
 for _, e in ipairs(auto[2]) do table.insert(out, e) end
+if #out > 0 then return out end
 if #out < want then
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', want - #out, ARGV[5])
   if #pending > 0 then
@@ -374,7 +378,8 @@ class Backlog:
         return Begin(verdict.decode())
 
     def claim(self, destination_id: str, token: str, max_items: int) -> list[BacklogEntry]:
-        """Up to `max_items` entries for this task: orphaned, then waiting, then new."""
+        """Up to `max_items` entries for this task: orphaned ones alone (the batch a dead
+        run held, sent again as it was), else waiting, then new."""
         raw = self._claim(
             keys=[keys.destination_part(destination_id, "backlog")],
             args=[GROUP, token, max_items, int(self.lease_seconds * 1000), WAITING],

@@ -77,6 +77,18 @@ def test_claims_take_orphans_then_waiting_then_new(fresh):
     assert [e.request_id for e in backlog.claim(destination_id, "task-d", 2)] == ["r0", "r1"]
 
 
+def test_orphans_come_back_as_the_batch_they_were(fresh):
+    """A dead run's batch is sent again alone, not topped up with new entries: the same
+    batch, so a vendor that already holds it sees the same batch-level id."""
+    backlog, destination_id = fresh
+    append(backlog, destination_id, 4)
+    held = backlog.claim(destination_id, "task-a", 2)  # task-a dies mid-request with these
+    time.sleep(0.35)  # the lease of task-a's entries (0.3 s) runs out
+    again = backlog.claim(destination_id, "task-b", 4)
+    assert [e.request_id for e in again] == [e.request_id for e in held] == ["r0", "r1"]
+    assert [e.request_id for e in backlog.claim(destination_id, "task-b", 4)] == ["r2", "r3"]
+
+
 def test_an_entry_settles_once_even_when_two_tasks_raced_for_it(fresh, rt):
     backlog, destination_id = fresh
     append(backlog, destination_id, 3)

@@ -69,6 +69,9 @@ def stack(workdir: Path) -> Iterator[FaultStack]:
         "BROADCAST_STORE_URL": store.url,
         # A store outage after the vendor's answer is waited out this long (then re-sent).
         "BROADCAST_SETTLE_PATIENCE_SECONDS": str(SETTLE_PATIENCE),
+        # Every task here is short: a fan-out message the killed worker had reserved but
+        # not run comes back after 20 s instead of 300.
+        "BROADCAST_VISIBILITY_TIMEOUT_SECONDS": "20",
     }
     runtime = Runtime(load_config(environ=env))
     yield FaultStack(root, broker, store, env, runtime, control_client(broker.url))

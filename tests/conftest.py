@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from destinations.transport import HttpTransport
+from destinations.url_guard import NetworkPolicy
 from harness.processes import (
     ManagedProcess,
     MotoServer,
@@ -115,3 +117,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(WORKDIR, ignore_errors=True)
     else:
         print(f"\nprocess logs kept in {WORKDIR}")
+
+
+@pytest.fixture(scope="module")
+def transport() -> Iterator[HttpTransport]:
+    """The shared HTTP transport, allowed to reach the loopback emulators."""
+    transport = HttpTransport(NetworkPolicy(allow_private_networks=True))
+    yield transport
+    transport.close()

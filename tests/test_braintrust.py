@@ -24,7 +24,6 @@ from destinations.outcomes import Outcome
 from destinations.registry import destination_class
 from destinations.trace import Message, Trace
 from destinations.transport import HttpTransport
-from destinations.url_guard import NetworkPolicy
 from harness.receiver import Reply
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
@@ -279,13 +278,6 @@ def braintrust_server() -> Iterator[BraintrustEmulator]:
 def braintrust(braintrust_server: BraintrustEmulator) -> BraintrustEmulator:
     braintrust_server.reset()
     return braintrust_server
-
-
-@pytest.fixture(scope="module")
-def transport() -> Iterator[HttpTransport]:
-    transport = HttpTransport(NetworkPolicy(allow_private_networks=True))
-    yield transport
-    transport.close()
 
 
 def destination(

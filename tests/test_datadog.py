@@ -25,7 +25,6 @@ from destinations.outcomes import Outcome
 from destinations.registry import destination_class
 from destinations.trace import Message, Trace
 from destinations.transport import HttpTransport
-from destinations.url_guard import NetworkPolicy
 from harness.receiver import Reply
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
@@ -330,13 +329,6 @@ def datadog(datadog_server: DatadogEmulator) -> DatadogEmulator:
     datadog_server.reset()
     datadog_server.now_ns = int(NOW.timestamp()) * 10**9
     return datadog_server
-
-
-@pytest.fixture(scope="module")
-def transport() -> Iterator[HttpTransport]:
-    transport = HttpTransport(NetworkPolicy(allow_private_networks=True))
-    yield transport
-    transport.close()
 
 
 def destination(

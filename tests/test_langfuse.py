@@ -25,7 +25,6 @@ from destinations.outcomes import Outcome
 from destinations.registry import destination_class
 from destinations.trace import Message, Trace
 from destinations.transport import HttpTransport
-from destinations.url_guard import NetworkPolicy
 from harness.receiver import Reply
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
@@ -297,13 +296,6 @@ def langfuse_server() -> Iterator[LangfuseEmulator]:
 def langfuse(langfuse_server: LangfuseEmulator) -> LangfuseEmulator:
     langfuse_server.reset()
     return langfuse_server
-
-
-@pytest.fixture(scope="module")
-def transport() -> Iterator[HttpTransport]:
-    transport = HttpTransport(NetworkPolicy(allow_private_networks=True))
-    yield transport
-    transport.close()
 
 
 def destination(

@@ -18,7 +18,6 @@ from destinations.outcomes import Outcome
 from destinations.previews import PREVIEW_BYTES
 from destinations.trace import Message, Trace
 from destinations.transport import HttpTransport
-from destinations.url_guard import NetworkPolicy
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
 from tasks import broadcast
@@ -41,13 +40,6 @@ def server() -> Iterator[LangfuseOtelEmulator]:
 def langfuse(server: LangfuseOtelEmulator) -> LangfuseOtelEmulator:
     server.reset()
     return server
-
-
-@pytest.fixture(scope="module")
-def transport() -> Iterator[HttpTransport]:
-    transport = HttpTransport(NetworkPolicy(allow_private_networks=True))
-    yield transport
-    transport.close()
 
 
 def destination(

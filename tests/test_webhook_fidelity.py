@@ -13,7 +13,6 @@ from destinations.base import DeliveryContext, PayloadTooLarge
 from destinations.outcomes import Outcome
 from destinations.trace import Message
 from destinations.transport import HttpTransport
-from destinations.url_guard import NetworkPolicy
 from destinations.webhook import WebhookConfig, WebhookDestination
 from harness.receiver import Receiver, Reply, always
 from harness.samples import BASE_TIME, chat_event
@@ -27,13 +26,6 @@ TRACE = build_trace(chat_event(1))
 def receiver() -> Iterator[Receiver]:
     with Receiver(always(Reply(200, b"ok"))) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def transport() -> Iterator[HttpTransport]:
-    transport = HttpTransport(NetworkPolicy(allow_private_networks=True))
-    yield transport
-    transport.close()
 
 
 def hook(url: str, transport: HttpTransport, **extra: object) -> WebhookDestination:

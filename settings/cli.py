@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,6 +26,7 @@ from settings.config import ConfigurationError
 from settings.crypto import SecretsCorrupted, generate_key
 from settings.dead_letters import DeadLetter
 from settings.key_rotation import rotate_all
+from settings.moments import iso, parse_moment
 from settings.probes import Unhealthy
 from settings.service import SettingsError, SettingsService
 
@@ -359,7 +359,7 @@ def _render_status(row: dict[str, Any]) -> str:
 
 def _render_event(event: dict[str, Any]) -> str:
     details = " ".join(f"{k}={v}" for k, v in sorted(event["data"].items()))
-    return f"{_iso(event['at'])}  {event['type']}  {details}"
+    return f"{iso(event['at'])}  {event['type']}  {details}"
 
 
 def _render_letter(letter: dict[str, Any]) -> str:
@@ -442,27 +442,18 @@ def _time(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(raw)
+        return parse_moment(raw)
     except ValueError:
         raise Refused(f"not a time: {raw!r} (ISO 8601 or unix seconds)") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 def _letter_view(letter: DeadLetter) -> dict[str, Any]:
     return {
         "id": letter.id,
         "request_id": letter.request_id,
-        "at": _iso(letter.at),
+        "at": iso(letter.at),
         "reason": letter.reason,
-        "replayed_at": _iso(letter.replayed_at) if letter.replayed_at else None,
+        "replayed_at": iso(letter.replayed_at) if letter.replayed_at else None,
     }
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import random
 import secrets
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import redis
@@ -32,6 +31,7 @@ from destinations.outcomes import Outcome
 from settings import keys
 from settings.config import BroadcastConfig
 from settings.models import Circuit, DestinationRecord, Health, HealthRecord
+from settings.moments import iso, unix
 from settings.notifications import Notifications
 from settings.store import SettingsStore
 
@@ -53,14 +53,6 @@ return 1
 
 class Kick(Protocol):
     def __call__(self, destination_id: str, *, force: bool = False) -> None: ...
-
-
-def iso(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).isoformat()
-
-
-def unix(moment: str) -> float | None:
-    return datetime.fromisoformat(moment).timestamp() if moment else None
 
 
 class HealthKeeper:

@@ -15,7 +15,6 @@ input is a 4xx, never a 500. Secrets are masked in every answer.
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations
 # at run time, and `Caller` is local to `create_app`.
 import logging
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import redis
@@ -28,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from settings.api_keys import ManagementKey, ManagementKeys
 from settings.dead_letters import DeadLetter
 from settings.http_schemas import DestinationCreate, DestinationUpdate, OwnerUpdate, Replay
+from settings.moments import iso, parse_moment
 from settings.service import ConnectionTestFailed, LimitReached, SettingsError, SettingsService
 
 logger = logging.getLogger("broadcast.api")
@@ -251,9 +251,9 @@ def letter_out(letter: DeadLetter) -> dict[str, Any]:
     return {
         "id": letter.id,
         "requestId": letter.request_id,
-        "at": _iso(letter.at),
+        "at": iso(letter.at),
         "reason": letter.reason,
-        "replayedAt": _iso(letter.replayed_at) if letter.replayed_at else None,
+        "replayedAt": iso(letter.replayed_at) if letter.replayed_at else None,
     }
 
 
@@ -264,20 +264,11 @@ def parse_time(raw: str | float | None, name: str) -> float | None:
     if isinstance(raw, int | float):
         return float(raw)
     try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(raw)
+        return parse_moment(raw)
     except ValueError:
         raise ApiError(
             400, "invalid_request", f"{name}: not a time {raw!r} (ISO 8601 or unix seconds)"
         ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -32,6 +32,7 @@ from settings.filter_rules import validate as validate_filter_rules
 from settings.health import HealthKeeper, Kick
 from settings.masking import MASK_PREFIX, is_mask_of, mask_secrets
 from settings.models import OWNER_PATTERN, Circuit, DestinationRecord, Health, HealthRecord
+from settings.moments import iso_or_none
 from settings.redaction import redact
 from settings.store import SettingsStore, TooManyDestinations
 from settings.trace_store import TraceStore
@@ -287,7 +288,7 @@ class SettingsService:
                         "circuit": health.circuit.value,
                         **self._delivery_state(record, health),
                         "dead_letters": self.dead_letter_store.count(record.id),
-                        "next_check": _iso_or_none(self.health.next_check(record.id)),
+                        "next_check": iso_or_none(self.health.next_check(record.id)),
                     }
                 )
         return rows
@@ -409,12 +410,12 @@ class SettingsService:
         return {
             "health": shown_health,
             "delivery": state,
-            "next_attempt": _iso_or_none(next_attempt),
+            "next_attempt": iso_or_none(next_attempt),
             "consecutive_failures": health.consecutive_failures,
             "backlog": backlog.depth,
             "in_flight": backlog.in_flight,
             "backlog_bytes": backlog.bytes,
-            "oldest_waiting_since": _iso_or_none(backlog.oldest_accepted_at),
+            "oldest_waiting_since": iso_or_none(backlog.oldest_accepted_at),
         }
 
     # Helpers shared with the deliver task
@@ -588,5 +589,3 @@ def _key_list(keys: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(key.strip() for key in keys if key.strip()))
 
 
-def _iso_or_none(moment: float | None) -> str | None:
-    return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None

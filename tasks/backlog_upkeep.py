@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from settings import keys
 from settings.backlog import BacklogEntry
 from settings.dead_letters import letter_json
 from settings.models import Circuit, DestinationRecord, Health
+from settings.moments import iso
 from settings.runtime import Runtime
 
 logger = logging.getLogger("broadcast.maintenance")
@@ -219,7 +219,7 @@ def _log(
     current.store.record_attempt(
         record.id,
         {
-            "at": _iso(now),
+            "at": iso(now),
             "request_id": entries[0].request_id,
             "request_ids": [e.request_id for e in entries[:LOG_REQUEST_IDS]],
             "traces": len(entries),
@@ -244,5 +244,3 @@ def _id(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _iso(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).isoformat()

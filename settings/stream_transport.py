@@ -62,8 +62,16 @@ FORGET_CONSUMERS_EVERY_SECONDS = 3600.0
 UNREADABLE_MAX_ENTRIES = 10_000
 
 
+STREAM_SUFFIX = ":stream"
+
+
 def stream_key(queue: str) -> str:
-    return f"{queue}:stream"
+    return f"{queue}{STREAM_SUFFIX}"
+
+
+def queue_of(stream: bytes) -> str:
+    """The queue a stream key (as Redis answers it) belongs to: `stream_key`'s inverse."""
+    return stream.decode().removesuffix(STREAM_SUFFIX)
 
 
 def unreadable_key(queue: str) -> str:
@@ -285,7 +293,9 @@ class Channel(redis_transport.Channel):
         yield client or self._sync_client
 
     def _disconnect_pools(self) -> None:
+        # After a fork the pools are replaced: the client and the scripts bound to it too.
         self.__dict__.pop("_sync_client", None)
+        self.__dict__.pop("_scripts", None)
         super()._disconnect_pools()
 
     @cached_property
@@ -435,24 +445,24 @@ class Channel(redis_transport.Channel):
 
     def _deliver_reply(self, reply: Any) -> int:
         delivered = 0
-        streams = reply.items() if isinstance(reply, dict) else (reply or ())
-        for stream, entries in streams:
-            queue = stream.decode().removesuffix(":stream")
-            if isinstance(entries, list) and entries and isinstance(entries[0], list):
-                entries = entries[0]  # RESP3 nests the entries once more
-            for raw_id, fields in entries:
-                if fields is None:
-                    continue
-                entry_id = raw_id.decode()
-                try:
-                    message = message_from_entry(queue, entry_id, fields)
-                except UnreadableEntry as exc:
-                    self._set_aside(queue, entry_id, fields, str(exc))
-                    continue
+        for stream, entries in reply or ():
+            queue = queue_of(stream)
+            for message in self._readable(queue, entries):
                 self.connection._deliver(message, queue)
                 delivered += 1
             self._queue_cycle.rotate(queue)
         return delivered
+
+    def _readable(self, queue: str, entries: Any) -> Iterator[dict[str, Any]]:
+        """The envelopes of an `XREADGROUP` reply's entries; an unreadable one is set aside."""
+        for raw_id, fields in entries:
+            if fields is None:  # deleted while it was pending
+                continue
+            entry_id = raw_id.decode()
+            try:
+                yield message_from_entry(queue, entry_id, fields)
+            except UnreadableEntry as exc:
+                self._set_aside(queue, entry_id, fields, str(exc))
 
     def _get(self, queue: str) -> dict[str, Any]:
         if not self.is_stream(queue):
@@ -462,12 +472,8 @@ class Channel(redis_transport.Channel):
             GROUP, self.consumer_name, {stream_key(queue): ">"}, count=1
         )
         for _stream, entries in reply or ():
-            for raw_id, fields in entries:
-                entry_id = raw_id.decode()
-                try:
-                    return message_from_entry(queue, entry_id, fields)
-                except UnreadableEntry as exc:
-                    self._set_aside(queue, entry_id, fields, str(exc))
+            for message in self._readable(queue, entries):
+                return message
         raise virtual.Empty()
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:

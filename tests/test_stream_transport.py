@@ -60,17 +60,17 @@ def publish(connection: Connection, queue: str, body: object) -> None:
 def receive(connection: Connection, queue: str, count: int = 1) -> list:
     """Consume `count` messages (not acknowledged) with a deadline."""
     got: list = []
+
+    def received() -> bool:
+        try:
+            connection.drain_events(timeout=0.2)
+        except TimeoutError:
+            pass
+        return len(got) >= count
+
     with connection.Consumer(declared(queue), callbacks=[lambda _b, m: got.append(m)]):
-        wait_for(lambda: _drain(connection) or len(got) >= count, what=f"{count} message(s)")
+        wait_for(received, what=f"{count} message(s)")
     return got
-
-
-def _drain(connection: Connection) -> bool:
-    try:
-        connection.drain_events(timeout=0.2)
-    except TimeoutError:
-        pass
-    return False
 
 
 def pending(client: redis_py.Redis, queue: str) -> int:

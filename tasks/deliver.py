@@ -318,10 +318,9 @@ class DeliveryRun:
     ) -> None:
         """Settle the batch the vendor answered, retrying while the store is unreachable
         (a restart, a failover) for up to `settle_patience_seconds` (at most half the claim
-        lease); then raise. Only
-        pending entries are settled, so a retry after a settlement that was applied but
-        not answered counts no delivery or dead letter twice (its `retried` count and
-        delivery-log entry may repeat)."""
+        lease); then raise. Only pending entries are settled, so a retry after a
+        settlement that was applied but not answered counts no delivery or dead letter
+        twice (its `retried` count and delivery-log entry may repeat)."""
         config = self.current.config
         # Past half the lease another run may reclaim the batch and send it again anyway.
         patience = min(config.settle_patience_seconds, config.claim_lease_seconds / 2)

@@ -48,7 +48,7 @@ from destinations.document import TraceDocument, trace_document
 from destinations.ids import derived_hex
 from destinations.json_body import compact_json
 from destinations.otlp import otlp_json_body
-from destinations.otlp.encoding import Encoding, encode_json, merge_bodies
+from destinations.otlp.encoding import Encoding, encode, merge_bodies
 from destinations.otlp.spans import connection_test_export
 from destinations.registry import register
 from destinations.trace import Trace
@@ -178,13 +178,13 @@ class WebhookDestination(HttpDestination):
         `max_body_bytes` (permanent for the trace, with the sizes in the reason)."""
         otlp = self.config.get("format") == FORMAT_OTLP
 
-        def encode(candidate: Trace) -> bytes:
+        def body_of(candidate: Trace) -> bytes:
             if otlp:
                 return otlp_json_body(candidate, context.destination_id)
             return webhook_body(candidate, context)
 
         limit = int(self.config.get("max_body_bytes") or DEFAULT_MAX_BODY_BYTES)
-        body = fit_to_budget(trace, encode, limit)
+        body = fit_to_budget(trace, body_of, limit)
         headers = signed_headers(
             self.config, webhook_id(trace, context.destination_id), context.now, body
         )
@@ -194,7 +194,7 @@ class WebhookDestination(HttpDestination):
         # `format: otlp`: the OTLP destinations' one marked span, as some receivers answer
         # 400 to an export without spans.
         otlp = self.config.get("format") == FORMAT_OTLP
-        body = encode_json(connection_test_export(context)) if otlp else b"{}"
+        body = encode(connection_test_export(context), Encoding.JSON) if otlp else b"{}"
         message_id = "msg_" + derived_hex("connection-test", context.destination_id, nbytes=16)
         headers = signed_headers(self.config, message_id, context.now, body)
         headers["X-Test-Connection"] = "true"

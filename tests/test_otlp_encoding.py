@@ -9,7 +9,6 @@ import math
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from destinations.otlp.encoding import (
@@ -18,27 +17,32 @@ from destinations.otlp.encoding import (
     any_value,
     attributes,
     encode,
-    encode_json,
+    message,
     parse,
     parse_json,
     parse_response,
 )
 from destinations.otlp.genai import genai_attributes
 from destinations.otlp.openinference import openinference_attributes
-from destinations.otlp.spans import export_request, unix_nanos
+from destinations.otlp.spans import Export, SpanEvent, SpanRecord, export_spans, unix_nanos
 from harness.samples import chat_event, error_event, tool_call_event
 from tasks.events import build_trace
 from tests.emulators.otlp_receiver import plain, success
 
 
-def _request(event: dict | None = None) -> ExportTraceServiceRequest:
+def _export(event: dict | None = None) -> Export:
     trace = build_trace(event or chat_event(1, trace={"trace_name": "T", "span_name": "S"}))
-    return export_request(trace, "dst_1", genai_attributes)
+    return export_spans(trace, "dst_1", genai_attributes)
+
+
+def _json(export: Export) -> dict:
+    return json.loads(encode(export, Encoding.JSON))
 
 
 def test_json_uses_hex_ids_integer_enums_and_string_int64() -> None:
-    request = _request(error_event(1, trace={"trace_name": "T", "span_name": "S"}))
-    document = json.loads(encode_json(request))
+    export = _export(error_event(1, trace={"trace_name": "T", "span_name": "S"}))
+    request = message(export)
+    document = _json(export)
     spans = document["resourceSpans"][0]["scopeSpans"][0]["spans"]
     for span, original in zip(spans, request.resource_spans[0].scope_spans[0].spans, strict=True):
         assert span["traceId"] == original.trace_id.hex() and len(span["traceId"]) == 32
@@ -53,10 +57,11 @@ def test_json_uses_hex_ids_integer_enums_and_string_int64() -> None:
 
 
 def test_json_round_trips_through_the_generated_classes() -> None:
-    request = _request()
-    assert parse_json(encode_json(request)) == request
+    export = _export()
+    request = message(export)
+    assert parse_json(encode(export, Encoding.JSON)) == request
     # And the conversion is exactly the OTLP deviation: undo it by hand, proto3 JSON parses.
-    document = json.loads(encode_json(request))
+    document = _json(export)
     for span in document["resourceSpans"][0]["scopeSpans"][0]["spans"]:
         for key in ("traceId", "spanId", "parentSpanId"):
             if key in span:
@@ -66,8 +71,8 @@ def test_json_round_trips_through_the_generated_classes() -> None:
 
 @pytest.mark.parametrize("encoding", list(Encoding))
 def test_parse_by_content_type(encoding: Encoding) -> None:
-    request = _request()
-    assert parse(encode(request, encoding), encoding.content_type) == request
+    export = _export()
+    assert parse(encode(export, encoding), encoding.content_type) == message(export)
 
 
 @pytest.mark.parametrize(
@@ -128,53 +133,50 @@ def test_unreadable_success_bodies_are_empty_responses(body: bytes) -> None:
 
 
 def _oracle_json(request: ExportTraceServiceRequest) -> dict:
-    """The protobuf library's own proto3 JSON, with OTLP's hex ids: what `encode_json`
-    must produce (it walks the fields itself, for speed)."""
+    """The protobuf library's own proto3 JSON, with OTLP's hex ids: what the OTLP JSON
+    encoding must produce (it writes the document itself, for speed)."""
     document = json_format.MessageToDict(request, use_integers_for_enums=True)
     for resource_spans in document.get("resourceSpans", []):
         for scope_spans in resource_spans.get("scopeSpans", []):
             for span in scope_spans.get("spans", []):
-                for node in (span, *span.get("links", [])):
-                    for key in ("traceId", "spanId", "parentSpanId"):
-                        if node.get(key):
-                            node[key] = base64.b64decode(node[key]).hex()
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(key):
+                        span[key] = base64.b64decode(span[key]).hex()
     return document
 
 
-def _every_field_kind() -> ExportTraceServiceRequest:
-    """Values that proto3 JSON writes specially: 64-bit ints, bytes, doubles, enums."""
-    span = Span(
-        trace_id=bytes(range(16)),
-        span_id=bytes(range(8)),
-        parent_span_id=bytes(range(8, 16)),
+def _every_value_kind() -> Export:
+    """Values that proto3 JSON writes specially: 64-bit ints, doubles, enums, defaults."""
+    edge = {"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "f": 0.5, "zero": 0.0}
+    edge |= {"b": False, "list": [1, 2], "doc": {"k": 1}, "empty": "", "n": -(2**40)}
+    edge |= {"big": 2**63, "min": -(2**63), "none": None, "floats": [0.5, math.nan]}
+    span = SpanRecord(
+        trace_id=bytes(range(16)).hex(),
+        span_id=bytes(range(8)).hex(),
+        parent_span_id=bytes(range(8, 16)).hex(),
         name="edge",
         kind=Span.SPAN_KIND_CLIENT,
         start_time_unix_nano=2**63 - 1,
         end_time_unix_nano=1,
-        status=Status(code=Status.STATUS_CODE_ERROR, message="boom"),
-        dropped_attributes_count=3,
-        events=[Span.Event(name="e", time_unix_nano=5, attributes=attributes({"n": -(2**40)}))],
-        links=[Span.Link(trace_id=bytes(16), span_id=bytes(8), attributes=attributes({"x": 1}))],
+        attributes=edge,
+        status_code=Status.STATUS_CODE_ERROR,
+        status_message="boom",
+        events=(SpanEvent("e", 5, {"n": -(2**40)}), SpanEvent("", 0, {})),
     )
-    span.attributes.extend(attributes({"nan": math.nan, "inf": math.inf, "ninf": -math.inf}))
-    span.attributes.extend(attributes({"f": 0.5, "b": False, "list": [1, 2], "doc": {"k": 1}}))
-    span.attributes.add(key="raw", value=AnyValue(bytes_value=b"\x00\xffbytes"))
-    span.attributes.add(key="empty", value=AnyValue(string_value=""))
-    request = ExportTraceServiceRequest()
-    request.resource_spans.add().scope_spans.add().spans.append(span)
-    return request
+    bare = SpanRecord(bytes(16).hex(), bytes(8).hex(), None, "", 0, 0, 0, {}, 0)
+    return Export({}, (span, bare))
 
 
 @pytest.mark.parametrize(
-    "request_",
+    "export",
     [
-        _request(),
-        _request(error_event(2)),
-        _request(tool_call_event(3)),
-        export_request(build_trace(chat_event(4)), "dst_2", openinference_attributes),
-        _every_field_kind(),
+        _export(),
+        _export(error_event(2)),
+        _export(tool_call_event(3)),
+        export_spans(build_trace(chat_event(4)), "dst_2", openinference_attributes),
+        _every_value_kind(),
     ],
-    ids=["chat", "error", "tool-call", "openinference", "every-field-kind"],
+    ids=["chat", "error", "tool-call", "openinference", "every-value-kind"],
 )
-def test_json_equals_the_protobuf_librarys_json_with_hex_ids(request_) -> None:
-    assert json.loads(encode_json(request_)) == _oracle_json(request_)
+def test_json_equals_the_protobuf_librarys_json_with_hex_ids(export: Export) -> None:
+    assert _json(export) == _oracle_json(message(export))

@@ -1,22 +1,24 @@
-"""OTLP/HTTP wire encodings of an `ExportTraceServiceRequest`: protobuf and OTLP JSON.
+"""OTLP/HTTP wire encodings of an `Export` (see `spans`): protobuf and OTLP JSON.
 
-OTLP JSON is proto3's JSON mapping with two deviations (OTLP spec, "JSON Protobuf
-Encoding"): trace and span ids are lowercase **hex** strings, not base64, and enums are
-**integers**, not names. `google.protobuf.json_format` does the rest (lowerCamelCase keys,
-int64 as decimal strings). `parse_json` is the exact inverse, so tests and emulators read
-our JSON back with the same generated classes.
+Protobuf goes through the official generated classes (`message`). OTLP JSON is written
+straight from the `Export` (`document`), as proto3's JSON mapping of the same message with
+OTLP's two deviations (OTLP spec, "JSON Protobuf Encoding"): trace and span ids are
+lowercase **hex** strings, not base64, and enums are **integers**, not names; keys are
+lowerCamelCase, 64-bit integers decimal strings, fields at their default left out.
+`tests/test_otlp_encoding.py` checks that `document(e)` equals the protobuf library's own
+JSON of `message(e)` with the ids rewritten to hex. `parse_json` is the inverse, so tests
+and emulators read our JSON back with the same generated classes.
 
-Attribute values are built here too (`attributes`), from plain Python values: str, bool,
-int, float, and lists of one of those; anything else (dicts, mixed lists) is sent as a
-compact JSON string, which is what every OTLP receiver we target expects for structured
-content (`gen_ai.input.messages`, OpenInference `metadata`, ...).
+Attribute values come from plain Python values: str, bool, int (64-bit), float, and lists
+of one of those; anything else (dicts, mixed lists, larger integers) is sent as a compact
+JSON string, which is what every OTLP receiver we target expects for structured content
+(`gen_ai.input.messages`, OpenInference `metadata`, ...).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import gzip
 import json
 import math
@@ -25,15 +27,22 @@ from enum import StrEnum
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from destinations.json_body import compact_json, json_text
+from destinations.otlp.spans import SCOPE_NAME, SCOPE_VERSION, Export, SpanEvent, SpanRecord
 
 AttributeValue = str | bool | int | float | list[str] | list[int] | list[float] | list[bool]
 
@@ -55,12 +64,15 @@ class InvalidOtlpBody(ValueError):
     """A body that is not a valid OTLP message in the claimed encoding."""
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def any_value(value: Any) -> AnyValue:
     """The `AnyValue` for a plain Python value (see the module docstring for the mapping)."""
     # bool before int: bool is an int subclass, and OTLP keeps them apart.
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
-    if isinstance(value, int):
+    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
@@ -80,62 +92,128 @@ def attributes(values: Mapping[str, Any]) -> list[KeyValue]:
     ]
 
 
-def encode(request: ExportTraceServiceRequest, encoding: Encoding) -> bytes:
-    """The request body in `encoding`, uncompressed."""
-    return encode_json(request) if encoding is Encoding.JSON else request.SerializeToString()
+def encode(export: Export, encoding: Encoding) -> bytes:
+    """The export's body in `encoding`, uncompressed."""
+    if encoding is Encoding.JSON:
+        return compact_json(document(export))
+    return message(export).SerializeToString()
 
 
-def encode_json(request: ExportTraceServiceRequest) -> bytes:
-    """OTLP JSON: proto3 JSON with hex ids and integer enums.
-
-    A direct walk over the set fields: `json_format.MessageToDict`'s generic walk (maps,
-    `Any`, wrappers, none of which OTLP traces use) was half of a trace's encoding time.
-    `tests/test_otlp_encoding.py` checks that it equals `MessageToDict` with the ids
-    rewritten to hex, for every sample trace."""
-    return compact_json(_json_object(request))
+# Protobuf
 
 
-def _json_object(message: Message) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for field, value in message.ListFields():
-        name, convert = _json_plan(field)
-        document[name] = [convert(item) for item in value] if field.is_repeated else convert(value)
+def message(export: Export) -> ExportTraceServiceRequest:
+    """The `ExportTraceServiceRequest` of an export."""
+    scope = InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION)
+    spans = [_span_message(span) for span in export.spans]
+    resource = Resource(attributes=attributes(export.resource))
+    return ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(resource=resource, scope_spans=[ScopeSpans(scope=scope, spans=spans)])
+        ]
+    )
+
+
+def _span_message(span: SpanRecord) -> Span:
+    return Span(
+        trace_id=bytes.fromhex(span.trace_id),
+        span_id=bytes.fromhex(span.span_id),
+        parent_span_id=bytes.fromhex(span.parent_span_id or ""),
+        name=span.name,
+        kind=span.kind,
+        start_time_unix_nano=span.start_time_unix_nano,
+        end_time_unix_nano=span.end_time_unix_nano,
+        attributes=attributes(span.attributes),
+        events=[
+            Span.Event(
+                time_unix_nano=event.time_unix_nano,
+                name=event.name,
+                attributes=attributes(event.attributes),
+            )
+            for event in span.events
+        ],
+        status=Status(code=span.status_code, message=span.status_message),
+    )
+
+
+# OTLP JSON: proto3 JSON of `message(export)`, ids in hex, written without the message
+
+
+def document(export: Export) -> dict[str, Any]:
+    """The OTLP JSON document of an export (see the module docstring)."""
+    resource_attributes = json_attributes(export.resource)
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": resource_attributes} if resource_attributes else {},
+                "scopeSpans": [
+                    {
+                        "scope": {"name": SCOPE_NAME, "version": SCOPE_VERSION},
+                        "spans": [_span_document(span) for span in export.spans],
+                    }
+                ],
+            }
+        ]
+    }
+
+
+def _span_document(span: SpanRecord) -> dict[str, Any]:
+    document: dict[str, Any] = {"traceId": span.trace_id, "spanId": span.span_id}
+    if span.parent_span_id:
+        document["parentSpanId"] = span.parent_span_id
+    _set_if(document, "name", span.name)
+    _set_if(document, "kind", span.kind)
+    _set_if(document, "startTimeUnixNano", _int64_text(span.start_time_unix_nano))
+    _set_if(document, "endTimeUnixNano", _int64_text(span.end_time_unix_nano))
+    _set_if(document, "attributes", json_attributes(span.attributes))
+    _set_if(document, "events", [_event_document(event) for event in span.events])
+    status: dict[str, Any] = {}
+    _set_if(status, "code", span.status_code)
+    _set_if(status, "message", span.status_message)
+    document["status"] = status
     return document
 
 
-@functools.cache
-def _json_plan(field: FieldDescriptor) -> tuple[str, Callable[[Any], Any]]:
-    """A field's JSON key and how its values convert (proto3 JSON, OTLP's deviations)."""
-    kind = field.type
-    if kind == FieldDescriptor.TYPE_MESSAGE:
-        return field.json_name, _json_object
-    if kind == FieldDescriptor.TYPE_BYTES:
-        to_text = bytes.hex if field.json_name in _ID_FIELDS else _base64_text
-        return field.json_name, to_text
-    if kind in _INT64_KINDS:
-        return field.json_name, str  # proto3 JSON: 64-bit integers are decimal strings
-    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-        return field.json_name, _json_number
-    return field.json_name, _same  # string, bool, 32-bit integers, enums as integers
+def _event_document(event: SpanEvent) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    _set_if(document, "timeUnixNano", _int64_text(event.time_unix_nano))
+    _set_if(document, "name", event.name)
+    _set_if(document, "attributes", json_attributes(event.attributes))
+    return document
 
 
-_INT64_KINDS = frozenset(
-    {
-        FieldDescriptor.TYPE_INT64,
-        FieldDescriptor.TYPE_UINT64,
-        FieldDescriptor.TYPE_SINT64,
-        FieldDescriptor.TYPE_FIXED64,
-        FieldDescriptor.TYPE_SFIXED64,
-    }
-)
+def json_attributes(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The OTLP JSON of `attributes(values)`."""
+    return [
+        {"key": key, "value": json_value(value)}
+        for key, value in values.items()
+        if value is not None
+    ]
 
 
-def _same(value: Any) -> Any:
-    return value
+def json_value(value: Any) -> dict[str, Any]:
+    """The OTLP JSON of `any_value(value)`."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+        return {"intValue": str(int(value))}
+    if isinstance(value, float):
+        return {"doubleValue": _json_number(value)}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, list | tuple) and _homogeneous_scalars(value):
+        return {"arrayValue": {"values": [json_value(item) for item in value]}}
+    return {"stringValue": json_text(value)}
 
 
-def _base64_text(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
+def _set_if(document: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key` unless `value` is its field's default, which proto3 JSON leaves out."""
+    if value:
+        document[key] = value
+
+
+def _int64_text(value: int) -> str | None:
+    return str(value) if value else None  # proto3 JSON: 64-bit integers are decimal strings
 
 
 def _json_number(value: float) -> float | str:
@@ -160,14 +238,13 @@ def merge_bodies(bodies: Sequence[bytes], encoding: Encoding) -> bytes:
     if all(b.startswith(_JSON_HEAD) and b.endswith(_JSON_TAIL) for b in bodies):
         inner = (b[len(_JSON_HEAD) : -len(_JSON_TAIL)] for b in bodies)
         return _JSON_HEAD + b",".join(part for part in inner if part) + _JSON_TAIL
-    merged = ExportTraceServiceRequest()
-    for body in bodies:
-        merged.resource_spans.extend(parse_json(body).resource_spans)
-    return encode_json(merged)
+    merged = [part for body in bodies for part in json.loads(body).get("resourceSpans", [])]
+    return compact_json({"resourceSpans": merged})
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
-    """Inverse of `encode_json`. Raises `InvalidOtlpBody`."""
+    """The message of an OTLP JSON body (the inverse of `document`). Raises
+    `InvalidOtlpBody`."""
     return _parse_json_message(body, ExportTraceServiceRequest())
 
 

@@ -4,7 +4,7 @@ A vendor subclass says where (`traces_url`), how it authenticates (`auth_headers
 dialect it speaks (`span_attributes`) and which resource attributes route the spans
 (`resource_attributes`); this base does the rest, once:
 
-- the body: the trace's spans (`spans.export_request`) in protobuf or OTLP JSON,
+- the body: the trace's spans (`spans.export_spans`) in protobuf or OTLP JSON,
   truncated to the byte budget (`max_body_bytes`), optionally gzipped;
 - outcomes: the shared outcome table, plus OTLP partial success — a 2xx whose
   `ExportTraceServiceResponse.partialSuccess.rejectedSpans > 0` is delivered, with the
@@ -25,8 +25,6 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from destinations.base import (
     BatchLimits,
     ConnectionCheck,
@@ -41,9 +39,10 @@ from destinations.budget import fit_to_budget
 from destinations.otlp.encoding import Encoding, encode, gzipped, merge_bodies, parse_response
 from destinations.otlp.genai import genai_attributes
 from destinations.otlp.spans import (
+    Export,
     PlannedSpan,
     connection_test_export,
-    export_request,
+    export_spans,
     parent_span_note,
 )
 from destinations.outcomes import Outcome
@@ -95,9 +94,9 @@ class OtlpDestination(HttpDestination):
 
     # -- the shared machinery -----------------------------------------------------------
 
-    def export_request(self, trace: Trace, context: DeliveryContext) -> ExportTraceServiceRequest:
-        """Pure: the OTLP message for `trace`, before encoding."""
-        return export_request(
+    def export(self, trace: Trace, context: DeliveryContext) -> Export:
+        """Pure: the OTLP export of `trace`, before encoding."""
+        return export_spans(
             trace, context.destination_id, self.span_attributes, self.resource_attributes()
         )
 
@@ -106,7 +105,7 @@ class OtlpDestination(HttpDestination):
         encoding = self.wire_encoding()
         return fit_to_budget(
             trace,
-            lambda candidate: encode(self.export_request(candidate, context), encoding),
+            lambda candidate: encode(self.export(candidate, context), encoding),
             self.max_body_bytes,
         )
 
@@ -155,7 +154,7 @@ class OtlpDestination(HttpDestination):
             self.transport.send(self._post(body)), rejected_message=self.rejected_message()
         )
 
-    def connection_test_request(self, context: DeliveryContext) -> ExportTraceServiceRequest:
+    def connection_test_request(self, context: DeliveryContext) -> Export:
         """Pure: the one-span export Test Connection sends (see the module docstring)."""
         return connection_test_export(context, self.resource_attributes())
 

@@ -1,4 +1,4 @@
-"""The span hierarchy of one trace, and the `ExportTraceServiceRequest` that carries it.
+"""The span hierarchy of one trace, and the `Export` that carries it (encoded by `encoding`).
 
 | trace | OTLP |
 | --- | --- |
@@ -27,6 +27,10 @@ in the attribute `broadcast.trace.id`.
 
 Attributes come from a dialect: a pure function of (trace, span) to a mapping, see
 `genai.py` and `openinference.py`.
+
+What this module builds is wire-neutral (`Export`: plain values, hex ids, nanoseconds):
+`encoding` writes it as protobuf or straight to OTLP JSON. Building protobuf objects only
+to walk them again for JSON cost as much as all the rest of an OTLP delivery.
 """
 
 from __future__ import annotations
@@ -38,14 +42,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from destinations.base import DeliveryContext
 from destinations.ids import derived_hex, otlp_span_id
-from destinations.otlp.encoding import attributes
 from destinations.trace import Trace
 
 SCOPE_NAME = "broadcast"
@@ -84,6 +84,39 @@ class Hierarchy:
 
     trace_id: str
     spans: tuple[PlannedSpan, ...]
+
+
+@dataclass(frozen=True)
+class SpanEvent:
+    name: str
+    time_unix_nano: int
+    attributes: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SpanRecord:
+    """One span, ready to encode: ids in hex, times in unix nanoseconds, `kind` and
+    `status_code` the OTLP enum values, attributes plain values (None: left out)."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: int
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    attributes: Mapping[str, Any]
+    status_code: int
+    status_message: str = ""
+    events: tuple[SpanEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class Export:
+    """One export request: one resource, one instrumentation scope, its spans."""
+
+    resource: Mapping[str, Any]
+    spans: tuple[SpanRecord, ...]
 
 
 Dialect = Callable[[Trace, PlannedSpan], Mapping[str, Any]]
@@ -135,18 +168,19 @@ def hierarchy(trace: Trace, destination_id: str) -> Hierarchy:
     return Hierarchy(otlp_trace_id(trace, destination_id), tuple(spans))
 
 
-def export_request(
+def export_spans(
     trace: Trace,
     destination_id: str,
     dialect: Dialect,
     resource: Mapping[str, Any] | None = None,
-) -> ExportTraceServiceRequest:
-    """Pure: one `ExportTraceServiceRequest` with the trace's spans in `dialect`.
+) -> Export:
+    """Pure: the export of the trace's spans in `dialect`.
 
     `resource` adds resource attributes to `service.name` (e.g. the project name).
     """
     plan = hierarchy(trace, destination_id)
     start, end = unix_nanos(trace.started_at), unix_nanos(trace.finished_at)
+    status_code, status_message = _status(trace)
     spans = []
     for planned in plan.spans:
         values = dict(dialect(trace, planned))
@@ -154,66 +188,49 @@ def export_request(
             values.setdefault(ORIGINAL_TRACE_ID, trace.metadata.trace_id)
         if planned.level is Level.TRACE and parent_span_note(trace):
             values.setdefault(ORIGINAL_PARENT_SPAN_ID, trace.metadata.parent_span_id)
-        span = Span(
-            trace_id=bytes.fromhex(plan.trace_id),
-            span_id=bytes.fromhex(planned.span_id),
-            parent_span_id=bytes.fromhex(planned.parent_span_id or ""),
-            name=planned.name,
-            kind=(
-                Span.SpanKind.SPAN_KIND_CLIENT
-                if planned.level is Level.GENERATION
-                else Span.SpanKind.SPAN_KIND_INTERNAL
-            ),
-            start_time_unix_nano=start,
-            end_time_unix_nano=end,
-            attributes=attributes(values),
-            status=_status(trace),
-        )
-        if trace.is_error and planned.level is Level.GENERATION:
-            span.events.append(_exception_event(trace, end))
-        spans.append(span)
-    return _single_resource(spans, resource)
-
-
-def _single_resource(
-    spans: list[Span], resource: Mapping[str, Any] | None
-) -> ExportTraceServiceRequest:
-    return ExportTraceServiceRequest(
-        resource_spans=[
-            ResourceSpans(
-                resource=Resource(
-                    attributes=attributes({"service.name": SERVICE_NAME, **(resource or {})})
-                ),
-                scope_spans=[
-                    ScopeSpans(
-                        scope=InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION),
-                        spans=spans,
-                    )
-                ],
+        generation = planned.level is Level.GENERATION
+        spans.append(
+            SpanRecord(
+                trace_id=plan.trace_id,
+                span_id=planned.span_id,
+                parent_span_id=planned.parent_span_id,
+                name=planned.name,
+                kind=Span.SPAN_KIND_CLIENT if generation else Span.SPAN_KIND_INTERNAL,
+                start_time_unix_nano=start,
+                end_time_unix_nano=end,
+                attributes=values,
+                status_code=status_code,
+                status_message=status_message,
+                events=(_exception_event(trace, end),) if generation and trace.is_error else (),
             )
-        ]
-    )
+        )
+    return Export(_resource(resource), tuple(spans))
+
+
+def _resource(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"service.name": SERVICE_NAME, **(extra or {})}
 
 
 def connection_test_export(
     context: DeliveryContext, resource: Mapping[str, Any] | None = None
-) -> ExportTraceServiceRequest:
+) -> Export:
     """Pure: one INTERNAL span named `CONNECTION_TEST_NAME`, marked
     `broadcast.connection_test=true`, at `context.now`, in a trace of its own derived from
     the destination id."""
     destination_id = context.destination_id
     at = unix_nanos(context.now)
-    span = Span(
-        trace_id=bytes.fromhex(derived_hex(destination_id, CONNECTION_TEST_NAME, nbytes=16)),
-        span_id=bytes.fromhex(derived_hex(destination_id, CONNECTION_TEST_NAME, nbytes=8)),
+    span = SpanRecord(
+        trace_id=derived_hex(destination_id, CONNECTION_TEST_NAME, nbytes=16),
+        span_id=derived_hex(destination_id, CONNECTION_TEST_NAME, nbytes=8),
+        parent_span_id=None,
         name=CONNECTION_TEST_NAME,
-        kind=Span.SpanKind.SPAN_KIND_INTERNAL,
+        kind=Span.SPAN_KIND_INTERNAL,
         start_time_unix_nano=at,
         end_time_unix_nano=at,
-        attributes=attributes({CONNECTION_TEST_ATTRIBUTE: True}),
-        status=Status(code=Status.StatusCode.STATUS_CODE_OK),
+        attributes={CONNECTION_TEST_ATTRIBUTE: True},
+        status_code=Status.STATUS_CODE_OK,
     )
-    return _single_resource([span], resource)
+    return Export(_resource(resource), (span,))
 
 
 def parent_span_note(trace: Trace) -> str | None:
@@ -243,17 +260,15 @@ def error_type(trace: Trace) -> str:
     return trace.error.code if trace.error and trace.error.code else "_OTHER"
 
 
-def _status(trace: Trace) -> Status:
+def _status(trace: Trace) -> tuple[int, str]:
     if trace.is_error:
-        return Status(code=Status.StatusCode.STATUS_CODE_ERROR, message=error_message(trace))
-    return Status(code=Status.StatusCode.STATUS_CODE_OK)
+        return Status.STATUS_CODE_ERROR, error_message(trace)
+    return Status.STATUS_CODE_OK, ""
 
 
-def _exception_event(trace: Trace, at: int) -> Span.Event:
-    return Span.Event(
-        time_unix_nano=at,
-        name="exception",
-        attributes=attributes(
-            {"exception.type": error_type(trace), "exception.message": error_message(trace)}
-        ),
+def _exception_event(trace: Trace, at: int) -> SpanEvent:
+    return SpanEvent(
+        "exception",
+        at,
+        {"exception.type": error_type(trace), "exception.message": error_message(trace)},
     )

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 WIRE_VERSION = 1
 
 
@@ -145,9 +147,14 @@ class Trace:
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-safe dict for task messages (datetimes as ISO 8601 strings)."""
-        wire = dataclasses.asdict(self)
-        wire["started_at"] = self.started_at.isoformat()
-        wire["finished_at"] = self.finished_at.isoformat()
+        try:
+            # orjson walks the dataclasses in C and writes datetimes as `isoformat()` does;
+            # `dataclasses.asdict` deep-copies in Python, a fifth of fan-out's own time.
+            wire = orjson.loads(orjson.dumps(self))
+        except orjson.JSONEncodeError:  # what orjson refuses, e.g. an integer past 64 bits
+            wire = dataclasses.asdict(self)
+            wire["started_at"] = self.started_at.isoformat()
+            wire["finished_at"] = self.finished_at.isoformat()
         wire["wire_version"] = WIRE_VERSION
         return wire
 

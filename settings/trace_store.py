@@ -21,7 +21,6 @@ byte knows the earlier run completed; an upper-case one means it died in between
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -29,8 +28,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import redis
 
+from destinations.json_body import compact_json
 from destinations.trace import Trace
 from settings import keys
 
@@ -57,7 +58,7 @@ class StoredTrace:
 
 def encode(wire: dict[str, Any]) -> bytes:
     """Compact JSON, compressed when that pays. The first byte names the codec."""
-    raw = json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw = compact_json(wire)
     if len(raw) >= COMPRESS_FROM_BYTES:
         packed = zlib.compress(raw, 6)
         if len(packed) < len(raw):
@@ -72,7 +73,7 @@ def decode(blob: bytes) -> dict[str, Any]:
         raise ValueError("not a stored trace")
     if codec == ZLIB:
         body = zlib.decompress(body)
-    return json.loads(body)
+    return orjson.loads(body)
 
 
 class TraceStore:

@@ -252,9 +252,11 @@ def _run_partial_batch(service, user_id, rt, emulator, api_key):
     destination_id = service.add_destination(owner, "datadog", "dd", config)["id"]
     emulator.reset()
     stale = "2020-01-01T00:00:00Z"
+    fresh = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the samples' date ages
     entries = []
     for index in range(4):
-        event = {"started_at": stale, "finished_at": stale} if index == 2 else {}
+        moment = stale if index == 2 else fresh
+        event = {"started_at": moment, "finished_at": moment}
         trace, size = stored_trace(rt, user_id, index, **event)
         entries.append((trace.request_id, size))
     with rt.store.redis.pipeline(transaction=False) as pipe:

@@ -1,6 +1,7 @@
 """The stream transport (settings/stream_transport.py) on a real Redis, through kombu.
 
-Each test has its own queue on its own database, so the session's worker never reads it.
+Each test has its own queue on a Redis of this module's own, so the session's worker never
+reads it and command counts are the test's.
 """
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DB = 11
 
 
+@pytest.fixture(scope="module")
+def quiet_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this module's own: no session worker polls it, so the command counts
+    (INFO commandstats, server-wide) are the test's own."""
+    server = RedisServer(tmp_path_factory.mktemp("stream-transport"), name="quiet")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def broker(redis_server: RedisServer) -> Iterator[tuple[str, redis_py.Redis]]:
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+def broker(quiet_redis: RedisServer) -> Iterator[tuple[str, redis_py.Redis]]:
+    url = quiet_redis.url.rsplit("/", 1)[0] + f"/{DB}"
     client = redis_py.Redis.from_url(url)
     client.flushdb()
     yield url, client

@@ -102,7 +102,8 @@ return out
 #       then per item: stream id, kind (d delivered / f dead letter / w wait after a failed
 #       attempt / g given back untried), request id, latency bucket, latency ms, letter JSON.
 # Only entries still pending are settled, so an entry that two tasks raced for (a task
-# slower than its lease) is counted once. Returns (delivered, dead-lettered) counted now.
+# slower than its lease) is counted once. Returns (delivered, dead-lettered) counted now,
+# then the request ids of the entries that ended now (each releases its trace once).
 _SETTLE = """
 local n = (#ARGV - 5) / 6
 local function ids_of(kinds)
@@ -124,57 +125,51 @@ local waiting = ids_of({w = true, g = true})
 if #waiting > 0 then
   call_with({'XCLAIM', KEYS[1], ARGV[1], ARGV[2], '0'}, waiting, 'JUSTID')
 end
--- Delivered entries: XACK counts only those still pending (a raced duplicate adds 0).
-local delivered = 0
-local done = ids_of({d = true})
-if #done > 0 then
-  delivered = call_with({'XACK', KEYS[1], ARGV[1]}, done)
-  call_with({'XDEL', KEYS[1]}, done)
+-- Entries that end now: only those still pending (XCLAIM answers exactly those), so a
+-- raced duplicate counts, letters and releases nothing.
+local ending, ends = ids_of({d = true, f = true}), {}
+if #ending > 0 then
+  local still = call_with({'XCLAIM', KEYS[1], ARGV[1], '_settling', '0'}, ending, 'JUSTID')
+  for _, id in ipairs(still) do ends[id] = true end
+  if #still > 0 then call_with({'XACK', KEYS[1], ARGV[1]}, still) end
+  call_with({'XDEL', KEYS[1]}, ending)
 end
--- Dead letters: only entries still pending get a letter (XCLAIM answers exactly those).
-local failed_ids, letters = ids_of({f = true}), {}
-if #failed_ids > 0 then
-  local still = call_with({'XCLAIM', KEYS[1], ARGV[1], '_settling', '0'}, failed_ids, 'JUSTID')
-  for _, id in ipairs(still) do letters[id] = true end
-  if #still > 0 then
-    call_with({'XACK', KEYS[1], ARGV[1]}, still)
-    call_with({'XDEL', KEYS[1]}, still)
-  end
-end
-local failed, waited, buckets, latency_ms, forget = 0, 0, {}, 0, {}
+local delivered, failed, waited, buckets, latency_ms, ended = 0, 0, 0, {}, 0, {}
 for i = 0, n - 1 do
   local b = 6 + i * 6
   local id, kind, request = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   if kind == 'w' then
     waited = waited + 1
     redis.call('HINCRBY', KEYS[6], request, 1)
-  elseif kind == 'd' and delivered > 0 then
-    buckets[ARGV[b + 3]] = (buckets[ARGV[b + 3]] or 0) + 1
-    latency_ms = latency_ms + tonumber(ARGV[b + 4])
-    table.insert(forget, request)
-  elseif kind == 'f' and letters[id] then
-    failed = failed + 1
-    table.insert(forget, request)
-    redis.call('XADD', KEYS[5], '*', 'letter', ARGV[b + 5])
+  elseif ends[id] then
+    table.insert(ended, request)
+    if kind == 'd' then
+      delivered = delivered + 1
+      buckets[ARGV[b + 3]] = (buckets[ARGV[b + 3]] or 0) + 1
+      latency_ms = latency_ms + tonumber(ARGV[b + 4])
+    else
+      failed = failed + 1
+      redis.call('XADD', KEYS[5], '*', 'letter', ARGV[b + 5])
+    end
   end
 end
 -- Failed attempts on record (a hash that exists only while some entry has failed).
-if #forget > 0 and ARGV[5] ~= 'fresh' and redis.call('EXISTS', KEYS[6]) == 1 then
-  call_with({'HDEL', KEYS[6]}, forget)
+if #ended > 0 and ARGV[5] ~= 'fresh' and redis.call('EXISTS', KEYS[6]) == 1 then
+  call_with({'HDEL', KEYS[6]}, ended)
 end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[2], 'delivered', delivered)
-  if delivered == #done then
-    for bucket, count in pairs(buckets) do redis.call('HINCRBY', KEYS[3], bucket, count) end
-    redis.call('HINCRBY', KEYS[3], 'sum_ms', math.floor(latency_ms + 0.5))
-  end
+  for bucket, count in pairs(buckets) do redis.call('HINCRBY', KEYS[3], bucket, count) end
+  redis.call('HINCRBY', KEYS[3], 'sum_ms', math.floor(latency_ms + 0.5))
 end
 if failed > 0 then redis.call('HINCRBY', KEYS[2], 'failed', failed) end
 if waited > 0 then redis.call('HINCRBY', KEYS[2], 'retried', waited) end
 if redis.call('LPUSH', KEYS[4], ARGV[3]) > tonumber(ARGV[4]) + 20 then
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
 end
-return {delivered, failed}
+local out = {delivered, failed}
+for _, request in ipairs(ended) do table.insert(out, request) end
+return out
 """
 
 # KEYS: backlog, slots, queued. ARGV: token, group, now. Returns 1 when the task may leave
@@ -281,6 +276,16 @@ class Settlement:
     latency_bucket: str = ""
     latency_ms: float = 0.0
     dead_letter: str = ""
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a settlement counted now, and the request ids of the entries that ended now
+    (delivered or dead-lettered): each must release its trace (`TraceStore.release`)."""
+
+    delivered: int
+    failed: int
+    ended: list[str]
 
 
 class Backlog:
@@ -436,11 +441,10 @@ class Backlog:
         log_entry: dict[str, Any],
         *,
         fresh: bool = False,
-    ) -> tuple[int, int]:
-        """Apply settlements and the delivery-log entry atomically; returns how many were
-        counted delivered and dead-lettered now (a raced duplicate counts nothing).
-        `fresh`: every entry came new from the stream, so none has failed attempts on
-        record to forget."""
+    ) -> Settled:
+        """Apply settlements and the delivery-log entry atomically; returns what was
+        counted now (a raced duplicate counts nothing). `fresh`: every entry came new
+        from the stream, so none has failed attempts on record to forget."""
         args: list[Any] = [
             GROUP,
             WAITING,
@@ -458,7 +462,7 @@ class Backlog:
                 item.dead_letter or "-",
             ]
         part = keys.destination_part
-        delivered, failed = self._settle(
+        delivered, failed, *ended = self._settle(
             keys=[
                 part(destination_id, "backlog"),
                 part(destination_id, "counters"),
@@ -469,7 +473,7 @@ class Backlog:
             ],
             args=args,
         )
-        return int(delivered), int(failed)
+        return Settled(int(delivered), int(failed), [r.decode() for r in ended])
 
     def attempts(self, destination_id: str, request_ids: Sequence[str]) -> dict[str, int]:
         """Failed attempts so far of these requests (0 when never failed)."""

@@ -49,15 +49,15 @@ class BroadcastConfig:
     # Under load only (a batch just went out and traces are still waiting), how long a task
     # gathers before its next request, so requests carry more traces.
     batch_gather_seconds: float = 0.02
-    # Backlog bounds per destination, and the budget of trace bytes that lagging backlogs
-    # may retain in all; past them the oldest entries of whoever is furthest behind drop.
+    # Backlog bounds per destination, and the budget of trace bytes that backlogs may hold
+    # in all; past them the oldest entries of whoever is furthest behind drop.
     backlog_max_entries: int = 1_000_000
     backlog_max_bytes: int = 1024 * 1024 * 1024
     trace_budget_bytes: int = 4 * 1024 * 1024 * 1024
-    # A stored trace lives this long unless a lagging backlog retains it (beat's sweep
-    # retains the traces of entries older than `trace_retain_after_seconds`).
-    trace_ttl_seconds: float = 300.0
-    trace_retain_after_seconds: float = 60.0
+    # A stored trace lives while a backlog holds it (its TTL covers the retry horizon), and
+    # this long after the last one let go: a redelivered fan-out or an event the gateway
+    # sent twice within it is recognised and not delivered again.
+    trace_keep_after_seconds: float = 300.0
     # Redis broker: an unacknowledged message (a killed worker's) comes back after this. It
     # must exceed the longest task (150 s) plus the longest retry countdown (the cap).
     visibility_timeout_seconds: float = 300.0
@@ -112,8 +112,7 @@ ENVIRONMENT = {
     "backlog_max_entries": "BROADCAST_BACKLOG_MAX_ENTRIES",
     "backlog_max_bytes": "BROADCAST_BACKLOG_MAX_BYTES",
     "trace_budget_bytes": "BROADCAST_TRACE_BUDGET_BYTES",
-    "trace_ttl_seconds": "BROADCAST_TRACE_TTL_SECONDS",
-    "trace_retain_after_seconds": "BROADCAST_TRACE_RETAIN_AFTER_SECONDS",
+    "trace_keep_after_seconds": "BROADCAST_TRACE_KEEP_AFTER_SECONDS",
     "sweep_interval_seconds": "BROADCAST_SWEEP_INTERVAL_SECONDS",
     "visibility_timeout_seconds": "BROADCAST_VISIBILITY_TIMEOUT_SECONDS",
     "send_sent_events": "BROADCAST_SEND_SENT_EVENTS",

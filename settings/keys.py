@@ -25,13 +25,12 @@ of their own and are only ever touched alone.
 | `bc:{d:ID}:queued` | string | set while a deliver task for the destination is queued |
 | `bc:{d:ID}:slots` | sorted set | deliver-task tokens holding an in-flight slot -> lease end |
 | `bc:{d:ID}:attempts` | hash | request id -> failed attempts, for entries that failed before |
-| `bc:{d:ID}:retention` | hash | `cursor` (last entry whose trace is retained), `bytes` retained |
 | `bc:{d:ID}:failures` | sorted set | recent retryable failures (the circuit's window) |
 | `bc:{d:ID}:dead` | stream | dead letters |
 | `bc:{d:ID}:replayed` | hash | dead-letter id -> replay time |
 | `bc:{d:ID}:dead_since_notice` | string | dead letters since the owner was last told |
 | `bc:{t:OWNER/REQUEST}` | string | the stored trace (compact, compressed when large) |
-| `bc:{t:OWNER/REQUEST}:refs` | string | how many lagging backlogs retain the trace |
+| `bc:{t:OWNER/REQUEST}:refs` | string | how many backlogs hold the trace (fan-out completed) |
 | `bc:destinations` | set | every destination id (the sweep walks it) |
 | `bc:checks:due` | sorted set | destination id -> next credential re-validation |
 | `bc:notify:outbox` | list | owner events waiting to be posted |
@@ -63,7 +62,6 @@ DESTINATION_PARTS = (
     "queued",
     "slots",
     "attempts",
-    "retention",
     "failures",
     "dead",
     "replayed",

@@ -27,6 +27,8 @@ from settings.store import SettingsStore
 from settings.trace_store import TraceStore
 
 DELIVER_TASK = "broadcast.deliver"
+# How far past the retry horizon a stored trace outlives its entries (see `traces`).
+TRACE_MARGIN_SECONDS = 3600.0
 
 
 @dataclass
@@ -53,7 +55,13 @@ class Runtime:
 
     @cached_property
     def traces(self) -> TraceStore:
-        return TraceStore(self.store.redis, ttl_seconds=self.config.trace_ttl_seconds)
+        return TraceStore(
+            self.store.redis,
+            # A little past the horizon: the entry dead-lettered at the horizon still finds
+            # its trace to keep a copy with its letter.
+            lifetime_seconds=self.config.retry_horizon_seconds + TRACE_MARGIN_SECONDS,
+            keep_after_seconds=self.config.trace_keep_after_seconds,
+        )
 
     @cached_property
     def backlog(self) -> Backlog:

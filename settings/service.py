@@ -45,6 +45,7 @@ MAX_CONFIG_BYTES = 64 * 1024
 READ, CHANGE = "read", "change"
 # Rejected events read to filter for an actor without --owner (the store keeps at most 500).
 REJECTED_SCAN = 500
+RELEASE_BATCH = 500
 ROLES = ("admin", "member")
 
 
@@ -218,7 +219,12 @@ class SettingsService:
         return self.view(updated)
 
     def remove_destination(self, destination_id: str, *, actor: str | None = None) -> None:
-        self.store.remove_destination(self._record(destination_id, actor))
+        record = self._record(destination_id, actor)
+        # Its backlog's traces are released first (they would otherwise live to their
+        # TTL); entries a running task holds are released when that task settles them.
+        while entries := self.backlog.take_oldest(destination_id, RELEASE_BATCH):
+            self.traces.release(record.owner, [e.request_id for e in entries])
+        self.store.remove_destination(record)
         self.health.unschedule_check(destination_id)
 
     def list_destinations(self, owner: str, *, actor: str | None = None) -> list[dict[str, Any]]:
@@ -368,16 +374,15 @@ class SettingsService:
         count = 0
         for letter in letters:
             if self._requeue(record, letter):
-                self.dead_letter_store.mark_replayed(
-                    record.id, letter.id, self.clock().timestamp()
-                )
+                self.dead_letter_store.mark_replayed(record.id, letter.id, self.clock().timestamp())
                 count += 1
             if on_progress is not None:
                 on_progress(letter)
         return count
 
     def _requeue(self, record: DestinationRecord, letter: DeadLetter) -> bool:
-        """Append a dead letter's trace to the backlog again (stored anew if it expired)."""
+        """Append a dead letter's trace to the backlog again (stored anew if it expired,
+        with one more hold)."""
         if letter.trace is None or letter.trace.get("owner") != record.owner:
             return False
         trace = Trace.from_wire(letter.trace)
@@ -587,5 +592,3 @@ def _checked_rules(rules: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def _key_list(keys: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(key.strip() for key in keys if key.strip()))
-
-

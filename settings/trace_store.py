@@ -4,19 +4,21 @@ A trace is stored as compact JSON of `Trace.to_wire()`, zlib-compressed when tha
 under `keys.trace(owner, request_id)`. Backlog entries, deliver tasks and dead letters refer
 to it by (owner, request id); no task message carries a trace.
 
-How long it lives:
-- every trace lives `ttl` (a few minutes) from fan-out: enough for every destination that
-  keeps up, and deleted by Redis itself afterwards, at no cost per delivery;
-- a destination that falls behind (an outage, a slow vendor) has its lagging entries'
-  traces *retained* by beat's sweep: each retention adds a reference (`keys.trace_refs`)
-  and extends the trace to the retry horizon; settling or dropping a retained entry
-  releases its reference, and the last release hands the trace back to its original
-  expiry. So a trace lives while some backlog still needs it, and a healthy destination
-  costs no more than the few minutes of traffic it is working through.
+How long it lives: while some backlog still needs it.
+- Fan-out writes it with a TTL that covers the retry horizon (`lifetime_seconds`), then,
+  in the transaction that appends it to the backlogs, its hold count (`keys.trace_refs`):
+  one per backlog it was appended to.
+- Each backlog entry that ends (delivered, dead-lettered, dropped) releases one hold,
+  exactly once: the backlog's own scripts say which entries they settled now. The last
+  release keeps the trace only `keep_after_seconds` more, so a redelivered fan-out or an
+  event the gateway sent twice still finds it and is recognised. A healthy destination
+  therefore costs its in-flight traces plus those few minutes of traffic; a lagging one
+  holds its traces up to the horizon (bounded by the budget, see `backlog_upkeep`).
+- A hold lost to a crash between a settlement and its release only lets the trace live to
+  its TTL. Nothing here needs beat.
 
-Fan-out writes a trace with its codec byte in upper case ("pending") and lowers it in the
-same round trip that appends to the backlogs: a redelivered fan-out that finds a lower-case
-byte knows the earlier run completed; an upper-case one means it died in between.
+The hold count doubles as fan-out's completion mark: a trace stored without one means the
+fan-out that wrote it died before its appends; with one, the fan-out completed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from settings import keys
 
 COMPRESS_FROM_BYTES = 1024
 RAW, ZLIB = b"j", b"z"
+# Upper case: written by an earlier version, which marked a fan-out in progress that way.
 _CODECS = {b"j": RAW, b"J": RAW, b"z": ZLIB, b"Z": ZLIB}
 
 
@@ -77,31 +80,50 @@ def decode(blob: bytes) -> dict[str, Any]:
 
 
 class TraceStore:
-    def __init__(self, client: redis.Redis, *, ttl_seconds: float) -> None:
+    def __init__(
+        self, client: redis.Redis, *, lifetime_seconds: float, keep_after_seconds: float
+    ) -> None:
         self.redis = client
-        self.ttl_seconds = ttl_seconds
+        self.lifetime_seconds = lifetime_seconds
+        self.keep_after_seconds = keep_after_seconds
 
     # Fan-out
 
     def claim(self, trace: Trace) -> tuple[Written, StoredTrace]:
-        """Store the trace, marked pending, unless it is stored already (one round trip, two
-        when it is: then whether the earlier fan-out completed)."""
+        """Store the trace unless it is stored already (one round trip, two when it is:
+        then whether the fan-out that stored it completed)."""
         blob = encode(trace.to_wire())
         stored = StoredTrace(trace.owner, trace.request_id, len(blob), blob[:1])
         key = keys.trace(trace.owner, trace.request_id)
-        if self.redis.set(key, blob[:1].upper() + blob[1:], nx=True, px=self._ttl_ms()):
+        if self.redis.set(key, blob, nx=True, px=_ms(self.lifetime_seconds)):
             return Written.NEW, stored
-        first = self.redis.getrange(key, 0, 0)
-        return (Written.INTERRUPTED if first.isupper() else Written.COMPLETE), stored
+        holds = keys.trace_refs(trace.owner, trace.request_id)
+        return (Written.COMPLETE if self.redis.exists(holds) else Written.INTERRUPTED), stored
 
-    def complete(self, pipe: Any, stored: StoredTrace) -> None:
-        """Queue, on fan-out's pipeline after its appends, the mark that it completed."""
-        pipe.setrange(keys.trace(stored.owner, stored.request_id), 0, stored.codec)
+    def complete(self, pipe: Any, stored: StoredTrace, holders: int) -> None:
+        """Queue, on fan-out's transaction after its appends, the hold count: one per
+        backlog the trace was appended to (also the mark that fan-out completed)."""
+        pipe.set(
+            keys.trace_refs(stored.owner, stored.request_id),
+            holders,
+            px=_ms(self.lifetime_seconds),
+        )
 
     def restore(self, trace: Trace) -> StoredTrace:
-        """Store a trace again for a replay, unless it is still stored (kept as it is)."""
+        """Store a trace again for a replay (unless it is still stored) with one more hold:
+        the caller appends it to one backlog."""
         blob = encode(trace.to_wire())
-        self.redis.set(keys.trace(trace.owner, trace.request_id), blob, px=self._ttl_ms(), nx=True)
+        key, holds = (
+            keys.trace(trace.owner, trace.request_id),
+            keys.trace_refs(trace.owner, trace.request_id),
+        )
+        lifetime = _ms(self.lifetime_seconds)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, blob, px=lifetime, nx=True)
+            pipe.pexpire(key, lifetime)
+            pipe.incr(holds)
+            pipe.pexpire(holds, lifetime)
+            pipe.execute()
         return StoredTrace(trace.owner, trace.request_id, len(blob), blob[:1])
 
     # Deliver tasks
@@ -124,51 +146,32 @@ class TraceStore:
         blob = self.redis.get(keys.trace(owner, request_id))
         return decode(blob) if blob is not None else None
 
-    # Retention of lagging entries (beat's sweep) and its release
+    # Backlog entries that ended
 
-    def retain(self, owner: str, entries: Iterable[tuple[str, float]], until: float) -> list[str]:
-        """Keep each (request id, accepted at) trace until `until`, one reference each.
-
-        Returns the request ids whose trace was already gone (their entries will be
-        dead-lettered as expired).
-        """
-        entries = list(entries)
-        if not entries:
-            return []
-        with self.redis.pipeline(transaction=False) as pipe:
-            for request_id, _ in entries:
-                pipe.pexpireat(keys.trace(owner, request_id), int(until * 1000))
-                pipe.incr(keys.trace_refs(owner, request_id))
-                pipe.pexpireat(keys.trace_refs(owner, request_id), int(until * 1000))
-            results = pipe.execute()
-        kept = results[::3]
-        return [request_id for (request_id, _), ok in zip(entries, kept, strict=True) if not ok]
-
-    def release(self, owner: str, entries: Iterable[tuple[str, float]], now: float) -> None:
-        """Drop one reference per (request id, accepted at); a trace nobody retains any more
-        goes back to its original expiry (at once when that has passed)."""
-        entries = list(entries)
-        if not entries:
+    def release(self, owner: str, request_ids: Iterable[str]) -> None:
+        """One backlog is done with each of these traces (call once per ended entry). A
+        trace no backlog holds any more is kept `keep_after_seconds` longer, then expires.
+        A trace without a hold count (stored by an earlier version) keeps its own TTL."""
+        request_ids = list(request_ids)
+        if not request_ids:
             return
         with self.redis.pipeline(transaction=False) as pipe:
-            for request_id, _ in entries:
+            for request_id in request_ids:
                 pipe.decr(keys.trace_refs(owner, request_id))
-            remaining = pipe.execute()
+            left = pipe.execute()
+        keep = _ms(self.keep_after_seconds)
         with self.redis.pipeline(transaction=False) as pipe:
-            for (request_id, accepted_at), left in zip(entries, remaining, strict=True):
-                if left > 0:
-                    continue
-                expiry = accepted_at + self.ttl_seconds
-                trace_key = keys.trace(owner, request_id)
-                if expiry <= now:
-                    pipe.delete(trace_key, keys.trace_refs(owner, request_id))
-                else:
-                    pipe.pexpireat(trace_key, int(expiry * 1000))
+            for request_id, holds in zip(request_ids, left, strict=True):
+                if holds == 0:
+                    pipe.pexpire(keys.trace(owner, request_id), keep)
+                    pipe.pexpire(keys.trace_refs(owner, request_id), keep)
+                elif holds < 0:  # no count was kept: DECR just created one
                     pipe.delete(keys.trace_refs(owner, request_id))
             pipe.execute()
 
-    def _ttl_ms(self) -> int:
-        return math.ceil(self.ttl_seconds * 1000)
+
+def _ms(seconds: float) -> int:
+    return math.ceil(seconds * 1000)
 
 
 def _trace_or_none(blob: bytes | None) -> Trace | None:

@@ -1,19 +1,17 @@
-"""Beat's care of the backlogs: retain lagging traces, expire, bound, and restart them.
+"""Beat's care of the backlogs: expire, bound, and restart them.
 
 Every function takes the runtime and the clock, so tests drive them with a test clock.
 For each destination, `upkeep` (called by the sweep every few seconds):
 
 1. a disabled destination's backlog becomes dead letters ("destination disabled");
 2. entries older than the retry horizon become dead letters (how long, how often tried);
-3. traces of entries older than `trace_retain_after_seconds` are retained (a reference
-   each, kept to the horizon), so a lagging backlog never loses its traces to the TTL;
-4. past its caps (entries, bytes) the oldest entries no task holds are dropped
+3. past its caps (entries, bytes) the oldest entries no task holds are dropped
    (`dropped_overflow`, announced to the owner);
-5. a backlog with work, no task and nothing to wait for gets a deliver task.
+4. a backlog with work, no task and nothing to wait for gets a deliver task.
 
-The budget for retained trace bytes across all destinations (`enforce_budget`) drops the
-oldest entries of the destinations retaining the most: whoever is furthest behind pays,
-never a destination that keeps up.
+The budget for stored trace bytes across all backlogs (`enforce_budget`) drops the oldest
+entries of the destinations holding the most: whoever is furthest behind pays, never a
+destination that keeps up. Every entry removed here releases its trace.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from settings import keys
 from settings.backlog import BacklogEntry
 from settings.dead_letters import letter_json
 from settings.models import Circuit, DestinationRecord, Health
@@ -33,9 +30,6 @@ logger = logging.getLogger("broadcast.maintenance")
 
 SCAN_BATCH = 500
 LOG_REQUEST_IDS = 50
-# The retained traces are kept a little past the horizon, so the entry that reaches the
-# horizon still finds its trace when it is dead-lettered with a copy.
-RETAIN_MARGIN_SECONDS = 3600.0
 
 
 def upkeep(current: Runtime, record: DestinationRecord, now: float) -> Counter[str]:
@@ -46,7 +40,6 @@ def upkeep(current: Runtime, record: DestinationRecord, now: float) -> Counter[s
         done["dead_lettered"] += dead_letter_backlog(current, record, reason, now)
         return done
     done["expired"] += expire_old(current, record, now)
-    done["retained"] += retain_lagging(current, record, now)
     done["dropped"] += enforce_caps(current, record, now)
     if wants_task(current, record, now):
         current.kick(record.id)
@@ -89,41 +82,6 @@ def expire_old(current: Runtime, record: DestinationRecord, now: float) -> int:
     return _dead_letter(current, record, entries, reasons, now)
 
 
-def retain_lagging(current: Runtime, record: DestinationRecord, now: float) -> int:
-    """Retain the traces of entries older than the threshold that were not retained yet."""
-    config = current.config
-    key = keys.destination_part(record.id, "retention")
-    cursor = (current.store.redis.hget(key, "cursor") or b"0-0").decode()
-    lagging: list[BacklogEntry] = []
-    for entry in current.backlog.entries_after(record.id, cursor, SCAN_BATCH):
-        if now - entry.accepted_at < config.trace_retain_after_seconds:
-            break  # stream order is accept order: the rest are younger still
-        lagging.append(entry)
-    if not lagging:
-        return 0
-    until = now + config.retry_horizon_seconds + RETAIN_MARGIN_SECONDS
-    current.traces.retain(record.owner, [(e.request_id, e.accepted_at) for e in lagging], until)
-    with current.store.redis.pipeline(transaction=False) as pipe:
-        pipe.hset(key, "cursor", lagging[-1].id)
-        pipe.hincrby(key, "bytes", sum(e.size for e in lagging))
-        pipe.execute()
-    return len(lagging)
-
-
-def release_settled(
-    current: Runtime, record: DestinationRecord, entries: Sequence[BacklogEntry], now: float
-) -> None:
-    """Entries that left the backlog give back the references their traces were retained
-    with (only those the cursor passed: the others were never retained)."""
-    key = keys.destination_part(record.id, "retention")
-    cursor = _id((current.store.redis.hget(key, "cursor") or b"0-0").decode())
-    retained = [e for e in entries if _id(e.id) <= cursor]
-    if not retained:
-        return
-    current.traces.release(record.owner, [(e.request_id, e.accepted_at) for e in retained], now)
-    current.store.redis.hincrby(key, "bytes", -sum(e.size for e in retained))
-
-
 def enforce_caps(current: Runtime, record: DestinationRecord, now: float) -> int:
     config = current.config
     stats = current.backlog.stats(record.id, now)
@@ -137,23 +95,22 @@ def enforce_caps(current: Runtime, record: DestinationRecord, now: float) -> int
 
 
 def enforce_budget(current: Runtime, records: Sequence[DestinationRecord], now: float) -> int:
-    """Keep the trace bytes that backlogs retain within the budget, dropping from the
-    destinations that retain the most (the furthest behind), oldest entries first."""
+    """Keep the trace bytes that backlogs hold within the budget, dropping from the
+    destinations that hold the most (the furthest behind), oldest entries first.
+
+    A trace in several backlogs is counted in each: the budget errs on the safe side."""
     budget = current.config.trace_budget_bytes
-    retaining = {r.id: _retained_bytes(current, r.id) for r in records}
-    total = sum(retaining.values())
+    holding = {r.id: current.backlog.stats(r.id, now) for r in records}
+    total = sum(stats.bytes for stats in holding.values())
     dropped = 0
     by_id = {r.id: r for r in records}
-    for destination_id, held in sorted(retaining.items(), key=lambda item: -item[1]):
-        if total <= budget or held <= 0:
+    for destination_id, stats in sorted(holding.items(), key=lambda item: -item[1].bytes):
+        if total <= budget or stats.bytes <= 0:
             break
-        record = by_id[destination_id]
-        over = total - budget
-        stats = current.backlog.stats(record.id, now)
-        mean = max(stats.bytes / stats.depth, 1.0) if stats.depth else 1.0
-        count = min(int(over / mean) + 1, stats.depth)
-        dropped += drop_oldest(current, record, count, "trace budget reached", now)
-        total -= held - _retained_bytes(current, record.id)
+        mean = max(stats.bytes / stats.depth, 1.0)
+        count = min(int((total - budget) / mean) + 1, stats.depth)
+        dropped += drop_oldest(current, by_id[destination_id], count, "trace budget reached", now)
+        total -= stats.bytes - current.backlog.stats(destination_id, now).bytes
     return dropped
 
 
@@ -163,7 +120,7 @@ def drop_oldest(
     entries = current.backlog.take_oldest(record.id, count)
     if not entries:
         return 0
-    release_settled(current, record, entries, now)
+    current.traces.release(record.owner, [e.request_id for e in entries])
     current.health.dropped(record, len(entries), reason, now)
     _log(current, record, entries, now, outcome="dropped", error=reason, next_step="-")
     logger.warning(
@@ -197,7 +154,7 @@ def _dead_letter(
                 now=now,
             ),
         )
-    release_settled(current, record, entries, now)
+    current.traces.release(record.owner, [e.request_id for e in entries])
     current.store.count(record.id, "failed", len(entries))
     last = reason if isinstance(reason, str) else next(iter(reason.values()))
     current.health.dead_lettered(record, len(entries), last, now)
@@ -230,17 +187,5 @@ def _log(
     )
 
 
-def _retained_bytes(current: Runtime, destination_id: str) -> int:
-    key = keys.destination_part(destination_id, "retention")
-    return int(current.store.redis.hget(key, "bytes") or 0)
-
-
 def _last_error(current: Runtime, record: DestinationRecord) -> str:
     return current.store.health(record.id).last_error or "never delivered"
-
-
-def _id(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-

@@ -41,14 +41,13 @@ from destinations.base import DeliveryContext, DeliveryResult, Destination
 from destinations.outcomes import Outcome
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
-from settings.backlog import BacklogEntry, Begin, Settlement
+from settings.backlog import BacklogEntry, Begin, Settled, Settlement
 from settings.dead_letters import letter_json
 from settings.models import DestinationRecord, HealthRecord
 from settings.redaction import redact
 from settings.runtime import Runtime, runtime
 from settings.store import latency_bucket
 from tasks.app import broadcast_task
-from tasks.backlog_upkeep import release_settled
 from tasks.delivery_policy import (
     DeliveryPolicy,
     DestinationAction,
@@ -300,9 +299,8 @@ class DeliveryRun:
                 )
             )
         log_entry = self._log_entry(entries, results, items, decision, now, secrets)
-        self._settle_through_outage(record, settlements, log_entry, fresh)
-        settled = [s.entry for s in settlements if s.kind in ("d", "f")]
-        self._release_retained(record, settled, now)
+        settled = self._settle_through_outage(record, settlements, log_entry, fresh)
+        self._release_traces(record, settled.ended)
         health = self._apply(record, health, decision, now)
         if dead_reasons:
             current.health.dead_lettered(record, len(dead_reasons), dead_reasons[-1], now)
@@ -315,12 +313,13 @@ class DeliveryRun:
         settlements: list[Settlement],
         log_entry: dict[str, Any],
         fresh: bool,
-    ) -> None:
+    ) -> Settled:
         """Settle the batch the vendor answered, retrying while the store is unreachable
         (a restart, a failover) for up to `settle_patience_seconds` (at most half the claim
         lease); then raise. Only pending entries are settled, so a retry after a
         settlement that was applied but not answered counts no delivery or dead letter
-        twice (its `retried` count and delivery-log entry may repeat)."""
+        twice (its `retried` count and delivery-log entry may repeat, and its traces are
+        not released: they live to their TTL)."""
         config = self.current.config
         # Past half the lease another run may reclaim the batch and send it again anyway.
         patience = min(config.settle_patience_seconds, config.claim_lease_seconds / 2)
@@ -328,8 +327,7 @@ class DeliveryRun:
         wait = 0.1
         while True:
             try:
-                self.current.backlog.settle(record.id, settlements, log_entry, fresh=fresh)
-                return
+                return self.current.backlog.settle(record.id, settlements, log_entry, fresh=fresh)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() + wait > deadline:
                     raise
@@ -418,14 +416,19 @@ class DeliveryRun:
             keeper.credentials_rejected(record, decision.reason, now)
         return health
 
-    def _release_retained(
-        self, record: DestinationRecord, settled: Sequence[BacklogEntry], now: float
-    ) -> None:
-        """Settled entries whose trace beat's sweep retained give their reference back."""
-        retain_after = self.current.config.trace_retain_after_seconds
-        old = [e for e in settled if now - e.accepted_at >= retain_after]
-        if old:
-            release_settled(self.current, record, old, now)
+    def _release_traces(self, record: DestinationRecord, ended: Sequence[str]) -> None:
+        """The entries that ended give their traces back. The batch is settled already:
+        a store error here only leaves those traces to their TTL, so it is logged, not
+        raised (raising would retry a run that has nothing left to send)."""
+        try:
+            self.current.traces.release(record.owner, ended)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.warning(
+                "broadcast.deliver.release_failed destination=%s traces=%d error=%s",
+                record.id,
+                len(ended),
+                type(exc).__name__,
+            )
 
     def _log_entry(
         self,

@@ -4,11 +4,12 @@ destination's backlog, and make sure a deliver task is queued for each.
 Imported by the worker only (it loads validation, the store and the settings cache), so
 the gateway's `from tasks import broadcast` stays light.
 
-Redis work per accepted event, in two round trips: `SET NX` of the trace (marked pending),
-then one transaction with an `XADD` and a `SET NX` of the queued flag per destination and
-the mark that fan-out completed. A redelivered fan-out (its worker died, or the gateway
-sent the event twice) finds the trace: complete means nothing to do; still pending means
-the earlier run died before the transaction, and the appends are made now.
+Redis work per accepted event, in two round trips: `SET NX` of the trace, then one
+transaction with an `XADD` and a `SET NX` of the queued flag per destination and the
+trace's hold count (one per backlog), which also marks that fan-out completed. A
+redelivered fan-out (its worker died, or the gateway sent the event twice) finds the
+trace: with a hold count there is nothing to do; without one, the earlier run died before
+the transaction, and the appends are made now.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def accept(
                 stored.size,
                 kick=destination_id in kick,
             )
-        current.traces.complete(pipe, stored)
+        current.traces.complete(pipe, stored, len(intake.appended))
         results = pipe.execute()
     # The pipeline's replies: skipped counters, then per destination XADD (+ SET NX).
     replies = iter(results[len(intake.skipped) :])

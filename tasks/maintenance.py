@@ -41,8 +41,8 @@ SWEEP_LOCK_INTERVALS = 3
 
 
 def sweep(current: Runtime, now: float) -> Counter[str]:
-    """Look after every destination's backlog (`backlog_upkeep.upkeep`), keep the retained
-    trace bytes within the budget, and record beat's heartbeat. Returns what was done."""
+    """Look after every destination's backlog (`backlog_upkeep.upkeep`), keep the trace
+    bytes they hold within the budget, and record beat's heartbeat. Returns what was done."""
     redis_client = current.store.redis
     redis_client.set(keys.BEAT_HEARTBEAT, repr(now))
     lock = f"{keys.BEAT_HEARTBEAT}:sweeping"

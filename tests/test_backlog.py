@@ -1,7 +1,8 @@
 """The backlog (`settings.backlog`) and its upkeep (`tasks.backlog_upkeep`) on a real Redis:
 claim order, leases, exactly-once settling, in-flight slots, overflow and budget drops,
-trace retention. Deliveries are run in this process through `tasks.deliver.DeliveryRun`
-(the task's own code, called directly), against real local HTTP receivers."""
+how long a stored trace lives. Deliveries are run in this process through
+`tasks.deliver.DeliveryRun` (the task's own code, called directly), against real local HTTP
+receivers."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import pytest
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings import keys
-from settings.backlog import Backlog, Begin, Settlement
+from settings.backlog import Backlog, Begin, Settled, Settlement
 from settings.trace_store import Written
-from tasks.backlog_upkeep import enforce_budget, enforce_caps, release_settled, retain_lagging
+from tasks.backlog_upkeep import drop_oldest, enforce_budget, enforce_caps
 from tasks.deliver import DeliveryRun, delivery_policy
 from tasks.events import build_trace
 
@@ -41,13 +42,14 @@ def fresh(rt):
     return backlog, destination_id
 
 
-def stored_trace(rt, user_id: str, index: int, **event):
-    """What fan-out writes for one event, without kicking a task: (trace, size)."""
+def stored_trace(rt, user_id: str, index: int, holders: int = 1, **event):
+    """What fan-out writes for one event held by `holders` backlogs, without the appends:
+    (trace, size)."""
     trace = build_trace(chat_event(index, user_id=user_id, id=f"{user_id}-{index}", **event))
     written, stored = rt.traces.claim(trace)
     assert written is Written.NEW
     with rt.store.redis.pipeline(transaction=False) as pipe:
-        rt.traces.complete(pipe, stored)
+        rt.traces.complete(pipe, stored, holders)
         pipe.execute()
     return trace, stored.size
 
@@ -97,8 +99,9 @@ def test_an_entry_settles_once_even_when_two_tasks_raced_for_it(fresh, rt):
     reclaimed = backlog.claim(destination_id, "other-task", 3)  # lease ran out: taken again
     assert [e.id for e in reclaimed] == [e.id for e in claimed]
     delivered = [Settlement(e, "d", "0.05", 5.0) for e in claimed]
-    assert backlog.settle(destination_id, delivered, {"n": 1}) == (3, 0)
-    assert backlog.settle(destination_id, delivered, {"n": 2}) == (0, 0)  # the slow one, late
+    assert backlog.settle(destination_id, delivered, {"n": 1}) == Settled(3, 0, ["r0", "r1", "r2"])
+    late = backlog.settle(destination_id, delivered, {"n": 2})  # the slow one
+    assert late == Settled(0, 0, [])  # counts nothing, releases no trace
     assert rt.store.counters(destination_id)["delivered"] == 3
     assert rt.backlog.stats(destination_id, time.time()).depth == 0
     histogram = rt.store.latency_histogram(destination_id)
@@ -196,7 +199,7 @@ def test_the_budget_drops_from_whoever_is_furthest_behind(service, user_id, rece
     old = time.time() - 120
     sizes = {}
     for index in range(10):
-        trace, size = stored_trace(rt, user_id, index)
+        trace, size = stored_trace(rt, user_id, index, holders=2 if index < 2 else 1)
         sizes[trace.request_id] = size
         with rt.store.redis.pipeline(transaction=False) as pipe:
             rt.backlog.append(pipe, lagging, trace.request_id, old, size, kick=False)
@@ -204,8 +207,6 @@ def test_the_budget_drops_from_whoever_is_furthest_behind(service, user_id, rece
                 rt.backlog.append(pipe, healthy, trace.request_id, old, size, kick=False)
             pipe.execute()
     records = [rt.store.get_destination(i) for i in (lagging, healthy)]
-    for record in records:
-        retain_lagging(rt, record, time.time())
     budget = sum(sizes.values()) // 2
     tight = dataclasses.replace(
         rt, config=dataclasses.replace(rt.config, trace_budget_bytes=budget)
@@ -217,24 +218,34 @@ def test_the_budget_drops_from_whoever_is_furthest_behind(service, user_id, rece
     assert rt.backlog.stats(healthy, time.time()).depth == 2
 
 
-def test_lagging_traces_are_retained_then_released(service, user_id, receiver, rt):
+def test_a_stored_trace_lives_while_a_backlog_holds_it(service, user_id, receiver, rt):
+    """Fan-out's TTL covers the retry horizon; each backlog that ends its entry (a delivery
+    here, a drop there) releases one hold; the last release keeps the trace only
+    `trace_keep_after_seconds` more, in which a redelivered fan-out is still recognised."""
     owner = f"user:{user_id}"
-    destination_id = service.add_destination(owner, "webhook", "w", {"url": receiver().url})["id"]
-    record = rt.store.get_destination(destination_id)
-    trace, size = stored_trace(rt, user_id, 1)
+    healthy = service.add_destination(owner, "webhook", "ok", {"url": receiver().url})["id"]
+    lagging = service.add_destination(owner, "webhook", "lag", {"url": receiver().url})["id"]
+    trace, size = stored_trace(rt, user_id, 1, holders=2)
     key = keys.trace(owner, trace.request_id)
-    accepted = time.time() - rt.config.trace_retain_after_seconds - 1
     with rt.store.redis.pipeline(transaction=False) as pipe:
-        rt.backlog.append(pipe, destination_id, trace.request_id, accepted, size, kick=False)
+        for destination_id in (healthy, lagging):
+            rt.backlog.append(pipe, destination_id, trace.request_id, time.time(), size, kick=False)
         pipe.execute()
-    assert rt.store.redis.ttl(key) <= rt.config.trace_ttl_seconds
-    assert retain_lagging(rt, record, time.time()) == 1
-    assert rt.store.redis.ttl(key) > rt.config.retry_horizon_seconds - 60
-    assert retain_lagging(rt, record, time.time()) == 0  # once per entry
-    [entry] = rt.backlog.entries(destination_id)
-    release_settled(rt, record, [entry], time.time())
-    assert rt.store.redis.ttl(key) <= rt.config.trace_ttl_seconds  # back to its own expiry
-    assert rt.store.redis.get(keys.trace_refs(owner, trace.request_id)) is None
+    assert rt.store.redis.ttl(key) > rt.config.retry_horizon_seconds
+    summary = DeliveryRun(rt, delivery_policy(rt), healthy, "unit-run").run()
+    assert summary.outcomes == {"delivered": 1}
+    assert rt.store.redis.ttl(key) > rt.config.retry_horizon_seconds  # the other still holds it
+    record = rt.store.get_destination(lagging)
+    assert drop_oldest(rt, record, 1, "test drop", time.time()) == 1
+    assert 0 < rt.store.redis.ttl(key) <= rt.config.trace_keep_after_seconds
+    assert rt.store.redis.get(keys.trace_refs(owner, trace.request_id)) == b"0"
+    assert rt.traces.claim(trace)[0] is Written.COMPLETE  # a redelivered fan-out: nothing to do
+
+
+def test_a_fan_out_that_died_before_its_appends_is_seen_as_interrupted(service, user_id, rt):
+    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-cut"))
+    assert rt.traces.claim(trace)[0] is Written.NEW  # then the worker dies
+    assert rt.traces.claim(trace)[0] is Written.INTERRUPTED
 
 
 def test_items_settle_on_their_own_inside_one_batch(service, user_id, rt):

@@ -392,7 +392,7 @@ def test_a_claimed_batch_whose_task_was_lost_comes_back_once(
         rt.backlog.append(
             pipe, destination_id, trace.request_id, time.time(), stored.size, kick=False
         )
-        rt.traces.complete(pipe, stored)
+        rt.traces.complete(pipe, stored, 1)
         pipe.execute()
     [claimed] = rt.backlog.claim(destination_id, "a-worker-that-died", 10)
     assert claimed.request_id == trace.request_id
@@ -451,7 +451,7 @@ def test_real_beat_restarts_a_backlog_whose_task_was_lost(
         rt.backlog.append(
             pipe, destination_id, trace.request_id, time.time(), stored.size, kick=False
         )
-        rt.traces.complete(pipe, stored)
+        rt.traces.complete(pipe, stored, 1)
         pipe.execute()
     beat = celery_beat(os.environ, workdir)
     try:

@@ -26,6 +26,8 @@ def truncation_marker(dropped: int) -> str:
 def fit_to_budget(trace: Trace, encode: Callable[[Trace], bytes], max_bytes: int) -> bytes:
     """`encode(trace)`, with content truncated (halving the per-field cap) until it fits."""
     body = encode(trace)
+    if len(body) <= max_bytes:
+        return body
     cap = _longest_field(trace)
     while len(body) > max_bytes:
         if cap <= MIN_FIELD_CHARS:

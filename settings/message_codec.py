@@ -32,6 +32,7 @@ from kombu.serialization import register
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
+from settings import wire_json
 from settings.event_limits import EventLimits, limit_marker, short_path
 
 CONTENT_TYPE = "application/json"
@@ -65,7 +66,7 @@ class MessageCodec:
                 self._cut_loads(text), None, f"larger than {self.limits.max_bytes} bytes"
             )
         try:
-            body = kombu_loads(text)
+            body = wire_json.loads(text)
         except RecursionError:  # deeper than the interpreter's limit: certainly too deep
             pass
         else:
@@ -78,7 +79,7 @@ class MessageCodec:
 
     def dumps(self, body: Any) -> str:
         try:
-            return kombu_dumps(body)
+            return wire_json.dumps(body)
         except RecursionError:
             pass
         body = list(body) if isinstance(body, tuple) else body

@@ -37,10 +37,10 @@ from typing import Any
 
 from kombu.transport import redis as redis_transport
 from kombu.transport import virtual
-from kombu.utils.json import dumps, loads
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from settings import wire_json
 from settings.broker import TASK_QUEUES
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def entry_fields(message: dict[str, Any]) -> dict[bytes, bytes]:
     elif body is not None:
         envelope["body"] = body
     envelope["properties"] = properties
-    fields[ENVELOPE] = zlib.compress(dumps(envelope).encode(), ENVELOPE_COMPRESSION_LEVEL)
+    fields[ENVELOPE] = zlib.compress(wire_json.dumps(envelope).encode(), ENVELOPE_COMPRESSION_LEVEL)
     return fields
 
 
@@ -119,9 +119,9 @@ def message_from_entry(queue: str, entry_id: str, fields: dict[bytes, bytes]) ->
     """The kombu envelope of a stream entry, with its delivery tag. Raises UnreadableEntry."""
     try:
         if LIST_ENVELOPE in fields:
-            message = loads(fields[LIST_ENVELOPE])
+            message = wire_json.loads(fields[LIST_ENVELOPE])
         else:
-            message = loads(zlib.decompress(fields[ENVELOPE]))
+            message = wire_json.loads(zlib.decompress(fields[ENVELOPE]))
             if BODY in fields:
                 message["body"] = fields[BODY]
         properties = message["properties"]

@@ -6,6 +6,7 @@ so a misspelt option is a TypeError at import instead of a silently stored attri
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +101,9 @@ def _preload_worker_modules(**_: Any) -> None:
     from destinations.registry import load_all
 
     load_all()
+    # Keep the collector away from what was just imported: its passes write to every
+    # tracked object's header, which copies each shared page into every child.
+    gc.freeze()
 
 
 @after_setup_logger.connect

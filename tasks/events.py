@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from marshmallow import (
     EXCLUDE,
     INCLUDE,
@@ -204,12 +205,20 @@ def build_trace(event: Any, limits: EventLimits = DEFAULT_LIMITS) -> Trace:
 def without_lone_surrogates(value: Any) -> Any:
     """`value` with every unpaired UTF-16 surrogate in its strings (keys too) replaced by
     U+FFFD. `json.loads` returns them for `"\\ud83d"`, and no serializer can encode them."""
+    try:
+        orjson.dumps(value)  # refuses any surrogate, in C: most events have none
+    except orjson.JSONEncodeError:
+        return _replace_lone_surrogates(value)
+    return value
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value) if _has_surrogate(value) else value
     if isinstance(value, Mapping):
-        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [without_lone_surrogates(item) for item in value]
+        return [_replace_lone_surrogates(item) for item in value]
     return value
 
 

@@ -38,6 +38,7 @@ from typing import Any
 from kombu.transport import redis as redis_transport
 from kombu.transport import virtual
 from redis import Redis
+from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 
 from settings import wire_json
@@ -284,6 +285,12 @@ class Channel(redis_transport.Channel):
 
     @cached_property
     def _sync_client(self) -> Redis:
+        if self.connection is None:
+            # Closed by kombu after a connection error whose reconnection failed, yet still
+            # held by a long-lived producer (beat's): a connection error, which kombu's
+            # publish retry answers by reconnecting and reviving the producer. Anything
+            # else (AttributeError) would fail every later publish for ever.
+            raise redis_errors.ConnectionError("the broker channel was closed; reconnecting")
         return self._create_client()
 
     @contextmanager

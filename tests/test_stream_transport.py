@@ -257,3 +257,46 @@ def test_consumers_that_hold_nothing_and_stopped_reading_are_forgotten(broker, q
         [kept] = client.xinfo_consumers(key, GROUP)
         assert kept["pending"] == 1  # the one holding a message stays
         held.ack()
+
+
+def test_beat_sends_again_once_the_broker_is_back(tmp_path: Path) -> None:
+    """What beat does: one long-lived producer sends a task on every tick, with Celery's
+    publish retry and no declaration. While Redis is down a send fails; once it is back
+    the next goes through. (The producer was left on a closed channel, and every later
+    send failed with an AttributeError that kombu does not retry: beat's sweep stopped
+    after a Redis restart in the chaos run.)"""
+    from celery import Celery
+
+    from settings.broker import DELIVER_QUEUE, use_broker
+    from settings.stream_transport import stream_key
+
+    server = RedisServer(tmp_path, name="restarting", extra_args=["--appendfsync", "always"])
+    app = Celery("beat-like")
+    use_broker(app.conf, server.url)
+    app.conf.broker_transport_options = {"stream_queues": [DELIVER_QUEUE]}
+    client = redis_py.Redis.from_url(server.url)
+    try:
+        with app.connection_for_write() as connection:
+            producer = app.amqp.Producer(connection, auto_declare=False)
+
+            def tick() -> bool:
+                try:
+                    app.send_task(
+                        "broadcast.deliver",
+                        args=["dst"],
+                        queue=DELIVER_QUEUE,
+                        declare=[],  # as our routes: senders declare nothing
+                        producer=producer,
+                    )
+                except Exception:  # noqa: BLE001 - beat logs it and tries on the next tick
+                    return False
+                return True
+
+            assert tick()
+            server.kill_hard()
+            assert not tick()  # down: the tick fails, the producer stays
+            server.start()
+            assert tick()  # the next tick goes through
+        assert client.xlen(stream_key(DELIVER_QUEUE)) == 2
+    finally:
+        server.stop()

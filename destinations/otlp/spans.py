@@ -30,17 +30,18 @@ Attributes come from a dialect: a pure function of (trace, span) to a mapping, s
 
 What this module builds is wire-neutral (`Export`: plain values, hex ids, nanoseconds):
 `encoding` writes it as protobuf or straight to OTLP JSON. Building protobuf objects only
-to walk them again for JSON cost as much as all the rest of an OTLP delivery.
+to walk them again for JSON cost as much as all the rest of an OTLP delivery. The records
+are named tuples: built for every trace and destination, and a frozen dataclass costs a
+`setattr` per field to build.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -68,8 +69,7 @@ class Level(StrEnum):
     GENERATION = "generation"
 
 
-@dataclass(frozen=True)
-class PlannedSpan:
+class PlannedSpan(NamedTuple):
     """One span of the hierarchy, before a dialect gives it attributes. Ids are hex."""
 
     level: Level
@@ -78,23 +78,20 @@ class PlannedSpan:
     parent_span_id: str | None
 
 
-@dataclass(frozen=True)
-class Hierarchy:
+class Hierarchy(NamedTuple):
     """The OTLP trace id and the spans to send under it, topmost first, generation last."""
 
     trace_id: str
     spans: tuple[PlannedSpan, ...]
 
 
-@dataclass(frozen=True)
-class SpanEvent:
+class SpanEvent(NamedTuple):
     name: str
     time_unix_nano: int
     attributes: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class SpanRecord:
+class SpanRecord(NamedTuple):
     """One span, ready to encode: ids in hex, times in unix nanoseconds, `kind` and
     `status_code` the OTLP enum values, attributes plain values (None: left out)."""
 
@@ -111,8 +108,7 @@ class SpanRecord:
     events: tuple[SpanEvent, ...] = ()
 
 
-@dataclass(frozen=True)
-class Export:
+class Export(NamedTuple):
     """One export request: one resource, one instrumentation scope, its spans."""
 
     resource: Mapping[str, Any]

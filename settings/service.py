@@ -221,7 +221,7 @@ class SettingsService:
     def remove_destination(self, destination_id: str, *, actor: str | None = None) -> None:
         record = self._record(destination_id, actor)
         # Its backlog's traces are released first (they would otherwise live to their
-        # TTL); entries a running task holds are released when that task settles them.
+        # TTL). The few a running task holds at this moment keep theirs to the TTL.
         while entries := self.backlog.take_oldest(destination_id, RELEASE_BATCH):
             self.traces.release(record.owner, [e.request_id for e in entries])
         self.store.remove_destination(record)

@@ -61,6 +61,9 @@ class EventLimits:
         )
 
 
+_JSON_TYPES = frozenset({str, dict, list, int, float, bool, type(None)})
+
+
 def check_event(event: Any, limits: EventLimits) -> None:
     """Raise `LimitExceeded` naming the first offending field; never anything else."""
     if not isinstance(event, Mapping):
@@ -72,36 +75,53 @@ def check_event(event: Any, limits: EventLimits) -> None:
             "request.messages", f"more than {limits.max_messages} messages ({len(count)})"
         )
     size = 0
-    # (value, path, depth); the path is built lazily from the parent's path.
-    stack: list[tuple[Any, str, int]] = [(event, "", 1)]
+    # (value, its parent's path, its key, depth): a path is built for containers only, and
+    # for a leaf only when it breaks a limit.
+    stack: list[tuple[Any, str, Any, int]] = [(event, "", _ROOT, 1)]
     while stack:
-        value, path, depth = stack.pop()
+        value, parent, key, depth = stack.pop()
+        kind = type(value)  # JSON gives these exact types; an ABC (Mapping) check is slow
         if isinstance(value, str):
             size += len(value) + _OVERHEAD
             if len(value) > limits.max_string_chars:
                 raise LimitExceeded(
-                    path or "event", f"string longer than {limits.max_string_chars} characters"
+                    _path(parent, key) or "event",
+                    f"string longer than {limits.max_string_chars} characters",
                 )
-        elif isinstance(value, Mapping | list | tuple):
+        elif (
+            kind is dict
+            or kind is list
+            or (kind not in _JSON_TYPES and isinstance(value, Mapping | list | tuple))
+        ):
+            path = _path(parent, key)
             if depth > limits.max_depth:
                 raise LimitExceeded(
                     path or "event", f"nested deeper than {limits.max_depth} levels"
                 )
-            items = value.items() if isinstance(value, Mapping) else enumerate(value)
-            for key, child in items:
-                child_path = f"{path}.{key}" if path else str(key)
-                if isinstance(key, str):
-                    size += len(key) + _OVERHEAD
-                    if len(key) > limits.max_string_chars:
+            mapping = kind is dict or (kind is not list and isinstance(value, Mapping))
+            for child_key, child in value.items() if mapping else enumerate(value):
+                if isinstance(child_key, str):
+                    size += len(child_key) + _OVERHEAD
+                    if len(child_key) > limits.max_string_chars:
                         raise LimitExceeded(
-                            child_path[:200],
+                            _path(path, child_key)[:200],
                             f"key longer than {limits.max_string_chars} characters",
                         )
-                stack.append((child, child_path, depth + 1))
+                stack.append((child, path, child_key, depth + 1))
         else:
             size += 8 + _OVERHEAD
         if size > limits.max_bytes:
             raise LimitExceeded("event", f"larger than {limits.max_bytes} bytes")
+
+
+_ROOT = object()
+
+
+def _path(parent: str, key: Any) -> str:
+    """The dotted path of `key` under `parent` ("" for the event itself)."""
+    if key is _ROOT:
+        return parent
+    return f"{parent}.{key}" if parent else str(key)
 
 
 def limit_marker(event: Any, reason: str) -> dict[str, Any]:

@@ -337,6 +337,7 @@ def median_round(
     middle = sorted(rounds, key=lambda r: r[run]["events_per_s"] / r["floor"]["events_per_s"])
     chosen = middle[len(middle) // 2]
     chosen[run]["ratios"] = ratios
+    chosen[run]["floors"] = [r["floor"]["events_per_s"] for r in rounds]
     return chosen["floor"], chosen["hooks"], chosen["otlp3"]
 
 
@@ -463,8 +464,11 @@ def main() -> int:
 
 
 def _spread(run: dict[str, Any]) -> str:
-    ratios = run["ratios"]
-    return f"median of {len(ratios)} rounds, {ratios[0]:.2f}-{ratios[-1]:.2f}"
+    ratios, floors = run["ratios"], run["floors"]
+    return (
+        f"median of {len(ratios)} rounds, {ratios[0]:.2f}-{ratios[-1]:.2f} "
+        f"(floors {'/'.join(f'{f:.0f}' for f in floors)} events/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -548,13 +548,6 @@ class Backlog:
         )
         return [_entry(entry_id, fields) for entry_id, fields in raw if fields]
 
-    def entries_after(self, destination_id: str, after_id: str, count: int) -> list[BacklogEntry]:
-        """Entries after `after_id` (exclusive), oldest first."""
-        raw = self.redis.xrange(
-            keys.destination_part(destination_id, "backlog"), f"({after_id}", "+", count=count
-        )
-        return [_entry(entry_id, fields) for entry_id, fields in raw]
-
     def entries(self, destination_id: str) -> list[BacklogEntry]:
         raw = self.redis.xrange(keys.destination_part(destination_id, "backlog"))
         return [_entry(entry_id, fields) for entry_id, fields in raw]

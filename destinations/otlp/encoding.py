@@ -193,30 +193,16 @@ def json_attributes(values: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def json_value(value: Any) -> dict[str, Any]:
     """The OTLP JSON of `any_value(value)`."""
-    # By exact type first: this runs for every attribute of every span (most are str), and
-    # a chain of isinstance checks was a third of an OTLP delivery's CPU.
-    kind = type(value)
-    if kind is str:
+    # str first: most attributes are strings, and this runs for every attribute of every
+    # span (the checks in `any_value`'s order were a third of an OTLP delivery's CPU).
+    if isinstance(value, str):
         return {"stringValue": value}
-    if kind is float:
-        return {"doubleValue": _json_number(value)}
-    if kind is int and _INT64_MIN <= value <= _INT64_MAX:
-        return {"intValue": str(value)}
-    if kind is bool:
-        return {"boolValue": value}
-    return _json_value_of_any(value)
-
-
-def _json_value_of_any(value: Any) -> dict[str, Any]:
-    """`json_value` for subclasses (enums), sequences and anything else."""
     if isinstance(value, bool):
         return {"boolValue": value}
     if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
         return {"intValue": str(int(value))}
     if isinstance(value, float):
         return {"doubleValue": _json_number(value)}
-    if isinstance(value, str):
-        return {"stringValue": value}
     if isinstance(value, list | tuple) and _homogeneous_scalars(value):
         return {"arrayValue": {"values": [json_value(item) for item in value]}}
     return {"stringValue": json_text(value)}

@@ -15,6 +15,16 @@ same Redis, pool and concurrency, with worker task events on):
 - B6  Redis memory per backlogged delivery during an outage, beyond the shared trace;
 - B7  modules imported by the gateway's `from tasks import broadcast`.
 
+The simplest deployment (issue 17), on a stack of its own: one `celery -A tasks worker`
+with no options (prefork, concurrency = cores, every queue):
+
+- D1  events/s with 3 OTLP destinations against the floor at the same concurrency;
+- D2  Redis commands per event, and input bytes per event / the event's size;
+- D3  vendor requests per destination for events sent back to back (full batches);
+- D4  an isolated failure: a webhook answering 503 to the first attempt of every tenth
+      request, 200 events at 40/s: median, p99 and worst delay from `.delay()` to the
+      trace's 2xx at the receiver (every event delivered).
+
 Events are 2 KB of JSON. Receivers run in this process with Nagle off and one send per
 response, so they measure Broadcast, not themselves. B2 and B2b are the median of
 `--throughput-rounds` rounds (3), each measuring the floor and both runs back to back.
@@ -40,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broadcast_broker.stream_transport import stream_key
 from broadcast_broker.topology import FANOUT_QUEUE
-from harness.processes import ManagedProcess
+from harness.processes import ManagedProcess, celery_worker
 from harness.receiver import ReceivedRequest, Receiver, Reply
 from harness.samples import chat_event
 from harness.stack import Stack, local_stack
@@ -168,9 +178,11 @@ def run_events(
     events: int,
     prefix: str,
     rate: float | None = None,
+    reply: Callable[[ReceivedRequest], Reply] | None = None,
 ) -> dict[str, Any]:
     """Send `events` (back to back, or at `rate`/s) to `destinations` destinations of
-    `kind`; returns throughput, Redis counts, worker CPU and latencies."""
+    `kind`, whose receivers answer with `reply` (200 by default); returns throughput, Redis
+    counts, worker CPU, vendor requests and latencies (to the first 2xx, with `rate`)."""
     from broadcast_interfaces.service import settings_service
     from tasks import broadcast
 
@@ -178,7 +190,7 @@ def run_events(
     client = service.store.redis
     owner = f"user:{prefix}"
     service.set_enabled(owner, True)
-    sinks = [Sink(timed=rate is not None) for _ in range(destinations)]
+    sinks = [Sink(reply, timed=rate is not None) for _ in range(destinations)]
     for sink in sinks:
         sink.receiver.start()
     try:
@@ -211,6 +223,10 @@ def run_events(
         cpu = worker_cpu_seconds(stack.processes[0]) - cpu_before
         after_stats, after_net = client.info("commandstats"), client.info("stats")
         failed = sum(service.store.counters(i)["failed"] for i in ids)
+        requests = [
+            sum(not r.headers.get("x-test-connection") for r in sink.receiver.requests())
+            for sink in sinks
+        ]
     finally:
         for sink in sinks:
             sink.receiver.stop()
@@ -237,6 +253,8 @@ def run_events(
         "cpu_ms_per_event": cpu * 1000.0 / events,
         "p50_ms": statistics.median(latencies) if latencies else float("nan"),
         "p99_ms": statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else 0.0,
+        "max_ms": max(latencies) if latencies else float("nan"),
+        "requests_per_destination": max(requests),
     }
 
 
@@ -328,6 +346,52 @@ def throughput_round(
     }
 
 
+class FirstAttemptOfEveryTenthFails:
+    """The demo's vendor: 503 to the first attempt of every tenth request, 200 otherwise."""
+
+    def __init__(self) -> None:
+        self.failed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, request: ReceivedRequest) -> Reply:
+        data = json.loads(request.body).get("data")
+        ids = [d["requestId"] for d in (data if isinstance(data, list) else [data])]
+        with self.lock:
+            first = [r for r in ids if int(r.rsplit("-", 1)[1]) % 10 == 0 and r not in self.failed]
+            if first:
+                self.failed.update(first)
+                return Reply(503, b"busy")
+        return Reply(200, b"{}")
+
+
+def default_worker_rows(stack: Stack, events: int, isolated_events: int) -> dict[str, Any]:
+    """The simplest deployment: the stack's worker is replaced by one `celery -A tasks
+    worker` with no options, on the same Redis; its floor is the bare app at Celery's
+    default concurrency (the cores)."""
+    cores = os.cpu_count() or 1
+    stack.processes[0].stop()
+    stack.processes[0] = celery_worker(
+        os.environ, stack.workdir, name="default", concurrency=None, pool=None, loglevel="WARNING"
+    )
+    try:
+        base = floor(stack, events, "prefork", cores)
+        otlp3 = run_events(
+            stack, kind="otel-collector", destinations=3, events=events, prefix="d-otlp"
+        )
+        isolated = run_events(
+            stack,
+            kind="webhook",
+            destinations=1,
+            events=isolated_events,
+            prefix="d-isolated",
+            rate=40.0,
+            reply=FirstAttemptOfEveryTenthFails(),
+        )
+    finally:
+        stack.processes[0].stop()
+    return {"cores": cores, "floor": base, "otlp3": otlp3, "isolated": isolated}
+
+
 def median_round(
     rounds: list[dict[str, dict[str, Any]]], run: str
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -352,6 +416,8 @@ def main() -> int:
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads"))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--throughput-rounds", type=int, default=3)
+    parser.add_argument("--default-events", type=int, default=600)
+    parser.add_argument("--isolated-events", type=int, default=200)
     args = parser.parse_args()
     imports = gateway_imports()
     with local_stack(
@@ -382,6 +448,7 @@ def main() -> int:
             rate=hooks["events_per_s"] / 2,
         )
         outage = outage_memory(args.events)
+        simplest = default_worker_rows(stack, args.default_events, args.isolated_events)
     per_extra_otlp = (otlp3["cpu_ms_per_event"] - otlp1["cpu_ms_per_event"]) / 2
     setup = f"{args.pool} pool, concurrency {args.concurrency}, {args.events} events"
     rows = [
@@ -453,8 +520,42 @@ def main() -> int:
             "no vendor/OTLP/crypto",
         ),
     ]
+    d_floor, d_otlp, isolated = simplest["floor"], simplest["otlp3"], simplest["isolated"]
+    rows += [
+        (
+            "D1",
+            "events/s, 3 OTLP / floor, default worker",
+            f"{d_otlp['events_per_s'] / d_floor['events_per_s']:.2f}",
+            f"{d_otlp['events_per_s']:.0f} vs {d_floor['events_per_s']:.0f} events/s "
+            f"(prefork, {simplest['cores']} processes)",
+            ">= 2",
+        ),
+        (
+            "D2",
+            "Redis commands per event, default worker",
+            f"{d_otlp['commands_per_event']:.1f}",
+            f"input {d_otlp['input_bytes_per_event'] / d_otlp['event_bytes']:.2f}x the event's "
+            f"bytes ({d_otlp['input_bytes_per_event']:.0f} B)",
+            "<= 25; <= 3x",
+        ),
+        (
+            "D3",
+            "requests per destination, back to back",
+            f"{d_otlp['requests_per_destination']}",
+            f"{args.default_events} events to 3 OTLP destinations",
+            f"<= {args.default_events // 10}",
+        ),
+        (
+            "D4",
+            "isolated 503s: median / p99 delay",
+            f"{isolated['p50_ms'] / 1000:.2f} s",
+            f"p99 {isolated['p99_ms'] / 1000:.2f} s, worst {isolated['max_ms'] / 1000:.2f} s; "
+            f"{args.isolated_events} events at 40/s, 1 in 10 first attempts 503",
+            "<= 1 s; p99 <= 10 s",
+        ),
+    ]
     failed = sum(r[k]["failed"] for r in rounds for k in ("hooks", "otlp3"))
-    failed += otlp1["failed"] + half["failed"]
+    failed += otlp1["failed"] + half["failed"] + d_otlp["failed"] + isolated["failed"]
     print(f"Broadcast benchmark ({setup}; failed deliveries: {failed})")
     print(f"{'row':<4} {'figure':<42} {'value':>9}  {'target':<22} detail")
     for row, figure, value, detail, target in rows:

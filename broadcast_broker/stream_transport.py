@@ -9,8 +9,14 @@ task runs (celery/kombu#305, celery/celery#4354, #7950); it stores every message
   a compressed event) and the raw body (no base64, no second copy);
 - consume is `XREADGROUP`, which records the entry in the group's pending list in the
   same command that hands it out: nothing is ever held only by a socket;
-- acknowledge is `XACK` + `XDEL`; requeue and the visibility-timeout restore are Lua
-  scripts that copy the entry to the tail, marked redelivered, and drop the original, once;
+- acknowledge is `XACK` + `XDEL`; requeue is a Lua script that copies the entry to the
+  tail, marked redelivered, and drops the original, once;
+- a consuming worker refreshes a heartbeat every 5 s (`broadcast.consumer:NAME`, 15 s TTL)
+  from a thread of its own; every such worker, every 5 s, hands what a consumer whose
+  heartbeat expired (a killed worker) held back to the queue, the same way: a killed
+  worker costs seconds, not the visibility timeout. A consumer that never registered a
+  heartbeat (a worker of an earlier version, during a rolling upgrade) is not treated as
+  dead: what it held past the visibility timeout comes back, as before;
 - kombu's list protocol still works for clients that speak it (a gateway's own Celery
   client, in any language): consumers move what such clients push onto a queue's lists
   into the stream, atomically, once a second (every 0.1 s while they are sending);
@@ -19,14 +25,22 @@ task runs (celery/kombu#305, celery/celery#4354, #7950); it stores every message
 
 Only the queues named in `stream_queues` (a transport option; Broadcast's three task
 queues by default) are streams. Priorities are not supported on them: Broadcast sets none.
+
+This module subclasses kombu's Redis transport and relies on some of its private
+attributes (`PRIVATE_KOMBU_ATTRIBUTES`); pyproject.toml pins kombu to the minor version the
+suite runs, and importing this module with a kombu that lacks one of them fails at once
+with a message naming them, instead of a worker failing at its first message.
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
@@ -35,6 +49,7 @@ from functools import cached_property
 from time import monotonic
 from typing import Any
 
+import kombu
 from kombu.transport import redis as redis_transport
 from kombu.transport import virtual
 from redis import Redis
@@ -42,9 +57,65 @@ from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 
 from broadcast_broker import wire_json
-from broadcast_broker.topology import TASK_QUEUES
+from broadcast_broker.topology import FANOUT_QUEUE, TASK_QUEUES
 
 log = logging.getLogger(__name__)
+
+# kombu's private attributes this transport overrides or calls, by class: class-level
+# ones (methods, class attributes), then instance attributes that `__init__` sets.
+PRIVATE_KOMBU_ATTRIBUTES = {
+    redis_transport.Channel: (
+        "_brpop_start",
+        "_brpop_read",
+        "_flush_brpop_reauth",
+        "_q_for_pri",
+        "_disconnect_pools",
+        "_create_client",
+        "_in_poll",
+        "_brpop_sent_at",
+        "_size",
+        "_has_queue",
+        "_purge",
+        "_delete",
+        "_new_queue",
+        "_put",
+        "_get",
+        "_restore",
+        "_restore_at_beginning",
+        "conn_or_acquire",
+        "from_transport_options",
+        "priority_steps",
+        "unacked_restore_throttle",
+    ),
+    virtual.QoS: ("_flush", "can_consume_max_estimate"),
+    virtual.Transport: ("_deliver",),
+}
+PRIVATE_KOMBU_INSTANCE_ATTRIBUTES = {
+    redis_transport.Channel: ("_queue_cycle",),
+    virtual.QoS: ("_delivered",),
+    redis_transport.MultiChannelPoller: ("_channels",),
+}
+
+
+def missing_kombu_attributes() -> list[str]:
+    """The private kombu attributes this transport relies on that the installed kombu lacks."""
+    missing = [
+        f"{owner.__name__}.{name}"
+        for owner, names in PRIVATE_KOMBU_ATTRIBUTES.items()
+        for name in names
+        if not hasattr(owner, name)
+    ]
+    for owner, names in PRIVATE_KOMBU_INSTANCE_ATTRIBUTES.items():
+        source = inspect.getsource(owner.__init__)
+        missing += [f"{owner.__name__}.{name}" for name in names if f"self.{name} " not in source]
+    return missing
+
+
+if _missing := missing_kombu_attributes():
+    raise ImportError(
+        f"Broadcast's Redis stream transport does not support kombu {kombu.__version__}: it "
+        f"lacks {', '.join(_missing)}. Install the kombu version pyproject.toml pins."
+    )
 
 GROUP = "workers"
 # Entry fields: the envelope without its body (zlib-compressed), the raw body, a whole
@@ -59,8 +130,19 @@ LIST_MOVE_IDLE_SECONDS = 1.0
 LIST_MOVE_BUSY_SECONDS = 0.1
 LIST_MOVE_LIMIT = 1000
 RESTORE_LIMIT = 1000
+# Every this many reads the other queues are read before the priority ones.
+PRIORITY_YIELD_EVERY = 4
 FORGET_CONSUMERS_EVERY_SECONDS = 3600.0
 UNREADABLE_MAX_ENTRIES = 10_000
+# Consumer liveness: a consuming worker refreshes its heartbeat this often, the heartbeat
+# lives this long, and every consuming worker looks for dead consumers this often. A
+# killed worker's messages are back on the queue within TTL + interval (20 s).
+HEARTBEAT_EVERY_SECONDS = 5.0
+HEARTBEAT_TTL_SECONDS = 15.0
+CONSUMER_REGISTRY = "broadcast.consumers"
+# A pending entry of this consumer that it never received, idle this long, is requeued.
+UNKNOWN_IDLE_SECONDS = 5.0
+HEARTBEAT_PREFIX = "broadcast.consumer:"
 
 
 STREAM_SUFFIX = ":stream"
@@ -176,28 +258,50 @@ return requeued
 """
 )
 
-RESTORE_IDLE = (
+RECLAIM = (
     _COPY_TO_TAIL
     + """
--- KEYS[1] stream; ARGV[1] group; ARGV[2] minimum idle ms; ARGV[3] at most this many
-local cursor, restored, rounds = '0-0', 0, 0
-repeat
-  local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], 'restorer', ARGV[2], cursor,
-                             'COUNT', 100)
-  cursor = claimed[1]
-  for _, entry in ipairs(claimed[2]) do
-    if entry and entry[2] then
-      copy_to_tail(KEYS[1], entry[2])
-      restored = restored + 1
+-- KEYS[1] stream, KEYS[2] consumer registry; ARGV[1] group, ARGV[2] visibility timeout ms,
+-- ARGV[3] heartbeat key prefix, ARGV[4] at most this many entries per consumer.
+-- A registered consumer whose heartbeat expired is dead: everything it held goes back to
+-- the tail, marked redelivered, and the consumer leaves the group. Any other consumer (a
+-- live one, or an earlier version's worker that never registered) gives back only what it
+-- held past the visibility timeout, the last resort it always was.
+-- Returns {requeued from dead consumers, requeued past the timeout}.
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return {0, 0} end
+local function requeue(entries)
+  local n = 0
+  for _, p in ipairs(entries) do
+    local found = redis.call('XRANGE', KEYS[1], p[1], p[1])
+    if found[1] then
+      copy_to_tail(KEYS[1], found[1][2])
+      n = n + 1
     end
-    if entry then
-      redis.call('XACK', KEYS[1], ARGV[1], entry[1])
-      redis.call('XDEL', KEYS[1], entry[1])
-    end
+    redis.call('XACK', KEYS[1], ARGV[1], p[1])
+    redis.call('XDEL', KEYS[1], p[1])
   end
-  rounds = rounds + 1
-until cursor == '0-0' or restored >= tonumber(ARGV[3]) or rounds >= 100
-return restored
+  return n
+end
+local dead, late = 0, 0
+for _, c in ipairs(consumers) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  local name, pending = info['name'], tonumber(info['pending'])
+  local registered = redis.call('HEXISTS', KEYS[2], name) == 1
+  if registered and redis.call('EXISTS', ARGV[3] .. name) == 0 then
+    if pending > 0 then
+      dead = dead + requeue(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[4], name))
+    end
+    if pending <= tonumber(ARGV[4]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    end
+  elseif pending > 0 then
+    late = late + requeue(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+',
+      ARGV[4], name))
+  end
+end
+return {dead, late}
 """
 )
 
@@ -218,24 +322,71 @@ return moved
 
 
 class QoS(virtual.QoS):
-    """Acknowledgements on the stream: the group's pending list is the unacked record."""
+    """Acknowledgements on the stream: the group's pending list is the unacked record.
+
+    An acknowledgement or a requeue that cannot reach Redis (it is restarting) is kept and
+    made again by the heartbeat thread once Redis answers: otherwise the message would stay
+    pending under a consumer that is alive, and nothing would hand it back until the
+    visibility timeout. Both are idempotent, so doing one twice is harmless."""
 
     restore_at_shutdown = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._restore_calls = 0
+        self._unsettled: dict[str, bool] = {}  # delivery tag -> requeue (else ack)
+        self._unsettled_lock = threading.Lock()
 
     def ack(self, delivery_tag: str) -> None:
-        self.channel._acknowledge(delivery_tag)
+        self._settle(delivery_tag, requeue=False)
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if requeue:
-            self.channel._requeue([delivery_tag])
-        else:
-            self.channel._acknowledge(delivery_tag)
+        self._settle(delivery_tag, requeue=requeue)
         super().ack(delivery_tag)
+
+    def _settle(self, delivery_tag: str, *, requeue: bool) -> None:
+        try:
+            if requeue:
+                self.channel._requeue([delivery_tag])
+            else:
+                self.channel._acknowledge(delivery_tag)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            with self._unsettled_lock:
+                self._unsettled[delivery_tag] = requeue
+            log.warning(
+                "%s of %s kept for later: %s",
+                "requeue" if requeue else "ack", delivery_tag, type(exc).__name__,
+            )  # fmt: skip
+
+    def settle_kept(self) -> int:
+        """Make the acknowledgements and requeues Redis could not take; returns how many
+        went through (raises a connection error while Redis is still away)."""
+        with self._unsettled_lock:
+            kept = list(self._unsettled.items())
+        for tag, requeue in kept:
+            if requeue:
+                self.channel._requeue([tag])
+            else:
+                self.channel._acknowledge(tag)
+            with self._unsettled_lock:
+                self._unsettled.pop(tag, None)
+        return len(kept)
+
+    def held_tags(self) -> set[str]:
+        """The delivery tags this consumer knows it holds (handed to Celery, not yet
+        acknowledged, or kept for a later acknowledgement). Read from another thread: a
+        copy, taken again if the main thread changed the dict meanwhile."""
+        for _ in range(10):
+            try:
+                tags = set(list(self._delivered))
+                break
+            except RuntimeError:  # changed size during the copy
+                continue
+        else:
+            return set()  # a busy moment; the next tick looks again
+        with self._unsettled_lock:
+            return tags | set(self._unsettled)
 
     def restore_unacked(self, client: Any = None) -> list[Any]:
         """At shutdown: every delivery not acknowledged goes back to its queue."""
@@ -243,11 +394,12 @@ class QoS(virtual.QoS):
         tags = list(self._delivered)
         self._delivered.clear()
         self.channel._requeue(tags)
+        self.settle_kept()
         return []
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
-        """Requeue deliveries pending longer than the visibility timeout (their consumer
-        died), on every `interval`-th call."""
+        """kombu's periodic call: move list clients' messages in, forget gone consumers.
+        (Dead consumers' messages are reclaimed by the heartbeat thread.)"""
         self._restore_calls += 1
         if (self._restore_calls - 1) % (interval or 1):
             return
@@ -257,6 +409,12 @@ class QoS(virtual.QoS):
 class Channel(redis_transport.Channel):
     QoS = QoS
     stream_queues: tuple[str, ...] = TASK_QUEUES
+    # Read first whenever they hold messages (see `_brpop_start`): fan-out, because the
+    # gateway's messages are the only copy of its events and each is a few milliseconds of
+    # work, so a slow vendor's deliveries never starve them. Every
+    # `PRIORITY_YIELD_EVERY`-th read takes every queue in turn, so a flood of fan-out
+    # messages cannot stall delivery either.
+    priority_queues: tuple[str, ...] = (FANOUT_QUEUE,)
     # The idle-entry restore is one script per queue: run it on every periodic call
     # (every `unacked_restore_interval`, 10 s), not one in ten as kombu's hash scan.
     unacked_restore_throttle = 1
@@ -264,10 +422,16 @@ class Channel(redis_transport.Channel):
     # read for this long is gone (a live one reads at least every second): it is forgotten
     # (checked hourly).
     consumer_forget_idle_seconds = 86400.0
+    # Liveness (see `Heartbeat`): transport options, so tests can shorten them.
+    heartbeat_every_seconds = HEARTBEAT_EVERY_SECONDS
+    heartbeat_ttl_seconds = HEARTBEAT_TTL_SECONDS
     from_transport_options = (
         *redis_transport.Channel.from_transport_options,
         "stream_queues",
+        "priority_queues",
         "consumer_forget_idle_seconds",
+        "heartbeat_every_seconds",
+        "heartbeat_ttl_seconds",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -280,6 +444,9 @@ class Channel(redis_transport.Channel):
         self._lists_move_due = float("-inf")
         self._consumers_forgotten_at = monotonic()
         self._reading_streams = False  # what the pending blocking read is
+        self._read_blocks = False  # the next read waits for a message (nothing was ready)
+        self._reads = 0
+        self._heartbeat: Heartbeat | None = None
 
     # --- one client for the channel's synchronous commands
 
@@ -310,7 +477,7 @@ class Channel(redis_transport.Channel):
         client = self._sync_client
         return {
             "requeue": client.register_script(REQUEUE),
-            "restore_idle": client.register_script(RESTORE_IDLE),
+            "reclaim": client.register_script(RECLAIM),
             "move_lists": client.register_script(MOVE_LISTS),
         }
 
@@ -402,9 +569,21 @@ class Channel(redis_transport.Channel):
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         if self.is_stream(queue):
             self._ensure_group(queue)
+            self.start_heartbeat()
         consumer_tag = super().basic_consume(queue, *args, **kwargs)
         self._stream_consumption(self.active_queues)
         return consumer_tag
+
+    def start_heartbeat(self) -> None:
+        """Register this consumer and keep its heartbeat (once per process and channel)."""
+        if self._heartbeat is None or self._heartbeat.pid != os.getpid():
+            self._heartbeat = Heartbeat(self)
+            self._heartbeat.start()
+
+    def close(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.pid == os.getpid():
+            self._heartbeat.stop()
+        super().close()
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self.active_queues
@@ -413,18 +592,28 @@ class Channel(redis_transport.Channel):
             return super()._brpop_start(timeout)
         if timeout is None:
             timeout = self.brpop_timeout
-        queues = self._queue_cycle.consume(len(queues))
         for queue in queues:
             self._ensure_group(queue)
-        # One read takes as many entries as the prefetch allows, spread over the queues.
-        room = self.qos.can_consume_max_estimate() or 1
-        count = max(1, room // len(queues))
-        keys = [stream_key(queue) for queue in queues]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
+        self._reads += 1
+        first = [q for q in self.priority_queues if q in queues]
+        if self._read_blocks or not first or self._reads % PRIORITY_YIELD_EVERY == 0:
+            # Nothing was waiting at the last look (or it is the other queues' turn): one
+            # entry from each queue that has some, else wait for the next on any of them.
+            queues = self._queue_cycle.consume(len(queues))
+            keys = [stream_key(queue) for queue in queues]
+            self.client.connection.send_command(
+                "XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", 1,
+                "BLOCK", int((timeout or 0) * 1000), "STREAMS", *keys, *([">"] * len(keys)),
+            )  # fmt: skip
+            return
+        # The priority queues first, as many entries as the prefetch allows, without waiting.
+        room = self.qos.can_consume_max_estimate() or 1
+        keys = [stream_key(queue) for queue in first]
         self.client.connection.send_command(
-            "XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", count,
-            "BLOCK", int((timeout or 0) * 1000), "STREAMS", *keys, *([">"] * len(keys)),
+            "XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", room,
+            "STREAMS", *keys, *([">"] * len(keys)),
         )  # fmt: skip
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -443,6 +632,9 @@ class Channel(redis_transport.Channel):
                 self._groups_ready.clear()
                 raise virtual.Empty() from None
             delivered = self._deliver_reply(reply)
+            # While the priority queues have messages the next read takes them first; once
+            # a read found nothing, the next one waits on every queue.
+            self._read_blocks = not delivered
             if not delivered:
                 raise virtual.Empty()
             return True
@@ -517,23 +709,61 @@ class Channel(redis_transport.Channel):
         self._requeue([message.delivery_tag])
 
     def _restore_idle(self) -> None:
-        """Requeue what consumers that died were holding (pending past the visibility
-        timeout), and move in what list clients pushed."""
-        min_idle_ms = int(self.visibility_timeout * 1000)
-        for queue in self.stream_queues:
-            if queue not in self._groups_ready:
-                continue
-            restored = self._scripts["restore_idle"](
-                keys=[stream_key(queue)], args=[GROUP, min_idle_ms, RESTORE_LIMIT]
-            )
-            if restored:
-                log.warning(
-                    "requeued %d message(s) of %s held past the visibility timeout (%ss)",
-                    restored, queue, self.visibility_timeout,
-                )  # fmt: skip
+        """Move in what list clients pushed; now and then forget consumers long gone."""
         self.move_lists()
         if monotonic() - self._consumers_forgotten_at >= FORGET_CONSUMERS_EVERY_SECONDS:
             self.forget_gone_consumers()
+
+    def reclaim_unknown(self, min_idle_seconds: float = UNKNOWN_IDLE_SECONDS) -> int:
+        """Requeue what the group says this consumer holds but this consumer never received:
+        a read whose answer was lost (Redis killed between recording the delivery and
+        answering, a connection cut mid-reply). Without this such a message would wait
+        for the visibility timeout under a consumer that is alive. Only entries idle for
+        `min_idle_seconds` are considered, so a read being answered now is left alone."""
+        known = {split_delivery_tag(tag)[1] for tag in self.qos.held_tags()}
+        requeued = 0
+        for queue in self.stream_queues:
+            if queue not in self._groups_ready:
+                continue
+            key = stream_key(queue)
+            pending = self._sync_client.xpending_range(
+                key,
+                GROUP,
+                min="-",
+                max="+",
+                count=RESTORE_LIMIT,
+                consumername=self.consumer_name,
+                idle=int(min_idle_seconds * 1000),
+            )
+            lost = [p["message_id"].decode() for p in pending]
+            lost = [entry_id for entry_id in lost if entry_id not in known]
+            if lost:
+                self._scripts["requeue"](keys=[key], args=[GROUP, *lost])
+                log.warning(
+                    "requeued %d message(s) of %s this consumer never received", len(lost), queue
+                )
+                requeued += len(lost)
+        return requeued
+
+    def reclaim(self) -> tuple[int, int]:
+        """Requeue what dead consumers held, and what consumers without a heartbeat (an
+        earlier version's) held past the visibility timeout. Returns both counts."""
+        dead = late = 0
+        for queue in self.stream_queues:
+            if queue not in self._groups_ready:
+                continue
+            from_dead, past_timeout = self._scripts["reclaim"](
+                keys=[stream_key(queue), CONSUMER_REGISTRY],
+                args=[GROUP, int(self.visibility_timeout * 1000), HEARTBEAT_PREFIX, RESTORE_LIMIT],
+            )
+            if from_dead or past_timeout:
+                log.warning(
+                    "requeued %d message(s) of %s held by dead consumers and %d held past the "
+                    "visibility timeout (%ss)",
+                    from_dead, queue, past_timeout, self.visibility_timeout,
+                )  # fmt: skip
+            dead, late = dead + int(from_dead), late + int(past_timeout)
+        return dead, late
 
     def forget_gone_consumers(self) -> int:
         """Delete the group's consumers that hold nothing and have not read for a day."""
@@ -547,6 +777,11 @@ class Channel(redis_transport.Channel):
                 if consumer["pending"] == 0 and consumer["idle"] > idle_ms:
                     client.xgroup_delconsumer(key, GROUP, consumer["name"])
                     forgotten += 1
+        # Registered consumers whose heartbeat is long gone (their groups' entries are).
+        for name, registered in client.hgetall(CONSUMER_REGISTRY).items():
+            gone = time.time() - float(registered) > self.consumer_forget_idle_seconds
+            if gone and not client.exists(HEARTBEAT_PREFIX + name.decode()):
+                client.hdel(CONSUMER_REGISTRY, name)
         return forgotten
 
     def _list_keys(self, queue: str) -> list[str]:
@@ -591,8 +826,74 @@ class Channel(redis_transport.Channel):
             pipe.execute()
 
 
+class Heartbeat:
+    """A consuming channel's liveness: a daemon thread that refreshes the consumer's
+    heartbeat and hands dead consumers' messages back, every `HEARTBEAT_EVERY_SECONDS`.
+
+    A thread, not the event loop, so a worker whose loop is busy (a solo pool running a
+    long task) is not taken for dead; a killed process stops it, which is the point.
+    (`heartbeat_every_seconds` and `heartbeat_ttl_seconds` are transport options.)"""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.pid = os.getpid()
+        self.key = HEARTBEAT_PREFIX + channel.consumer_name
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="broadcast-broker-heartbeat", daemon=True
+        )
+
+    def start(self) -> None:
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        try:
+            client = self.channel._sync_client
+            with client.pipeline(transaction=False) as pipe:
+                pipe.delete(self.key)
+                pipe.hdel(CONSUMER_REGISTRY, self.channel.consumer_name)
+                pipe.execute()
+        except (redis_errors.RedisError, OSError):
+            pass  # the heartbeat expires on its own; nothing is held after a warm stop
+
+    def _beat(self) -> None:
+        client = self.channel._sync_client
+        with client.pipeline(transaction=False) as pipe:
+            pipe.set(self.key, "1", px=int(self.channel.heartbeat_ttl_seconds * 1000))
+            pipe.hset(CONSUMER_REGISTRY, self.channel.consumer_name, repr(time.time()))
+            pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.channel.heartbeat_every_seconds):
+            try:
+                self._beat()
+                self.channel.qos.settle_kept()
+                self.channel.reclaim_unknown()
+                self.channel.reclaim()
+            except (redis_errors.RedisError, OSError) as exc:
+                log.debug("broker heartbeat: %s, next tick", type(exc).__name__)
+
+
 class Transport(redis_transport.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Connection.as_uri() asks the transport for a URL only when it says it can parse
+        # one; the class attribute stays False, so Connection still parses the URL itself.
+        # Tools that pick a broker client by the URL's scheme (Flower's Broker page) then
+        # see redis://, not this class's import path.
+        self.can_parse_url = True
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        client = self.client
+        password = client.password if include_password else (mask if client.password else None)
+        auth = f"{client.userid or ''}:{password}@" if password or client.userid else ""
+        return f"redis://{auth}{client.hostname or 'localhost'}:{client.port or 6379}/" + str(
+            client.virtual_host or 0
+        )
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)

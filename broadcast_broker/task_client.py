@@ -8,6 +8,7 @@ producer pool, its connection) instead of opening a second one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,7 +16,7 @@ from typing import Any
 
 from celery import Celery
 
-from broadcast_broker.topology import use_broker
+from broadcast_broker.topology import STREAM_TRANSPORT, transport_for, use_broker
 
 DELIVER_TASK = "broadcast.deliver"
 CHECK_DESTINATION_TASK = "broadcast.maintenance.check_destination"
@@ -42,6 +43,12 @@ class TaskSender:
     def celery(self) -> Celery:
         return self.app if self.app is not None else task_client(self.broker_url)
 
+    @property
+    def subsecond_countdowns(self) -> bool:
+        """Whether a countdown below a second is kept: on the Redis broker a worker holds
+        the message until it is due; RabbitMQ's delayed delivery counts whole seconds."""
+        return transport_for(self.broker_url) == STREAM_TRANSPORT
+
     def send(
         self,
         name: str,
@@ -50,12 +57,15 @@ class TaskSender:
         argsrepr: str | None = None,
         countdown: float | None = None,
     ) -> None:
-        """Publish one task message. Raises kombu's `OperationalError` when the broker
-        cannot take it."""
+        """Publish one task message; with `countdown`, due that many seconds from now
+        (rounded up to a whole second where the broker counts whole seconds). Raises
+        kombu's `OperationalError` when the broker cannot take it."""
         options: dict[str, Any] = {}
+        if countdown is not None and not self.subsecond_countdowns:
+            countdown = max(1, math.ceil(countdown))
         if argsrepr is not None:
             options["argsrepr"] = argsrepr
             options["kwargsrepr"] = "{}"
-        if countdown is not None:
+        if countdown:
             options["countdown"] = countdown
         self.celery.send_task(name, args=tuple(args), **options)

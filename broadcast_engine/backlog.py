@@ -1,23 +1,28 @@
 """A durable backlog per destination: a Redis stream read by one consumer group.
 
 Fan-out appends (request id, accepted at, trace bytes) to each eligible destination's
-stream and makes sure one deliver task is queued (`queued` flag, `SET NX`). Deliver tasks
-read batches through the consumer group, each task under its own consumer name:
+stream and makes sure one deliver task is queued (`queued` flag, `SET NX`). A deliver task
+is one *run*: it takes an in-flight slot (`begin`), claims one batch (`claim`), sends it,
+settles each entry (`settle`) and leaves (`finish`). Nothing in a run waits for work that
+may come: when unread entries or due retries remain, the run sends the next task (at
+once, or after a short countdown in the broker so a busy destination's next request
+carries more traces), and the task reads whatever accumulated while it was queued.
 
-- entries whose task died are taken back with `XAUTOCLAIM` once idle past the lease;
-- entries a failed attempt gave back wait under the consumer `waiting` and are taken
-  first, before new entries (`XREADGROUP >`), so a retry resends the oldest work;
-- a settled entry is acknowledged and deleted; acknowledging only what is still pending
-  makes each entry end in exactly one record, even when two tasks raced for it.
+A claim takes, in order:
 
-While a task works on a destination, fan-out sends no other (the `queued` flag is held):
-the running task takes whatever arrived meanwhile as its next batch, so under load tasks
-coalesce into large batches and under light load a trace goes out alone at once. A task
-leaves only when nothing unread is left (`finish`), so an entry appended while it worked
-is never stranded. A task whose batch came back full calls a helper, up to
-`max_in_flight` tasks per destination (`slots`, leased): a deep backlog uses several
-workers and a hung request holds only its own batch. If a task is lost, its flag and
-slot expire with the lease and beat's sweep finds work with no task and kicks one.
+1. *orphans*: entries a run holds without renewing them past the lease (its worker died);
+   they come back as the batch they were, so a vendor that already holds it sees the
+   same batch-level ids;
+2. *due retries*: entries a failed attempt put back, each with its own due time in the
+   `retry` sorted set (entry id -> unix seconds), held by the consumer `waiting`; a
+   failed batch is retried when its own backoff is due while new batches keep going;
+3. *new* entries (`XREADGROUP >`).
+
+A run's lease (its entries' idle time, its slot, the queued flag) is renewed while its
+vendor request is in flight (`renew`), so a slow request is never taken for a dead run.
+A settled entry is acknowledged and deleted; acknowledging only what is still pending
+makes each entry end in exactly one record, even when two runs raced for it. A run that
+delivers records one attempt in the circuit's window (`broadcast_engine.circuit_window`).
 
 Lua keeps each step atomic; every key a script touches shares the destination's hash tag.
 """
@@ -32,88 +37,141 @@ from typing import Any
 
 import redis
 
+from broadcast_engine import circuit_window
+from broadcast_engine.trace_store import Completion
 from settings import keys
+from settings.models import HealthRecord
+from settings.store import health_from
 
 GROUP = "deliver"
 WAITING = "waiting"
 
 # KEYS: queued, slots, health. ARGV: token, now, lease seconds, max in flight, probe
-# seconds, re-check seconds. The queued flag says "a task will read this backlog again":
-# held while a task runs (and while the destination waits, so fan-out sends no task that
-# could only leave again); `finish` drops it when the last task leaves an empty backlog.
+# seconds, re-check seconds. Returns the verdict and the health hash as read (the run
+# goes on with it: one read, not two). The queued flag says "a task will read this backlog again":
+# held while a task is queued or runs (and while the destination waits, so fan-out sends
+# no task that could only leave again); `finish` drops it when the last run leaves with
+# nothing due.
 _BEGIN = """
-local h = redis.call('HMGET', KEYS[3], 'status', 'circuit', 'probe_at', 'backoff_until')
+local raw = redis.call('HGETALL', KEYS[3])
+local h = {}
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
 local now = tonumber(ARGV[2])
-if h[1] == 'auth_failed' then
+if h['status'] == 'auth_failed' then
   redis.call('SET', KEYS[1], 'paused', 'PX', math.ceil(tonumber(ARGV[6]) * 1000))
-  return {'paused', '0'}
+  return {'paused', raw}
 end
-local probing = h[2] == 'open'
-local wake = tonumber((probing and h[3]) or h[4] or '0') or 0
-if wake > now + 0.05 then  -- a task retried for `wake` may start a moment early
+local probing = h['circuit'] == 'open'
+local wake = tonumber((probing and h['probe_at']) or h['backoff_until'] or '0') or 0
+if wake > now + 0.05 then  -- a task sent for `wake` may start a moment early
   redis.call('SET', KEYS[1], 'waiting', 'PX', math.max(1, math.ceil((wake - now) * 1000)))
-  return {'wait', tostring(wake)}
+  return {'wait', raw}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local running = redis.call('ZCARD', KEYS[2])
-if running >= tonumber(ARGV[4]) or (probing and running > 0) then return {'busy', '0'} end
+-- Runs whose lease is still running (a dead run's slot ends with its lease; `finish`
+-- removes expired ones).
+local running = redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[2], '+inf')
+if running >= tonumber(ARGV[4]) or (probing and running > 0) then return {'busy', raw} end
 if probing then
   redis.call('HSET', KEYS[3], 'probe_at', tostring(now + tonumber(ARGV[5])))
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('SET', KEYS[1], 'running', 'PX', math.ceil(tonumber(ARGV[3]) * 1000))
-return {probing and 'probe' or 'run', '0'}
+-- (The queued flag is already set: by fan-out, the previous run, or the sweep; a long
+-- request renews it with the lease.)
+return {probing and 'probe' or 'run', raw}
 """
 
-# KEYS: backlog. ARGV: group, consumer, count, lease ms, waiting consumer.
-# Orphans (entries of a run that died, maybe mid-request) come back as a batch of their
-# own, not topped up: the batch a vendor may already hold is sent again as it was, with
-# the same batch-level ids (a webhook's `webhook-id`), so the vendor can de-duplicate it.
+# KEYS: backlog, retry. ARGV: group, consumer, count, lease ms, waiting consumer, now,
+# "probe" (take the oldest waiting entry whatever its due time) or "-".
+# Returns {kind, entries...}: kind is 'orphans', 'retry' or 'new'. With nothing pending
+# (the usual case) a claim costs XPENDING and XREADGROUP.
 _CLAIM = """
-local out = {}
-local want = tonumber(ARGV[3])
-local ok, auto = pcall(redis.call, 'XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[4], '0-0',
-  'COUNT', want)
+local group, me, want, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local ok, summary = pcall(redis.call, 'XPENDING', KEYS[1], group)
 if not ok then
-  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-  auto = {'0-0', {}}
+  redis.call('XGROUP', 'CREATE', KEYS[1], group, '0', 'MKSTREAM')
+  summary = {0}
 end
-for _, e in ipairs(auto[2]) do table.insert(out, e) end
-if #out > 0 then return out end
-if #out < want then
-  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', want - #out, ARGV[5])
-  if #pending > 0 then
-    local ids = {}
-    for _, p in ipairs(pending) do table.insert(ids, p[1]) end
-    local taken = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
-    for _, e in ipairs(taken) do table.insert(out, e) end
+local out = {}
+if tonumber(summary[1]) > 0 then
+  local waiting = 0
+  for _, c in ipairs(summary[4]) do
+    if c[1] == ARGV[5] then
+      waiting = tonumber(c[2])
+    elseif c[1] ~= '_settling' then
+      -- A run holds these: past the lease without a renewal, its worker is gone.
+      local idle = redis.call('XPENDING', KEYS[1], group, 'IDLE', lease, '-', '+', want, c[1])
+      if #idle > 0 then
+        local ids = {}
+        for _, p in ipairs(idle) do table.insert(ids, p[1]) end
+        for _, e in ipairs(redis.call('XCLAIM', KEYS[1], group, me, lease, unpack(ids))) do
+          if e and e[2] then table.insert(out, e) end
+        end
+        if #out > 0 then return {'orphans', unpack(out)} end
+      end
+    end
+  end
+  if waiting > 0 and redis.call('ZCARD', KEYS[2]) < waiting then
+    -- Waiting entries with no due time (put back by a run of an earlier version): due now.
+    for _, p in ipairs(redis.call('XPENDING', KEYS[1], group, '-', '+', 1000, ARGV[5])) do
+      if not redis.call('ZSCORE', KEYS[2], p[1]) then
+        redis.call('ZADD', KEYS[2], ARGV[6], p[1])
+      end
+    end
+  end
+  if waiting > 0 then
+    local due
+    if ARGV[7] == 'probe' then
+      due = redis.call('ZRANGE', KEYS[2], 0, want - 1)
+    else
+      due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[6], 'LIMIT', 0, want)
+    end
+    if #due > 0 then
+      redis.call('ZREM', KEYS[2], unpack(due))
+      for _, e in ipairs(redis.call('XCLAIM', KEYS[1], group, me, 0, unpack(due))) do
+        if e and e[2] then table.insert(out, e) end
+      end
+      if #out > 0 then return {'retry', unpack(out)} end
+    end
   end
 end
-if #out < want then
-  local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out,
-    'STREAMS', KEYS[1], '>')
-  if fresh then for _, e in ipairs(fresh[1][2]) do table.insert(out, e) end end
-end
-return out
+local fresh = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', want,
+  'STREAMS', KEYS[1], '>')
+if fresh then for _, e in ipairs(fresh[1][2]) do table.insert(out, e) end end
+return {'new', unpack(out)}
 """
 
-# KEYS: backlog, counters, latency, log, dead, attempts.
+# KEYS: backlog, slots, queued. ARGV: group, consumer, token, now, lease seconds, ids...
+# While a run's request is in flight: its entries' idle time (only those it still holds),
+# its slot and the queued flag are renewed, so no claim takes them for a dead run's.
+_RENEW = """
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', #ARGV - 5, ARGV[2])
+local mine, ids = {}, {}
+for _, p in ipairs(held) do mine[p[1]] = true end
+for i = 6, #ARGV do if mine[ARGV[i]] then table.insert(ids, ARGV[i]) end end
+if #ids > 0 then
+  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for _, id in ipairs(ids) do table.insert(args, id) end
+  table.insert(args, 'JUSTID')  -- (unpack() inside an argument list yields one value)
+  redis.call(unpack(args))
+end
+local lease = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[4]) + lease, ARGV[3])
+redis.call('SET', KEYS[3], 'running', 'PX', math.ceil(lease * 1000))
+return #ids
+"""
+
+# KEYS: backlog, counters, latency, log, dead, attempts, retry, the window's bucket now.
 # ARGV: group, waiting consumer, log entry, log size, "fresh" when no entry was ever tried,
-#       then per item: stream id, kind (d delivered / f dead letter / w wait after a failed
-#       attempt / g given back untried), request id, latency bucket, latency ms, letter JSON.
-# Only entries still pending are settled, so an entry that two tasks raced for (a task
+#       "ok" to count a delivered attempt in the circuit's window (else "-"), unused, the
+#       bucket's TTL (ms); then per item: stream id, kind (d delivered / f dead
+#       letter / w wait after a failed attempt / g given back untried), request id, latency
+#       bucket, latency ms, letter JSON, due (unix seconds, for w and g).
+# Only entries still pending are settled, so an entry that two runs raced for (a run
 # slower than its lease) is counted once. Returns (delivered, dead-lettered) counted now,
 # then the request ids of the entries that ended now (each releases its trace once).
 _SETTLE = """
-local n = (#ARGV - 5) / 6
-local function ids_of(kinds)
-  local out = {}
-  for i = 0, n - 1 do
-    local b = 6 + i * 6
-    if kinds[ARGV[b + 1]] then table.insert(out, ARGV[b]) end
-  end
-  return out
-end
+local HEAD, SIZE = 8, 7
+local n = (#ARGV - HEAD) / SIZE
 local function call_with(head, ids, tail)
   local args = {}
   for _, v in ipairs(head) do table.insert(args, v) end
@@ -121,13 +179,29 @@ local function call_with(head, ids, tail)
   if tail then table.insert(args, tail) end
   return redis.call(unpack(args))
 end
-local waiting = ids_of({w = true, g = true})
+local waiting, ending, due = {}, {}, {}
+for i = 0, n - 1 do
+  local b = HEAD + 1 + i * SIZE
+  local kind = ARGV[b + 1]
+  if kind == 'w' or kind == 'g' then
+    table.insert(waiting, ARGV[b])
+    due[ARGV[b]] = ARGV[b + 6]
+  else
+    table.insert(ending, ARGV[b])
+  end
+end
+-- Entries that wait: to the consumer `waiting`, each with its due time, if still pending.
+local waits = {}
 if #waiting > 0 then
-  call_with({'XCLAIM', KEYS[1], ARGV[1], ARGV[2], '0'}, waiting, 'JUSTID')
+  local moved = call_with({'XCLAIM', KEYS[1], ARGV[1], ARGV[2], '0'}, waiting, 'JUSTID')
+  for _, id in ipairs(moved) do
+    waits[id] = true
+    redis.call('ZADD', KEYS[7], tonumber(due[id]), id)
+  end
 end
 -- Entries that end now: only those still pending (XCLAIM answers exactly those), so a
 -- raced duplicate counts, letters and releases nothing.
-local ending, ends = ids_of({d = true, f = true}), {}
+local ends = {}
 if #ending > 0 then
   local still = call_with({'XCLAIM', KEYS[1], ARGV[1], '_settling', '0'}, ending, 'JUSTID')
   for _, id in ipairs(still) do ends[id] = true end
@@ -136,18 +210,20 @@ if #ending > 0 then
 end
 local delivered, failed, waited, buckets, latency_ms, ended = 0, 0, 0, {}, 0, {}
 for i = 0, n - 1 do
-  local b = 6 + i * 6
+  local b = HEAD + 1 + i * SIZE
   local id, kind, request = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   if kind == 'w' then
-    waited = waited + 1
-    redis.call('HINCRBY', KEYS[6], request, 1)
+    if waits[id] then
+      waited = waited + 1
+      redis.call('HINCRBY', KEYS[6], request, 1)
+    end
   elseif ends[id] then
     table.insert(ended, request)
     if kind == 'd' then
       delivered = delivered + 1
       buckets[ARGV[b + 3]] = (buckets[ARGV[b + 3]] or 0) + 1
       latency_ms = latency_ms + tonumber(ARGV[b + 4])
-    else
+    elseif kind == 'f' then
       failed = failed + 1
       redis.call('XADD', KEYS[5], '*', 'letter', ARGV[b + 5])
     end
@@ -164,6 +240,9 @@ if delivered > 0 then
 end
 if failed > 0 then redis.call('HINCRBY', KEYS[2], 'failed', failed) end
 if waited > 0 then redis.call('HINCRBY', KEYS[2], 'retried', waited) end
+if ARGV[6] == 'ok' and redis.call('HINCRBY', KEYS[8], 'a', 1) == 1 then
+  redis.call('PEXPIRE', KEYS[8], ARGV[8])  -- once per bucket: it expires past the window
+end
 if redis.call('LPUSH', KEYS[4], ARGV[3]) > tonumber(ARGV[4]) + 20 then
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
 end
@@ -172,30 +251,91 @@ for _, request in ipairs(ended) do table.insert(out, request) end
 return out
 """
 
-# KEYS: backlog, slots, queued. ARGV: token, group, now. Returns 1 when the task may leave
-# (nothing unread is left; its slot is released, and the queued flag with the last slot),
-# 0 when new entries arrived and the task must go on.
-_FINISH = """
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-if ok then
+# Unread entries (never handed out) of the group: the group's lag, or a count of up to
+# `limit` entries after its last-delivered id when Redis cannot tell the lag (entries
+# deleted past it). Used by FINISH and NEEDS_TASK.
+_UNREAD = """
+local function unread(key, group, limit)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+  if not ok then return 0 end
   for _, g in ipairs(groups) do
     local info = {}
     for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-    if info['name'] == ARGV[2] then
-      local unread = redis.call('XRANGE', KEYS[1], '(' .. info['last-delivered-id'], '+',
-        'COUNT', 1)
-      if #unread > 0 then return 0 end
+    if info['name'] == group then
+      if type(info['lag']) == 'number' then return info['lag'] end
+      return #redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', limit)
     end
   end
+  return 0
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-return 1
 """
 
-# KEYS: backlog. ARGV: group, waiting consumer, count, accepted-before (unix seconds).
-# Removes up to `count` of the oldest entries no task holds (those waiting after a failure,
+# KEYS: backlog, slots, queued, retry. ARGV: token, group, now, lease seconds, batch size.
+# The run leaves. Returns {'continue', unread}: entries are unread or a retry is due (the
+# queued flag stays, for the task the caller sends next); or {'done', earliest retry due
+# or ''}: the slot is released, and the queued flag with the last slot.
+_FINISH = (
+    _UNREAD
+    + """
+local now = tonumber(ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local waiting = unread(KEYS[1], ARGV[2], tonumber(ARGV[5]))
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if waiting > 0 or (first[2] and tonumber(first[2]) <= now) then
+  redis.call('SET', KEYS[3], 'queued', 'PX', math.ceil(tonumber(ARGV[4]) * 1000))
+  return {'continue', tostring(waiting)}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
+return {'done', first[2] or ''}
+"""
+)
+
+# KEYS: backlog, queued, slots, retry. ARGV: group, now, waiting consumer.
+# 1 when work is due and no task is queued or running: unread entries, a due retry, or
+# entries a run holds (a dead run's come back to the task the sweep sends).
+_NEEDS_TASK = (
+    _UNREAD
+    + """
+if redis.call('XLEN', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('ZCOUNT', KEYS[3], ARGV[2], '+inf') > 0 then return 0 end
+if unread(KEYS[1], ARGV[1], 1) > 0 then return 1 end
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if first[2] and tonumber(first[2]) <= tonumber(ARGV[2]) then return 1 end
+local ok, summary = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1])
+if not ok then return 0 end
+for _, c in ipairs(summary[4] or {}) do
+  if c[1] ~= ARGV[3] then return 1 end
+end
+return 0
+"""
+)
+
+# KEYS: the completion key, then per destination its backlog and queued flag.
+# ARGV: request id, accepted at, trace bytes, completion value, completion TTL ms, lease
+# ms, then per destination "1" to SET NX its queued flag. Returns per destination 1 when
+# its flag was set now (a deliver task must be sent), else 0.
+_APPEND_EVENT = """
+local out = {}
+for i = 1, (#KEYS - 1) / 2 do
+  redis.call('XADD', KEYS[2 * i], '*', 'r', ARGV[1], 'a', ARGV[2], 'n', ARGV[3])
+  local set = ARGV[6 + i] == '1' and redis.call('SET', KEYS[2 * i + 1], '1', 'NX', 'PX', ARGV[6])
+  out[i] = set and 1 or 0
+end
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+return out
+"""
+
+# KEYS: retry. ARGV: now. Every waiting retry falls due now.
+_MAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[1], id) end
+return #due
+"""
+
+# KEYS: backlog, retry. ARGV: group, waiting consumer, count, accepted-before (unix seconds).
+# Removes up to `count` of the oldest entries no run holds (those waiting after a failure,
 # then unread ones) that were accepted before the given time. Returns them.
 _TAKE_OLDEST = """
 local want, before = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -216,6 +356,7 @@ end
 if #acked > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(acked))
   redis.call('XDEL', KEYS[1], unpack(acked))
+  redis.call('ZREM', KEYS[2], unpack(acked))
 end
 if #taken < want then
   local last = '0-0'
@@ -269,13 +410,15 @@ class BacklogStats:
 @dataclass(frozen=True)
 class Settlement:
     """What becomes of one claimed entry. `kind`: `d` delivered, `f` dead letter, `w` wait
-    after a failed attempt, `g` given back untried."""
+    after a failed attempt, `g` given back untried; `due`: when a waiting entry may be
+    tried again (unix seconds)."""
 
     entry: BacklogEntry
     kind: str
     latency_bucket: str = ""
     latency_ms: float = 0.0
     dead_letter: str = ""
+    due: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +431,29 @@ class Settled:
     ended: list[str]
 
 
+class ClaimKind(StrEnum):
+    ORPHANS = "orphans"  # a dead run's batch, sent again as it was
+    RETRY = "retry"  # entries whose retry is due after a failed attempt
+    NEW = "new"  # never tried
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: ClaimKind
+    entries: list[BacklogEntry]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How a run left. `go_on`: unread entries or a due retry remain (the queued flag is
+    kept for the next task); `unread`: how many entries were never handed out; `next_retry`:
+    with nothing due now, when the earliest waiting retry falls due (None: none waits)."""
+
+    go_on: bool
+    unread: int = 0
+    next_retry: float | None = None
+
+
 class Backlog:
     def __init__(
         self, client: redis.Redis, *, max_in_flight: int, lease_seconds: float, log_size: int
@@ -298,8 +464,12 @@ class Backlog:
         self.log_size = log_size
         self._begin = client.register_script(_BEGIN)
         self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
         self._settle = client.register_script(_SETTLE)
         self._finish = client.register_script(_FINISH)
+        self._needs_task = client.register_script(_NEEDS_TASK)
+        self._make_due = client.register_script(_MAKE_DUE)
+        self._append_event = client.register_script(_APPEND_EVENT)
         self._take_oldest = client.register_script(_TAKE_OLDEST)
 
     # Fan-out
@@ -307,9 +477,7 @@ class Backlog:
     def create(self, destination_id: str) -> None:
         """Create the stream and its group (idempotent)."""
         try:
-            self.redis.xgroup_create(
-                keys.destination_part(destination_id, "backlog"), GROUP, id="0", mkstream=True
-            )
+            self.redis.xgroup_create(_key(destination_id, "backlog"), GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -327,34 +495,75 @@ class Backlog:
         """Queue the append on `pipe`; with `kick`, also `SET NX` the queued flag, whose
         result (True) tells the caller to send a deliver task."""
         pipe.xadd(
-            keys.destination_part(destination_id, "backlog"),
+            _key(destination_id, "backlog"),
             {"r": request_id, "a": f"{accepted_at:.3f}", "n": size},
         )
         if kick:
             self.queue_flag(pipe, destination_id)
 
+    def append_event(
+        self,
+        destinations: Sequence[tuple[str, bool]],
+        request_id: str,
+        accepted_at: float,
+        size: int,
+        *,
+        completion: Completion,
+    ) -> list[str]:
+        """Append one trace to each destination's backlog and set `completion`, all or
+        nothing, so a crash between them cannot leave half the appends to be made twice;
+        with a destination's `kick`, also `SET NX` its queued flag. Returns the destinations
+        whose flag this set: the caller sends each a deliver task.
+
+        On one Redis this is one script (one round trip, no MULTI/EXEC around it); a Redis
+        Cluster cannot run it across slots, so there it is a pipeline, whose crash window
+        is the pipeline's own."""
+        if isinstance(self.redis, redis.RedisCluster):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for destination_id, kick in destinations:
+                    self.append(pipe, destination_id, request_id, accepted_at, size, kick=kick)
+                pipe.set(completion.key, completion.value, px=completion.ttl_ms)
+                replies = iter(pipe.execute())
+            kicked = []
+            for destination_id, kick in destinations:
+                next(replies)  # the entry id
+                if kick and next(replies):
+                    kicked.append(destination_id)
+            return kicked
+        set_flags = self._append_event(
+            keys=[completion.key]
+            + [
+                _key(destination_id, part)
+                for destination_id, _kick in destinations
+                for part in ("backlog", "queued")
+            ],
+            args=[
+                request_id,
+                f"{accepted_at:.3f}",
+                size,
+                completion.value,
+                completion.ttl_ms,
+                int(self.lease_seconds * 1000),
+            ]
+            + ["1" if kick else "0" for _destination_id, kick in destinations],
+        )
+        return [d for (d, _kick), set_now in zip(destinations, set_flags, strict=True) if set_now]
+
     def queue_flag(self, pipe: Any, destination_id: str) -> None:
         """`SET NX` the flag that says a deliver task is queued (expires after the lease)."""
-        pipe.set(
-            keys.destination_part(destination_id, "queued"),
-            "1",
-            nx=True,
-            px=int(self.lease_seconds * 1000),
-        )
+        pipe.set(_key(destination_id, "queued"), "1", nx=True, px=int(self.lease_seconds * 1000))
 
     def mark_queued(self, destination_id: str, *, force: bool = False) -> bool:
         """True when the caller must send a task: none was queued or running (or `force`:
-        a recovery, a hand-over or a helper for a deep backlog sends one regardless)."""
-        key = keys.destination_part(destination_id, "queued")
+        a recovery, a continuation or a helper for a deep backlog sends one regardless)."""
         ttl = int(self.lease_seconds * 1000)
-        return bool(self.redis.set(key, "1", px=ttl, nx=not force))
+        return bool(self.redis.set(_key(destination_id, "queued"), "1", px=ttl, nx=not force))
 
     def hold(self, destination_id: str, seconds: float) -> None:
         """Keep fan-out from sending tasks for `seconds` (the destination waits that long)."""
-        key = keys.destination_part(destination_id, "queued")
-        self.redis.set(key, "waiting", px=max(1, int(seconds * 1000)))
+        self.redis.set(_key(destination_id, "queued"), "waiting", px=max(1, int(seconds * 1000)))
 
-    # A deliver task's life
+    # A run
 
     def begin(
         self,
@@ -365,11 +574,29 @@ class Backlog:
         probe_seconds: float,
         recheck_seconds: float,
     ) -> Begin:
-        verdict, _ = self._begin(
+        return self.begin_with_health(
+            destination_id,
+            token,
+            now,
+            probe_seconds=probe_seconds,
+            recheck_seconds=recheck_seconds,
+        )[0]
+
+    def begin_with_health(
+        self,
+        destination_id: str,
+        token: str,
+        now: float,
+        *,
+        probe_seconds: float,
+        recheck_seconds: float,
+    ) -> tuple[Begin, HealthRecord]:
+        """`begin`, and the destination's health as the verdict read it."""
+        verdict, raw = self._begin(
             keys=[
-                keys.destination_part(destination_id, "queued"),
-                keys.destination_part(destination_id, "slots"),
-                keys.destination_part(destination_id, "health"),
+                _key(destination_id, "queued"),
+                _key(destination_id, "slots"),
+                _key(destination_id, "health"),
             ],
             args=[
                 token,
@@ -380,59 +607,61 @@ class Backlog:
                 recheck_seconds,
             ],
         )
-        return Begin(verdict.decode())
+        fields = dict(zip(raw[::2], raw[1::2], strict=True))
+        return Begin(verdict.decode()), health_from(fields)
 
-    def claim(self, destination_id: str, token: str, max_items: int) -> list[BacklogEntry]:
-        """Up to `max_items` entries for this task: orphaned ones alone (the batch a dead
-        run held, sent again as it was), else waiting, then new."""
-        raw = self._claim(
-            keys=[keys.destination_part(destination_id, "backlog")],
-            args=[GROUP, token, max_items, int(self.lease_seconds * 1000), WAITING],
-        )
-        return [_entry(entry_id, fields) for entry_id, fields in raw if fields]
-
-    def read_new(
-        self, destination_id: str, consumer: str, max_items: int, block_seconds: float
-    ) -> list[BacklogEntry]:
-        """New entries only, waiting up to `block_seconds` for one to arrive (a task that
-        lingers takes the next trace the moment fan-out appends it)."""
-        reply = self.redis.xreadgroup(
-            GROUP,
-            consumer,
-            {keys.destination_part(destination_id, "backlog"): ">"},
-            count=max_items,
-            block=max(int(block_seconds * 1000), 1) if block_seconds > 0 else None,
-        )
-        if not reply:
-            return []
-        return [_entry(entry_id, fields) for entry_id, fields in reply[0][1] if fields]
-
-    def touch(self, destination_id: str, token: str, now: float) -> None:
-        """Extend this task's slot lease and the queued flag (it is still working)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(
-                keys.destination_part(destination_id, "slots"),
-                {token: now + self.lease_seconds},
-                xx=True,
-            )
-            pipe.set(
-                keys.destination_part(destination_id, "queued"),
-                "running",
-                px=int(self.lease_seconds * 1000),
-            )
-            pipe.execute()
-
-    def give_back(self, destination_id: str, entries: Sequence[BacklogEntry]) -> None:
-        """Entries claimed but not tried: back to `waiting`, first in line (no attempt)."""
-        if entries:
-            self.redis.xclaim(
-                keys.destination_part(destination_id, "backlog"),
+    def claim(
+        self, destination_id: str, consumer: str, max_items: int, now: float, *, probe: bool = False
+    ) -> Claim:
+        """Up to `max_items` entries for this run: a dead run's batch alone, else retries
+        that are due (with `probe`: the oldest waiting ones, due or not), else new ones."""
+        kind, *raw = self._claim(
+            keys=[_key(destination_id, "backlog"), _key(destination_id, "retry")],
+            args=[
                 GROUP,
+                consumer,
+                max_items,
+                int(self.lease_seconds * 1000),
                 WAITING,
-                0,
-                [entry.id for entry in entries],
-                justid=True,
+                repr(now),
+                "probe" if probe else "-",
+            ],
+        )
+        entries = [_entry(entry_id, fields) for entry_id, fields in raw if fields]
+        return Claim(ClaimKind(kind.decode()), entries)
+
+    def renew(
+        self,
+        destination_id: str,
+        token: str,
+        consumer: str,
+        entries: Sequence[BacklogEntry],
+        now: float,
+    ) -> int:
+        """Renew a run's lease while its request is in flight; returns how many of its
+        entries it still held."""
+        return int(
+            self._renew(
+                keys=[
+                    _key(destination_id, "backlog"),
+                    _key(destination_id, "slots"),
+                    _key(destination_id, "queued"),
+                ],
+                args=[GROUP, consumer, token, repr(now), self.lease_seconds]
+                + [entry.id for entry in entries],
             )
+        )
+
+    def give_back(
+        self, destination_id: str, entries: Sequence[BacklogEntry], now: float
+    ) -> None:
+        """Entries claimed but not tried: back to `waiting`, due at once (no attempt)."""
+        if entries:
+            ids = [entry.id for entry in entries]
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xclaim(_key(destination_id, "backlog"), GROUP, WAITING, 0, ids, justid=True)
+                pipe.zadd(_key(destination_id, "retry"), {entry_id: now for entry_id in ids})
+                pipe.execute()
 
     def settle(
         self,
@@ -440,17 +669,24 @@ class Backlog:
         settlements: Sequence[Settlement],
         log_entry: dict[str, Any],
         *,
+        now: float,
         fresh: bool = False,
+        delivered_attempt: bool = False,
+        window_seconds: float = 60.0,
     ) -> Settled:
         """Apply settlements and the delivery-log entry atomically; returns what was
         counted now (a raced duplicate counts nothing). `fresh`: every entry came new
-        from the stream, so none has failed attempts on record to forget."""
+        from the stream, so none has failed attempts on record to forget.
+        `delivered_attempt`: the request got through, one attempt for the circuit's window."""
         args: list[Any] = [
             GROUP,
             WAITING,
             json.dumps(log_entry, sort_keys=True),
             self.log_size,
             "fresh" if fresh else "-",
+            "ok" if delivered_attempt else "-",
+            "-",
+            circuit_window.ttl_ms(window_seconds),
         ]
         for item in settlements:
             args += [
@@ -460,16 +696,18 @@ class Backlog:
                 item.latency_bucket or "-",
                 f"{item.latency_ms:.3f}",
                 item.dead_letter or "-",
+                repr(item.due),
             ]
-        part = keys.destination_part
         delivered, failed, *ended = self._settle(
             keys=[
-                part(destination_id, "backlog"),
-                part(destination_id, "counters"),
-                part(destination_id, "latency"),
-                part(destination_id, "log"),
-                part(destination_id, "dead"),
-                part(destination_id, "attempts"),
+                _key(destination_id, "backlog"),
+                _key(destination_id, "counters"),
+                _key(destination_id, "latency"),
+                _key(destination_id, "log"),
+                _key(destination_id, "dead"),
+                _key(destination_id, "attempts"),
+                _key(destination_id, "retry"),
+                circuit_window.current_key(destination_id, now),
             ],
             args=args,
         )
@@ -479,47 +717,49 @@ class Backlog:
         """Failed attempts so far of these requests (0 when never failed)."""
         if not request_ids:
             return {}
-        raw = self.redis.hmget(keys.destination_part(destination_id, "attempts"), request_ids)
+        raw = self.redis.hmget(_key(destination_id, "attempts"), request_ids)
         return {r: int(v or 0) for r, v in zip(request_ids, raw, strict=True)}
 
-    def finish(self, destination_id: str, token: str, now: float) -> bool:
-        """Release this task's slot unless unread entries arrived meanwhile (then go on)."""
-        return bool(
-            self._finish(
-                keys=[
-                    keys.destination_part(destination_id, "backlog"),
-                    keys.destination_part(destination_id, "slots"),
-                    keys.destination_part(destination_id, "queued"),
-                ],
-                args=[token, GROUP, repr(now)],
-            )
+    def finish(self, destination_id: str, token: str, now: float, batch_size: int) -> Finish:
+        """The run leaves: its slot is released; see `Finish` for what it must do next."""
+        verdict, detail = self._finish(
+            keys=[
+                _key(destination_id, "backlog"),
+                _key(destination_id, "slots"),
+                _key(destination_id, "queued"),
+                _key(destination_id, "retry"),
+            ],
+            args=[token, GROUP, repr(now), self.lease_seconds, batch_size],
         )
+        if verdict == b"continue":
+            return Finish(go_on=True, unread=int(detail))
+        return Finish(go_on=False, next_retry=float(detail) if detail else None)
+
+    def make_due(self, destination_id: str, now: float) -> None:
+        """Every waiting retry falls due now (the destination was resumed)."""
+        self._make_due(keys=[_key(destination_id, "retry")], args=[repr(now)])
 
     def release(self, destination_id: str, token: str) -> None:
-        """Give up this task's slot whatever is left (the task stops early)."""
-        self.redis.zrem(keys.destination_part(destination_id, "slots"), token)
+        """Give up this run's slot whatever is left (the run stops early)."""
+        self.redis.zrem(_key(destination_id, "slots"), token)
 
     # The sweep and the operator
 
     def stats(self, destination_id: str, now: float) -> BacklogStats:
-        key = keys.destination_part(destination_id, "backlog")
+        key = _key(destination_id, "backlog")
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(key)
             pipe.xrange(key, count=1)
             pipe.xrevrange(key, count=20)
-            pipe.zcount(keys.destination_part(destination_id, "slots"), now, "+inf")
             pipe.xpending(key, GROUP) if self._has_group(key) else pipe.echo("")
-            depth, first, recent, _tasks, pending = pipe.execute()
+            depth, first, recent, pending = pipe.execute()
         oldest = _entry(*first[0]).accepted_at if first else None
         sizes = [_entry(*item).size for item in recent]
         mean = sum(sizes) / len(sizes) if sizes else 0.0
-        waiting = 0
         in_flight = 0
         if isinstance(pending, dict) and pending.get("pending"):
             for consumer in pending.get("consumers") or []:
-                if consumer["name"] == WAITING.encode() or consumer["name"] == WAITING:
-                    waiting += int(consumer["pending"])
-                else:
+                if consumer["name"] not in (WAITING.encode(), WAITING):
                     in_flight += int(consumer["pending"])
         return BacklogStats(
             depth=int(depth),
@@ -529,27 +769,32 @@ class Backlog:
         )
 
     def needs_task(self, destination_id: str, now: float) -> bool:
-        """Work waits and no task is queued or working on it (the sweep then kicks one)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.destination_part(destination_id, "backlog"))
-            pipe.exists(keys.destination_part(destination_id, "queued"))
-            pipe.zcount(keys.destination_part(destination_id, "slots"), now, "+inf")
-            depth, queued, working = pipe.execute()
-        return bool(depth) and not queued and not working
+        """Work is due and no task is queued or working on it (the sweep then kicks one)."""
+        return bool(
+            self._needs_task(
+                keys=[
+                    _key(destination_id, "backlog"),
+                    _key(destination_id, "queued"),
+                    _key(destination_id, "slots"),
+                    _key(destination_id, "retry"),
+                ],
+                args=[GROUP, repr(now), WAITING],
+            )
+        )
 
     def take_oldest(
         self, destination_id: str, count: int, *, accepted_before: float = float("inf")
     ) -> list[BacklogEntry]:
-        """Remove up to `count` of the oldest entries no task holds (accepted before the
+        """Remove up to `count` of the oldest entries no run holds (accepted before the
         given time); returns them, for the caller to record as dropped or dead letters."""
         raw = self._take_oldest(
-            keys=[keys.destination_part(destination_id, "backlog")],
+            keys=[_key(destination_id, "backlog"), _key(destination_id, "retry")],
             args=[GROUP, WAITING, count, repr(min(accepted_before, 1e300))],
         )
         return [_entry(entry_id, fields) for entry_id, fields in raw if fields]
 
     def entries(self, destination_id: str) -> list[BacklogEntry]:
-        raw = self.redis.xrange(keys.destination_part(destination_id, "backlog"))
+        raw = self.redis.xrange(_key(destination_id, "backlog"))
         return [_entry(entry_id, fields) for entry_id, fields in raw]
 
     def _has_group(self, key: str) -> bool:
@@ -557,6 +802,10 @@ class Backlog:
             return any(g["name"] in (GROUP, GROUP.encode()) for g in self.redis.xinfo_groups(key))
         except redis.ResponseError:
             return False
+
+
+def _key(destination_id: str, part: str) -> str:
+    return keys.destination_part(destination_id, part)
 
 
 def _entry(entry_id: bytes | str, fields: Any) -> BacklogEntry:

@@ -1,23 +1,26 @@
-"""A delivery run: drain one destination's backlog in batches, one vendor request each.
+"""A delivery run: one batch of one destination's backlog, one vendor request.
 
 `tasks.deliver` runs one per deliver message (which carries the destination id only):
 the backlog says what to send, the trace store holds the traces, and credentials are
 loaded and decrypted here, in memory.
 
-A run: take an in-flight slot (`Backlog.begin`: at most `max_in_flight` runs per
-destination; none while it backs off, is paused or waits for its next probe), then claim
-batches up to the vendor's limits and send each as one request, until the backlog is
-empty or the time slice is spent (then a fresh task takes over, so one busy destination
-never holds a worker for long). After each batch `broadcast_engine.delivery_policy` decides each
-trace's fate and the destination's next step, and this module only carries it out:
-settle (atomic, exactly once per entry), update health, back off, or stop.
+A run takes an in-flight slot (`Backlog.begin`: at most `max_in_flight` runs per
+destination; none while it backs off, is paused or waits for its next probe), claims one
+batch up to the vendor's limits (a dead run's batch, retries that are due, or new
+traces), sends it while its lease is kept (`LeaseKeeper`), lets
+`broadcast_engine.delivery_policy` decide each trace's fate and the destination's next
+step, carries that out (settle, atomic and exactly once per entry; health; waits), and
+leaves. Nothing waits in a worker slot for work that may come: when more is due the run
+sends the next task, at once when a full batch waits, else after `batch_gather_seconds`
+in the broker so the next request carries what arrives meanwhile; a failed batch's own
+retry is a task with a countdown. A full batch of new traces also calls a helper run.
 
 Failures that are not a vendor's answer: a store error is raised, and the task retries
-(the claimed entries come back to another run after the lease), except between the vendor's answer
-and the settlement, where the run waits for the store (`BROADCAST_SETTLE_PATIENCE_SECONDS`)
-so that a Redis restart does not make it send an accepted batch again; a bug in a
-vendor module becomes a permanent, recorded failure of the trace it concerns, never a
-dead worker or a lost trace.
+(the claimed entries come back to another run after the lease), except between the
+vendor's answer and the settlement, where the run waits for the store
+(`BROADCAST_SETTLE_PATIENCE_SECONDS`) so that a Redis restart does not make it send an
+accepted batch again; a bug in a vendor module becomes a permanent, recorded failure of
+the trace it concerns, never a dead worker or a lost trace.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
-from broadcast_engine.backlog import BacklogEntry, Begin, Settled, Settlement
+from broadcast_broker.task_client import DELIVER_TASK
+from broadcast_engine.backlog import BacklogEntry, Begin, ClaimKind, Settled, Settlement
 from broadcast_engine.backoff import SETTLE_RETRY
 from broadcast_engine.dead_letters import letter_json
 from broadcast_engine.delivery_policy import (
@@ -44,15 +49,18 @@ from broadcast_engine.delivery_policy import (
     DestinationAction,
     DestinationDecision,
     ItemAction,
+    WindowCounts,
+    batch_failure,
     decide_destination,
     decide_item,
+    is_throttle,
 )
 from broadcast_engine.runtime import Runtime
 from destinations.base import DeliveryContext, DeliveryResult, Destination
 from destinations.outcomes import Outcome
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
-from settings.models import DestinationRecord, HealthRecord
+from settings.models import Circuit, DestinationRecord, HealthRecord
 from settings.redaction import redact
 from settings.store import latency_bucket
 
@@ -66,11 +74,23 @@ def delivery_policy(current: Runtime) -> DeliveryPolicy:
     return DeliveryPolicy(
         retry_base_seconds=config.retry_base_seconds,
         retry_cap_seconds=config.retry_cap_seconds,
-        circuit_failures=config.circuit_failures,
+        circuit_failure_rate=config.circuit_failure_rate,
+        circuit_min_attempts=config.circuit_min_attempts,
+        circuit_consecutive_failures=config.circuit_consecutive_failures,
         probe_schedule_seconds=config.probe_schedule_seconds,
         retry_horizon_seconds=config.retry_horizon_seconds,
         auth_recheck_seconds=config.auth_failed_recheck_seconds,
     )
+
+
+def gather_seconds(unread: int, full: int, elapsed: float, cap: float) -> float | None:
+    """How long a busy destination's next task waits in the broker so that its request
+    carries a full batch: the time `full` traces take to arrive at the rate `unread` came
+    in during `elapsed`, at most `cap` (None: go at once)."""
+    if cap <= 0 or unread <= 0 or unread >= full:
+        return None
+    rate = unread / max(elapsed, 1e-3)
+    return min(cap, (full - unread) / rate)
 
 
 def consumer_name() -> str:
@@ -80,13 +100,21 @@ def consumer_name() -> str:
 
 @dataclass
 class RunSummary:
+    """What a run did (Flower shows it as the task's result): its verdict, the kind of
+    batch it claimed, each trace's fate, and what follows."""
+
     verdict: str
-    batches: int = 0
+    batch: str = ""
+    traces: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
-    retry_in: float | None = None
+    next: str = "-"
 
     def shown(self) -> dict[str, Any]:
-        return {"run": self.verdict, "batches": self.batches, **self.outcomes}
+        shown: dict[str, Any] = {"run": self.verdict}
+        if self.batch:
+            shown.update(batch=self.batch, traces=self.traces, **self.outcomes)
+        shown["next"] = self.next
+        return shown
 
 
 @dataclass
@@ -98,7 +126,7 @@ class DeliveryRun:
 
     def run(self) -> RunSummary:
         backlog, config = self.current.backlog, self.current.config
-        verdict = backlog.begin(
+        verdict, health = backlog.begin_with_health(
             self.destination_id,
             self.token,
             time.time(),
@@ -108,78 +136,114 @@ class DeliveryRun:
         summary = RunSummary(verdict.value)
         if verdict not in (Begin.RUN, Begin.PROBE):
             return summary
+        left = False
         try:
-            self._drain(verdict, summary)
+            left = self._one_batch(verdict is Begin.PROBE, health, summary)
         finally:
-            backlog.release(self.destination_id, self.token)
+            if not left:
+                backlog.release(self.destination_id, self.token)
         return summary
 
-    def _drain(self, verdict: Begin, summary: RunSummary) -> None:
+    def _one_batch(self, probe: bool, health: HealthRecord, summary: RunSummary) -> bool:
+        """Claim, send and settle one batch. True when the run left through `finish`
+        (its slot released), False when the caller must release the slot."""
         current, backlog = self.current, self.current.backlog
         record = current.store.get_destination(self.destination_id)
         if record is None or not record.enabled:
             # Removed, or disabled: beat's sweep turns a disabled backlog into dead letters.
             summary.verdict = "disabled"
-            backlog.finish(self.destination_id, self.token, time.time())
-            return
+            return False
         vendor = self._vendor(record)
-        health = current.store.health(record.id)
         limits = vendor.batch_limits if vendor is not None else None
         full = limits.max_items if limits is not None else 1
-        max_items = 1 if verdict is Begin.PROBE else full
         consumer = consumer_name()
-        helper_called = False
-        config = current.config
-        slice_ends = time.monotonic() + config.task_slice_seconds
-        touched = time.monotonic()
-        # First what a dead task left and what failed before, then what is new.
-        entries = backlog.claim(record.id, consumer, max_items)
-        fresh = False  # entries read new from the stream: none was ever tried
-        busy = False  # True while traces keep arriving as fast as batches go out
-        while True:
-            if not entries:
-                busy = False
-                # Linger a moment: the next trace goes out the moment it is appended, and
-                # the task (with its broker round trips) is not paid for again.
-                entries = backlog.read_new(record.id, consumer, full, config.task_linger_seconds)
-                fresh = True
-            if not entries:
-                if backlog.finish(record.id, self.token, time.time()):
-                    return
-                entries = backlog.claim(record.id, consumer, full)
-                fresh = False
-                continue
-            if busy and len(entries) < full:
-                # Under load (a batch just went out, and this one is not full), gather a
-                # moment so the next request carries more; a trace that finds the
-                # destination idle goes out at once.
-                time.sleep(config.batch_gather_seconds)
-                entries += backlog.read_new(record.id, consumer, full - len(entries), 0.0)
-            if limits is not None:
-                entries = self._within_bytes(record.id, entries, limits.max_bytes)
-            if len(entries) == full > 1 and not helper_called:
-                # A full batch: more may wait. A helper takes a slot if one is free.
-                current.kick(record.id, force=True)
-                helper_called = True
-            decision, health = self._batch(record, vendor, health, entries, summary, fresh)
-            summary.batches += 1
-            if not decision.keeps_sending:
-                wait = max((decision.wait_until or 0.0) - time.time(), 0.0)
-                backlog.hold(record.id, wait)  # fan-out sends nothing while it waits
-                if decision.action is DestinationAction.BACK_OFF:
-                    summary.retry_in = wait
-                return
-            if time.monotonic() > slice_ends:
-                backlog.release(record.id, self.token)
-                current.kick(record.id, force=True)  # a fresh task goes on: others get a turn
-                summary.verdict = "handed over"
-                return
-            if time.monotonic() - touched > config.claim_lease_seconds / 3:
-                backlog.touch(record.id, self.token, time.time())
-                touched = time.monotonic()
-            entries = backlog.read_new(record.id, consumer, full, 0.0)
-            fresh = True
-            busy = bool(entries) and full > 1
+        now = time.time()
+        claim = backlog.claim(record.id, consumer, 1 if probe else full, now, probe=probe)
+        entries = claim.entries
+        if claim.kind is ClaimKind.RETRY and not probe:
+            entries = self._split_retries(record.id, entries, full, now)
+        if limits is not None:
+            entries = self._within_bytes(record.id, entries, limits.max_bytes, now)
+        if not entries:
+            self._leave(record.id, full, summary, sent_since=None)
+            return True
+        summary.batch, summary.traces = claim.kind.value, len(entries)
+        if claim.kind is ClaimKind.NEW and len(entries) == full > 1:
+            current.kick(record.id, force=True)  # a full batch: more may wait for a helper
+        with current.leases.held(record.id, self.token, consumer, entries):
+            decision = self._batch(record, vendor, health, entries, summary, claim.kind, probe)
+        if decision.keeps_sending:
+            if decision.action is DestinationAction.RETRY_BATCH and decision.wait_until:
+                self._send_later(record.id, decision.wait_until)
+            self._leave(record.id, full, summary, sent_since=now)
+            return True
+        # The destination as a whole waits (throttled, circuit open, credentials rejected).
+        until = decision.wait_until or now
+        backlog.hold(record.id, max(until - time.time(), 0.0))  # fan-out sends no task meanwhile
+        if decision.action is not DestinationAction.PAUSE:
+            # Beat's sweep sends one too when it is due: this task is the prompt path.
+            self._send_later(record.id, until)
+        return False
+
+    def _leave(
+        self, destination_id: str, full: int, summary: RunSummary, *, sent_since: float | None
+    ) -> None:
+        """Release the slot, or send the next task when more is due. `sent_since`: when
+        this run claimed the batch it sent (None: it sent nothing)."""
+        now = time.time()
+        left = self.current.backlog.finish(destination_id, self.token, now, full)
+        if not left.go_on:
+            summary.next = "done"
+            return
+        countdown = None
+        if sent_since is not None and 0 < left.unread < full:
+            countdown = gather_seconds(
+                left.unread, full, now - sent_since, self.current.config.batch_gather_seconds
+            )
+        sent_later = self._send_next(destination_id, countdown=countdown)
+        summary.next = "continued later" if sent_later else "continued"
+
+    def _send_next(self, destination_id: str, *, countdown: float | None) -> bool:
+        """The next task for the destination (its queued flag is held); True when it was
+        sent with a countdown (the broker holds it, never a worker slot)."""
+        tasks = self.current.tasks
+        if countdown is not None and not tasks.subsecond_countdowns:
+            countdown = None  # a whole second is worth more than the traces it gathers
+        try:
+            tasks.send(DELIVER_TASK, (destination_id,), countdown=countdown)
+        except OperationalError as exc:  # the flag expires, then fan-out or beat sends one
+            logger.warning(
+                "broadcast.deliver.next_task_failed destination=%s error=%s",
+                destination_id,
+                type(exc).__name__,
+            )
+        return countdown is not None
+
+    def _send_later(self, destination_id: str, at: float) -> None:
+        """A task for when a wait is over (a batch's retry, a backoff, a probe). Waits
+        longer than the short tier's cap are left to beat's sweep."""
+        wait = at - time.time()
+        if wait > self.current.config.retry_cap_seconds:
+            return
+        try:
+            self.current.tasks.send(DELIVER_TASK, (destination_id,), countdown=max(wait, 0.0))
+        except OperationalError as exc:
+            logger.warning(
+                "broadcast.deliver.retry_task_failed destination=%s error=%s",
+                destination_id,
+                type(exc).__name__,
+            )
+
+    def _split_retries(
+        self, destination_id: str, entries: list[BacklogEntry], full: int, now: float
+    ) -> list[BacklogEntry]:
+        """A batch that failed again and again is split (half, then a quarter... down to
+        one trace), so one bad trace cannot hold back or open the circuit for the rest."""
+        attempts = self.current.backlog.attempts(destination_id, [e.request_id for e in entries])
+        failed = max(attempts.values(), default=0)
+        size = max(1, full >> max(failed - 1, 0))
+        self.current.backlog.give_back(destination_id, entries[size:], now)
+        return entries[:size]
 
     def _vendor(self, record: DestinationRecord) -> Destination | None:
         try:
@@ -190,7 +254,7 @@ class DeliveryRun:
         return cls({**record.config, **secrets}, self.current.transport)
 
     def _within_bytes(
-        self, destination_id: str, entries: list[BacklogEntry], max_bytes: int
+        self, destination_id: str, entries: list[BacklogEntry], max_bytes: int, now: float
     ) -> list[BacklogEntry]:
         """Keep a prefix within the vendor's byte limit; give the rest back, untried."""
         kept: list[BacklogEntry] = []
@@ -200,7 +264,7 @@ class DeliveryRun:
                 break
             kept.append(entry)
             total += entry.size
-        self.current.backlog.give_back(destination_id, entries[len(kept) :])
+        self.current.backlog.give_back(destination_id, entries[len(kept) :], now)
         return kept
 
     def _batch(
@@ -210,35 +274,35 @@ class DeliveryRun:
         health: HealthRecord,
         entries: Sequence[BacklogEntry],
         summary: RunSummary,
-        fresh: bool,
-    ) -> tuple[DestinationDecision, HealthRecord]:
+        kind: ClaimKind,
+        probe: bool,
+    ) -> DestinationDecision:
         current, now = self.current, time.time()
         stored = current.traces.get_many(record.owner, [e.request_id for e in entries])
         present = [(e, t) for e in entries if (t := stored[e.request_id]) is not None]
         results = self._send(record, vendor, [t for _, t in present])
         by_request = {e.request_id: r for (e, _), r in zip(present, results, strict=True)}
-        failed_before = any(r.outcome is not Outcome.DELIVERED for r in results) or len(
-            present
-        ) < len(entries)
+        fresh = kind is ClaimKind.NEW
+        trouble = any(r.outcome is not Outcome.DELIVERED for r in results) or len(present) < len(
+            entries
+        )
         attempts = (
             current.backlog.attempts(record.id, [e.request_id for e in entries])
-            if failed_before
+            if trouble or not fresh
             else {}
         )
-        secrets = current.box.open(record.sealed_secrets) if failed_before else {}
-        decision = self._destination_decision(record, results, health, now, secrets)
+        secrets = current.box.open(record.sealed_secrets) if trouble else {}
+        decision = self._destination_decision(
+            record, results, health, attempts, now, probe, secrets
+        )
         settlements: list[Settlement] = []
         items: dict[str, str] = {}
         dead_reasons: list[str] = []
         for entry in entries:
             result = by_request.get(entry.request_id)
             age = now - entry.accepted_at
-            item = decide_item(
-                result,
-                age_seconds=age,
-                attempts=attempts.get(entry.request_id, 0),
-                policy=self.policy,
-            )
+            tried_before = attempts.get(entry.request_id, 0)
+            item = decide_item(result, age_seconds=age, attempts=tried_before, policy=self.policy)
             summary.outcomes[item.action.value] += 1
             if item.action is ItemAction.DELIVERED:
                 settlements.append(
@@ -249,7 +313,8 @@ class DeliveryRun:
             items[entry.request_id] = f"{item.action.value}: {reason}"
             if item.action is ItemAction.WAIT:
                 tried = result is not None and result.attempted
-                settlements.append(Settlement(entry, "w" if tried else "g"))
+                due = self._due(decision, tried_before, now)
+                settlements.append(Settlement(entry, "w" if tried else "g", due=due))
                 continue
             dead_reasons.append(reason)
             trace = stored[entry.request_id]
@@ -263,19 +328,31 @@ class DeliveryRun:
                         reason=reason,
                         trace=trace.to_wire() if trace is not None else None,
                         accepted_at=entry.accepted_at,
-                        attempts=attempts.get(entry.request_id, 0) + 1,
+                        attempts=tried_before + 1,
                         now=now,
                     ),
                 )
             )
         log_entry = self._log_entry(entries, results, items, decision, now, secrets)
-        settled = self._settle_through_outage(record, settlements, log_entry, fresh)
+        through = batch_failure(results) is None and any(r.attempted for r in results)
+        settled = self._settle_through_outage(record, settlements, log_entry, fresh, through, now)
         self._release_traces(record, settled.ended)
-        health = self._apply(record, health, decision, now)
+        self._apply(record, health, decision, now)
         if dead_reasons:
             current.health.dead_lettered(record, len(dead_reasons), dead_reasons[-1], now)
         self._log(record, entries, log_entry)
-        return decision, health
+        return decision
+
+    def _due(self, decision: DestinationDecision, tried_before: int, now: float) -> float:
+        """When a waiting trace may be tried again: a failed batch at its own backoff; a
+        trace that waits for the destination (throttled, circuit open, paused) as soon as
+        the destination may send again, which `begin` decides; one that failed alone in a
+        batch that got through, at its own backoff."""
+        if decision.action is DestinationAction.RETRY_BATCH and decision.wait_until:
+            return decision.wait_until
+        if not decision.keeps_sending:
+            return now
+        return now + self.policy.backoff.delay(tried_before)
 
     def _settle_through_outage(
         self,
@@ -283,6 +360,8 @@ class DeliveryRun:
         settlements: list[Settlement],
         log_entry: dict[str, Any],
         fresh: bool,
+        through: bool,
+        now: float,
     ) -> Settled:
         """Settle the batch the vendor answered, retrying while the store is unreachable
         (a restart, a failover) for up to `settle_patience_seconds` (at most half the claim
@@ -297,7 +376,15 @@ class DeliveryRun:
         attempt = 0
         while True:
             try:
-                return self.current.backlog.settle(record.id, settlements, log_entry, fresh=fresh)
+                return self.current.backlog.settle(
+                    record.id,
+                    settlements,
+                    log_entry,
+                    now=now,
+                    fresh=fresh,
+                    delivered_attempt=through,
+                    window_seconds=config.circuit_window_seconds,
+                )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 wait = SETTLE_RETRY.delay(attempt)
                 if time.monotonic() + wait > deadline:
@@ -341,23 +428,32 @@ class DeliveryRun:
         record: DestinationRecord,
         results: Sequence[DeliveryResult],
         health: HealthRecord,
+        attempts: dict[str, int],
         now: float,
+        probe: bool,
         secrets: dict[str, Any],
     ) -> DestinationDecision:
         """The policy's decision; its reason (a vendor's answer) redacted of credentials
-        before it reaches the health record or an owner event."""
-        failure = next((r for r in results if r.attempted and r.concerns_destination), None)
-        consecutive, in_window = health.consecutive_failures, 0
-        if failure is not None and failure.outcome is Outcome.RETRYABLE:
+        before it reaches the health record or an owner event. An ordinary retryable
+        failure is counted in the circuit's window first (not a probe's, not a throttle)."""
+        failure = batch_failure(results)
+        counts = WindowCounts(consecutive=health.consecutive_failures)
+        if (
+            failure is not None
+            and failure.outcome is Outcome.RETRYABLE
+            and not probe
+            and not is_throttle(failure)
+        ):
             reason = redact(failure.error or failure.outcome.value, secrets)
-            consecutive, in_window = self.current.health.failure(record, reason, now)
+            in_a_row = not any(attempts.values())  # a batch's retries count once
+            counts = self.current.health.failure(record, reason, now, counts_in_a_row=in_a_row)
         decision = decide_destination(
             results,
             now=now,
-            circuit_open=health.circuit.value == "open",
+            circuit_open=health.circuit is Circuit.OPEN,
             probe_step=health.probe_step,
-            consecutive_failures=consecutive,
-            failures_in_window=in_window,
+            counts=counts,
+            batch_attempts=max(attempts.values(), default=0),
             policy=self.policy,
         )
         return dataclasses.replace(decision, reason=redact(decision.reason, secrets))
@@ -368,15 +464,13 @@ class DeliveryRun:
         health: HealthRecord,
         decision: DestinationDecision,
         now: float,
-    ) -> HealthRecord:
-        """Carry out the destination's decision; returns the health to go on with."""
+    ) -> None:
+        """Carry out the destination's decision on its health."""
         keeper = self.current.health
         action, until = decision.action, decision.wait_until or now
         if action in (DestinationAction.SEND_NOW, DestinationAction.CLOSE_CIRCUIT):
-            if keeper.delivered(record, health, now) or health.consecutive_failures:
-                return HealthRecord(status=health.status)
-            return health
-        if action is DestinationAction.BACK_OFF:
+            keeper.delivered(record, health, now)
+        elif action is DestinationAction.BACK_OFF:
             keeper.back_off(record, until)
         elif action is DestinationAction.OPEN_CIRCUIT:
             keeper.open_circuit(record, until, decision.reason, now)
@@ -384,7 +478,6 @@ class DeliveryRun:
             keeper.probe_failed(record, until)
         elif action is DestinationAction.PAUSE:
             keeper.credentials_rejected(record, decision.reason, now)
-        return health
 
     def _release_traces(self, record: DestinationRecord, ended: Sequence[str]) -> None:
         """The entries that ended give their traces back. The batch is settled already:
@@ -461,11 +554,13 @@ def _internal(reason: str) -> DeliveryResult:
 
 
 def _describe_next(decision: DestinationDecision, items: dict[str, str]) -> str:
+    until = decision.wait_until
+    at = datetime.fromtimestamp(until, UTC).isoformat() if until else "later"
+    if decision.action is DestinationAction.RETRY_BATCH:
+        return f"batch retry at {at}"
     if decision.keeps_sending:
         dead = sum(text.startswith(ItemAction.DEAD_LETTER.value) for text in items.values())
         return "dead-lettered" if dead and dead == len(items) else "-"
-    until = decision.wait_until
-    at = datetime.fromtimestamp(until, UTC).isoformat() if until else "later"
     return {
         DestinationAction.BACK_OFF: f"retry at {at}",
         DestinationAction.OPEN_CIRCUIT: f"circuit opened; probe at {at}",

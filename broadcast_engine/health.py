@@ -10,8 +10,8 @@ event fires once even when several workers notice the same outage at the same mo
 | credentials rejected | `auth_failed`; nothing sent; re-check 15 min; `destination.auth_failed` |
 | check passed after a failure | `healthy`; the backlog is kicked; `destination.recovered` |
 | rejected past the window | disabled; its backlog becomes dead letters; `destination.disabled` |
-| failures reach circuit rule | circuit open; long-schedule probes; `destination.circuit_opened` |
-| a probe gets through | circuit closed; the backlog drains; `destination.circuit_closed` |
+| failures dominate (circuit rule) | circuit open; probes on schedule; `.circuit_opened` |
+| a probe, Test Connection, `resume` | circuit closed; the backlog drains; `.circuit_closed` |
 | dead letters over the threshold | `destination.dead_letters` |
 | backlog over its cap or the budget | `destination.dropped` |
 
@@ -21,11 +21,13 @@ Times are unix seconds (`now`), injected so beat jobs can be driven by a test cl
 from __future__ import annotations
 
 import random
-import secrets
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
 
+from broadcast_engine import circuit_window
+from broadcast_engine.delivery_policy import WindowCounts
 from broadcast_engine.notifications import Notifications
 from destinations.base import ConnectionCheck
 from destinations.outcomes import Outcome
@@ -51,6 +53,33 @@ redis.call('HINCRBY', KEYS[2], 'version', 1)
 return 1
 """
 
+# KEYS: health, then the window's bucket keys (oldest first, the current one last).
+# ARGV: bucket TTL ms, "1" when the failure counts toward failures in a row, reason, at.
+# Counts one attempt and one failure in the current bucket; returns the window's attempts,
+# failures and the failed batches in a row.
+_FAILURE = """
+local now_key = KEYS[#KEYS]
+if redis.call('HINCRBY', now_key, 'a', 1) == 1 then
+  redis.call('PEXPIRE', now_key, ARGV[1])  -- once per bucket: it expires past the window
+end
+redis.call('HINCRBY', now_key, 'f', 1)
+local consecutive
+if ARGV[2] == '1' then
+  consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive_failures', 1)
+else
+  consecutive = tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures') or '0')
+end
+redis.call('HSET', KEYS[1], 'last_error', ARGV[3], 'last_error_at', ARGV[4])
+local attempts, failures = 0, 0
+for i = 2, #KEYS do
+  local counts = redis.call('HMGET', KEYS[i], 'a', 'f')
+  attempts = attempts + tonumber(counts[1] or '0')
+  failures = failures + tonumber(counts[2] or '0')
+end
+return {attempts, failures, consecutive}
+"""
+
+
 class Kick(Protocol):
     def __call__(self, destination_id: str, *, force: bool = False) -> None: ...
 
@@ -63,12 +92,15 @@ class HealthKeeper:
         config: BroadcastConfig,
         *,
         kick: Kick,
+        make_due: Callable[[str, float], None],
     ) -> None:
         self.store = store
+        self.make_due = make_due
         self.notifications = notifications
         self.config = config
         self.kick = kick
         self._transition = store.redis.register_script(_TRANSITION)
+        self._failure = store.redis.register_script(_FAILURE)
 
     # Credentials and Test Connection results
 
@@ -96,12 +128,14 @@ class HealthKeeper:
             self.store.set_health(record, {"reason": check.message})
 
     def check_passed(self, record: DestinationRecord, now: float) -> bool:
-        """Healthy again: the backlog is kicked. True when this call made the change."""
-        before = self.store.health(record.id).status
+        """Healthy again: an open circuit closes and the backlog is kicked. True when this
+        call changed the status."""
+        before = self.store.health(record.id)
         changed = self._set(record, "status", Health.HEALTHY, Health.HEALTHY, now, reason="")
-        if changed:
+        if not self.resume_if_waiting(record, now, why="Test Connection passed") and changed:
             self.kick(record.id, force=True)  # the flag may still say "paused"
-            self._event(record, "destination.recovered", now, previous=before.value)
+        if changed:
+            self._event(record, "destination.recovered", now, previous=before.status.value)
         return changed
 
     def disable_if_rejected_too_long(self, record: DestinationRecord, now: float) -> bool:
@@ -124,22 +158,24 @@ class HealthKeeper:
 
     # Circuit and backoff
 
-    def failure(self, record: DestinationRecord, reason: str, now: float) -> tuple[int, int]:
-        """Count a retryable failure: (consecutive failures, failures within the window)."""
-        window_key = keys.destination_part(record.id, "failures")
+    def failure(
+        self, record: DestinationRecord, reason: str, now: float, *, counts_in_a_row: bool
+    ) -> WindowCounts:
+        """Count a retryable failure in the circuit's window (and, with `counts_in_a_row`,
+        in the failed batches in a row: a batch's retries count once); returns the
+        window's totals, this failure included."""
         window = self.config.circuit_window_seconds
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(window_key, {f"{now!r}:{secrets.token_hex(4)}": now})
-            pipe.zremrangebyscore(window_key, "-inf", now - window)
-            pipe.zcard(window_key)
-            pipe.expire(window_key, int(window) + 60)
-            pipe.hincrby(keys.destination_part(record.id, "health"), "consecutive_failures", 1)
-            pipe.hset(
-                keys.destination_part(record.id, "health"),
-                mapping={"last_error": reason, "last_error_at": iso(now)},
-            )
-            _, _, in_window, _, consecutive, _ = pipe.execute()
-        return int(consecutive), int(in_window)
+        bucket_keys = circuit_window.bucket_keys(record.id, now, window)
+        attempts, failures, consecutive = self._failure(
+            keys=[keys.destination_part(record.id, "health"), *bucket_keys],
+            args=[
+                circuit_window.ttl_ms(window),
+                "1" if counts_in_a_row else "0",
+                reason,
+                iso(now),
+            ],
+        )
+        return WindowCounts(int(attempts), int(failures), int(consecutive))
 
     def back_off(self, record: DestinationRecord, until: float) -> None:
         self.store.set_health(record, {"backoff_until": repr(until)})
@@ -173,28 +209,54 @@ class HealthKeeper:
     def delivered(self, record: DestinationRecord, health: HealthRecord, now: float) -> bool:
         """A batch got through: reset backoff; an open circuit closes (True when it did)."""
         if health.circuit is Circuit.OPEN:
-            changed = self._set(record, "circuit", Circuit.CLOSED, Circuit.CLOSED, now)
-            self._reset_failures(record)
-            if changed:
-                opened = health.circuit_opened_at
-                self._event(
-                    record,
-                    "destination.circuit_closed",
-                    now,
-                    open_for_seconds=round(now - opened, 1) if opened else None,
-                )
-            return changed
+            return self.close_circuit(record, now, why="a probe got through")
         if health.consecutive_failures or health.backoff_until:
-            self._reset_failures(record)
+            self._reset_failures(record, now)
         return False
 
-    def _reset_failures(self, record: DestinationRecord) -> None:
+    def close_circuit(self, record: DestinationRecord, now: float, *, why: str) -> bool:
+        """Close the circuit and forget the failures (a probe passed, a Test Connection
+        passed, the destination was updated or resumed); True when it was open. The
+        caller sends the backlog on (`kick`)."""
+        health = self.store.health(record.id)
+        changed = self._set(record, "circuit", Circuit.CLOSED, Circuit.CLOSED, now)
+        self._reset_failures(record, now)
+        if changed:
+            opened = health.circuit_opened_at
+            self._event(
+                record,
+                "destination.circuit_closed",
+                now,
+                reason=why,
+                open_for_seconds=round(now - opened, 1) if opened else None,
+            )
+        return changed
+
+    def resume_if_waiting(self, record: DestinationRecord, now: float, *, why: str) -> bool:
+        """`resume` when the circuit is open or the destination backs off; True when it
+        did (the backlog was kicked)."""
+        health = self.store.health(record.id)
+        if health.circuit is not Circuit.OPEN and health.backoff_until <= now:
+            return False
+        self.resume(record, now, why=why)
+        return True
+
+    def resume(self, record: DestinationRecord, now: float, *, why: str) -> bool:
+        """An operator or a passing check says the vendor works: close the circuit, end any
+        backoff, and drain the backlog at once. True when the circuit was open."""
+        changed = self.close_circuit(record, now, why=why)
+        self.make_due(record.id, now)  # retries waiting for their backoff go now too
+        self.kick(record.id, force=True)  # the flag may still say "waiting"
+        return changed
+
+    def _reset_failures(self, record: DestinationRecord, now: float) -> None:
+        window = circuit_window.bucket_keys(record.id, now, self.config.circuit_window_seconds)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(
                 keys.destination_part(record.id, "health"),
                 mapping={"consecutive_failures": "0", "backoff_until": "0", "probe_step": "0"},
             )
-            pipe.delete(keys.destination_part(record.id, "failures"))
+            pipe.delete(*window)
             pipe.execute()
 
     # Dead letters and drops

@@ -4,9 +4,10 @@ destination's backlog, and make sure a deliver task is queued for each.
 Imported by the worker only (it loads validation, the store and the settings cache), so
 the gateway's `from tasks import broadcast` stays light.
 
-Redis work per accepted event, in two round trips: `SET NX` of the trace, then one
-transaction with an `XADD` and a `SET NX` of the queued flag per destination and the
-trace's hold count (one per backlog), which also marks that fan-out completed. A
+Redis work per accepted event, in two round trips: `SET NX` of the trace, then one atomic
+step (`Backlog.append_event`) with an `XADD` and a `SET NX` of the queued flag per
+destination and the trace's hold count (one per backlog), which also marks that fan-out
+completed. A
 redelivered fan-out (its worker died, or the gateway sent the event twice) finds the
 trace: with a hold count there is nothing to do; without one, the earlier run died before
 the transaction, and the appends are made now.
@@ -23,7 +24,6 @@ from functools import cache
 from typing import Any
 
 from kombu.exceptions import OperationalError
-from redis.cluster import RedisCluster
 
 from broadcast_broker.task_client import DELIVER_TASK
 from broadcast_engine.eligibility import Decision, decide
@@ -101,30 +101,17 @@ def accept(
         )
         intake.duplicate = True
         return intake
-    accepted_at = time.time()
-    client = current.store.redis
-    # One Redis: the appends and the completion mark are one MULTI, all or nothing, so a
-    # crash between them cannot leave half the appends to be made twice. A Redis Cluster
-    # cannot span slots in a MULTI: there the crash window is the pipeline's own.
-    with client.pipeline(transaction=not isinstance(client, RedisCluster)) as pipe:
-        current.store.count_many(intake.skipped.items(), pipe)
-        for destination_id in intake.appended:
-            current.backlog.append(
-                pipe,
-                destination_id,
-                trace.request_id,
-                accepted_at,
-                stored.size,
-                kick=destination_id in kick,
-            )
-        current.traces.complete(pipe, stored, len(intake.appended))
-        results = pipe.execute()
-    # The pipeline's replies: skipped counters, then per destination XADD (+ SET NX).
-    replies = iter(results[len(intake.skipped) :])
-    for destination_id in intake.appended:
-        next(replies)  # the entry id
-        if destination_id in kick and next(replies):
-            _kick(destination_id)
+    if intake.skipped:
+        current.store.count_many(intake.skipped.items())
+    to_kick = current.backlog.append_event(
+        [(destination_id, destination_id in kick) for destination_id in intake.appended],
+        trace.request_id,
+        time.time(),
+        stored.size,
+        completion=current.traces.completion(stored, len(intake.appended)),
+    )
+    for destination_id in to_kick:
+        _kick(destination_id)
     logger.info(
         "broadcast.fan_out.accepted request=%s owner=%s destinations=%d skipped=%d",
         trace.request_id,

@@ -16,6 +16,7 @@ from broadcast_broker.task_client import DELIVER_TASK, TaskSender
 from broadcast_engine.backlog import Backlog
 from broadcast_engine.dead_letters import DeadLetters
 from broadcast_engine.health import HealthKeeper
+from broadcast_engine.lease_keeper import LeaseKeeper
 from broadcast_engine.notifications import Notifications
 from broadcast_engine.trace_store import TraceStore
 from destinations.transport import HttpTransport
@@ -73,6 +74,10 @@ class Runtime:
         )
 
     @cached_property
+    def leases(self) -> LeaseKeeper:
+        return LeaseKeeper(self.backlog)
+
+    @cached_property
     def dead_letters(self) -> DeadLetters:
         return DeadLetters(
             self.store.redis, retention_seconds=self.config.dead_letter_retention_seconds
@@ -84,7 +89,13 @@ class Runtime:
 
     @cached_property
     def health(self) -> HealthKeeper:
-        return HealthKeeper(self.store, self.notifications, self.config, kick=self.kick)
+        return HealthKeeper(
+            self.store,
+            self.notifications,
+            self.config,
+            kick=self.kick,
+            make_due=self.backlog.make_due,
+        )
 
     @cached_property
     def tasks(self) -> TaskSender:

@@ -79,6 +79,15 @@ def decode(blob: bytes) -> dict[str, Any]:
     return orjson.loads(body)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A key to set to `value` (with a TTL) in the same atomic step as fan-out's appends."""
+
+    key: str
+    value: int
+    ttl_ms: int
+
+
 class TraceStore:
     def __init__(
         self, client: redis.Redis, *, lifetime_seconds: float, keep_after_seconds: float
@@ -100,14 +109,17 @@ class TraceStore:
         holds = keys.trace_refs(trace.owner, trace.request_id)
         return (Written.COMPLETE if self.redis.exists(holds) else Written.INTERRUPTED), stored
 
-    def complete(self, pipe: Any, stored: StoredTrace, holders: int) -> None:
-        """Queue, on fan-out's transaction after its appends, the hold count: one per
+    def completion(self, stored: StoredTrace, holders: int) -> Completion:
+        """The hold count fan-out writes with its appends, in the same atomic step: one per
         backlog the trace was appended to (also the mark that fan-out completed)."""
-        pipe.set(
-            keys.trace_refs(stored.owner, stored.request_id),
-            holders,
-            px=_ms(self.lifetime_seconds),
+        return Completion(
+            keys.trace_refs(stored.owner, stored.request_id), holders, _ms(self.lifetime_seconds)
         )
+
+    def complete(self, pipe: Any, stored: StoredTrace, holders: int) -> None:
+        """Queue the hold count (`completion`) on `pipe`."""
+        completion = self.completion(stored, holders)
+        pipe.set(completion.key, completion.value, px=completion.ttl_ms)
 
     def restore(self, trace: Trace) -> StoredTrace:
         """Store a trace again for a replay (unless it is still stored) with one more hold:

@@ -165,6 +165,10 @@ def _destination_test(service: SettingsService, args: argparse.Namespace) -> dic
     return result
 
 
+def _destination_resume(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    return service.resume_destination(args.id, actor=args.actor)
+
+
 def _status(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
     return service.status(args.owner, actor=args.actor)
 
@@ -341,7 +345,7 @@ def _render_status(row: dict[str, Any]) -> str:
     )
     line += (
         f"\n    delivery: {row['delivery']}"
-        + (f" until {row['next_attempt']}" if row["next_attempt"] else "")
+        + (f"; next attempt {row['next_attempt']}" if row["next_attempt"] else "")
         + f"  circuit={row['circuit']} backlog={row['backlog']} in_flight={row['in_flight']}"
         f" dead_letters={row['dead_letters']}"
     )
@@ -541,6 +545,12 @@ def _parser() -> argparse.ArgumentParser:
         ("show", _destination_show, "show one destination", _render_destination),
         ("remove", _destination_remove, "remove a destination", None),
         ("test", _destination_test, "run Test Connection and record the health", None),
+        (
+            "resume",
+            _destination_resume,
+            "close the circuit and send the backlog now (the vendor is back)",
+            None,
+        ),
     ):
         command(destination, name, handler, text, render).add_argument("id")
 

@@ -1,7 +1,7 @@
 """The management HTTP API (`broadcast serve`): a dashboard's view of `SettingsService`.
 
 Resources mirror OpenRouter's observability destinations API under
-`/api/v1/observability/`: destinations (create, list, get, update, delete, test), plus
+`/api/v1/observability/`: destinations (create, list, get, update, delete, test, resume), plus
 what the CLI can read: status, deliveries, dead letters and replay, health events,
 rejected events, and the owner's on/off switch. The OpenAPI document is `/openapi.json`.
 
@@ -163,6 +163,18 @@ def create_app(service: SettingsService, management_keys: ManagementKeys) -> Fas
                 "ok": result["ok"],
                 "message": result["message"],
                 "statusCode": result["status_code"],
+            }
+        }
+
+    @app.post(f"{PREFIX}/destinations/{{destination_id}}/resume", tags=["destinations"])
+    def resume_destination(destination_id: DestinationId, key: Caller) -> dict[str, Any]:
+        """Close the circuit, end a backoff and drain the backlog now (the vendor is back)."""
+        result = service.resume_destination(owned(destination_id, key))
+        return {
+            "data": {
+                "circuitWasOpen": result["circuit_was_open"],
+                "circuit": result["circuit"],
+                "health": result["health"],
             }
         }
 

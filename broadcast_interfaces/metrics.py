@@ -15,6 +15,10 @@ Series (labels `destination`, `type`, `owner` unless said otherwise):
 - `broadcast_queue_depth{queue=...}` (gauge, no destination labels): messages ready in
   each Celery queue, read from the broker; `broadcast_broker_up` says whether it answered.
 - `broadcast_destinations` (gauge): destinations known to the store.
+- `broadcast_destination_circuit_open` (gauge): 1 while the destination's circuit is open
+  (its backlog waits, probed on the schedule);
+  `broadcast_destination_circuit_next_probe_timestamp_seconds` (gauge): when the next
+  probe is due (unix seconds; 0 while closed).
 
 A source that this version of the store or runtime does not provide (no
 `latency_histogram`, no backlog) is left out of the scrape rather than failing it.
@@ -86,6 +90,9 @@ class BroadcastCollector(Collector):
         histogram_of = getattr(sources.store, "latency_histogram", None)
         if histogram_of is not None:
             yield _latency(histogram_of, destinations)
+        healths_of = getattr(sources.store, "healths", None)
+        if healths_of is not None:
+            yield from _circuits(healths_of, destinations)
         if sources.backlog is not None:
             yield from _backlog(sources.backlog, destinations, now)
         yield from _queues(sources)
@@ -120,6 +127,29 @@ def _latency(histogram_of: Callable[[str], Any], destinations: Iterable[tuple[st
             buckets.append(("+Inf", histogram.count))
         family.add_metric(list(labels), buckets, histogram.sum_seconds)
     return family
+
+
+def _circuits(
+    healths_of: Callable[[Iterable[str]], dict[str, Any]],
+    destinations: Sequence[tuple[str, ...]],
+) -> list[Metric]:
+    circuit_open = GaugeMetricFamily(
+        "broadcast_destination_circuit_open",
+        "1 while the destination's circuit is open (its backlog waits for a probe).",
+        labels=LABELS,
+    )
+    next_probe = GaugeMetricFamily(
+        "broadcast_destination_circuit_next_probe_timestamp_seconds",
+        "When the open circuit's next probe is due (unix seconds; 0 while closed).",
+        labels=LABELS,
+    )
+    healths = healths_of([labels[0] for labels in destinations])
+    for labels in destinations:
+        health = healths[labels[0]]
+        is_open = health.circuit.value == "open"
+        circuit_open.add_metric(list(labels), 1 if is_open else 0)
+        next_probe.add_metric(list(labels), health.probe_at if is_open else 0)
+    return [circuit_open, next_probe]
 
 
 def _backlog(backlog: Any, destinations: Iterable[tuple[str, ...]], now: float) -> list[Metric]:

@@ -234,7 +234,27 @@ class SettingsService:
             self.kick(record.id, force=True)
         elif enabled is False:
             self.health.unschedule_check(record.id)
+        if updated.enabled:
+            # The owner changed something: an open circuit closes and the backlog drains.
+            self.health.resume_if_waiting(updated, now, why="destination updated")
         return self.view(updated)
+
+    def resume_destination(
+        self, destination_id: str, *, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Close the destination's circuit, end its backoff and drain its backlog now (the
+        vendor is back, and its owner or operator says so before the next probe)."""
+        record = self._record(destination_id, actor)
+        if not record.enabled:
+            raise SettingsError(f"destination {record.id} is disabled; enable it to resume")
+        was_open = self.health.resume(record, self.clock().timestamp(), why="resumed")
+        health = self.store.health(record.id)
+        return {
+            "id": record.id,
+            "circuit_was_open": was_open,
+            "circuit": health.circuit.value,
+            "health": health.status.value,
+        }
 
     def remove_destination(self, destination_id: str, *, actor: str | None = None) -> None:
         record = self._record(destination_id, actor)
@@ -420,7 +440,7 @@ class SettingsService:
         elif health.circuit is Circuit.OPEN:
             state, next_attempt = "circuit open: probing", health.probe_at
         elif health.backoff_until > now:
-            state, next_attempt = "backing off", health.backoff_until
+            state, next_attempt = "backing off: the vendor asked to slow down", health.backoff_until
         else:
             state, next_attempt = "sending", None
         shown_health = health.status.value
@@ -433,6 +453,7 @@ class SettingsService:
             "delivery": state,
             "next_attempt": iso_or_none(next_attempt),
             "consecutive_failures": health.consecutive_failures,
+            "next_probe": iso_or_none(health.probe_at) if health.circuit is Circuit.OPEN else None,
             "backlog": backlog.depth,
             "in_flight": backlog.in_flight,
             "backlog_bytes": backlog.bytes,

@@ -147,15 +147,20 @@ def celery_worker(
     *,
     name: str = "worker",
     queues: str = "broadcast.fanout,broadcast.deliver,broadcast.maintenance",
-    concurrency: int = 8,
-    pool: str = "threads",
+    concurrency: int | None = 8,
+    pool: str | None = "threads",
     include: str | None = None,
     loglevel: str = "INFO",
 ) -> ManagedProcess:
-    """A real worker; returns once it answers a ping. `include`: extra task modules."""
+    """A real worker; returns once it answers a ping. `include`: extra task modules.
+    `pool` or `concurrency` None: Celery's default (prefork, one process per core)."""
     hostname = f"{name}-{os.getpid()}@%h"
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues]
-    argv += ["-P", pool, "-c", str(concurrency), "-n", hostname, "-l", loglevel]
+    if pool is not None:
+        argv += ["-P", pool]
+    if concurrency is not None:
+        argv += ["-c", str(concurrency)]
+    argv += ["-n", hostname, "-l", loglevel]
     argv += ["--without-gossip", "--without-mingle"]
     if include:
         argv += ["--include", include]

@@ -50,7 +50,7 @@ def local_stack(
     *,
     with_moto: bool = False,
     with_beat: bool = True,
-    worker_concurrency: int = 8,
+    worker_concurrency: int | None = 8,
     extra_env: Mapping[str, str] | None = None,
     worker_args: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:

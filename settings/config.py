@@ -27,28 +27,30 @@ class BroadcastConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     delivery_log_size: int = 200
-    # Short retry tier (seconds): a destination's backoff after a retryable failure is
-    # exponential with full jitter from the base, capped; Retry-After is a floor.
+    # Retries (seconds): a failed batch waits a full-jitter exponential backoff of its own
+    # from the base, capped, while the destination goes on with new batches; a vendor's
+    # 429 or Retry-After makes the whole destination wait (Retry-After is a floor).
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 120.0
-    # Circuit per destination: this many retryable failures within the window open it; an
-    # open circuit probes the vendor with one trace after each wait of the probe schedule
-    # (the last wait repeats) while the backlog waits in Redis.
-    circuit_failures: int = 5
+    # The circuit per destination opens when failures dominate: within the window, at
+    # least `circuit_min_attempts` vendor requests of which this share failed, or this many
+    # failed batches in a row. An open circuit probes the vendor with one trace after each
+    # wait of the probe schedule (the last wait repeats) while the backlog waits in Redis.
+    circuit_failure_rate: float = 0.5
+    circuit_min_attempts: int = 20
     circuit_window_seconds: float = 60.0
-    probe_schedule_seconds: tuple[float, ...] = (30.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+    circuit_consecutive_failures: int = 5
+    probe_schedule_seconds: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0)
     # A trace not delivered this long after fan-out accepted it is dead-lettered.
     retry_horizon_seconds: float = 86400.0
     # Deliver tasks working on one destination at once (requests in flight).
     max_in_flight: int = 4
-    # Seconds one deliver task keeps claiming batches before it hands over to a new task,
-    # and how long it waits for a next trace before it leaves (it takes one the moment it
-    # arrives: no trace waits for it).
-    task_slice_seconds: float = 10.0
-    task_linger_seconds: float = 0.25
-    # Under load only (a batch just went out and traces are still waiting), how long a task
-    # gathers before its next request, so requests carry more traces.
-    batch_gather_seconds: float = 0.02
+    # A busy destination's next task (traces arrived while a batch was out, fewer than a
+    # full batch) waits in the broker, never in a worker slot, until a full batch should
+    # have arrived at the rate they came in, at most this long; a destination found idle
+    # sends at once (Redis broker only: RabbitMQ's delayed delivery counts whole seconds,
+    # so there the next task goes at once).
+    batch_gather_seconds: float = 0.5
     # Backlog bounds per destination, and the budget of trace bytes that backlogs may hold
     # in all; past them the oldest entries of whoever is furthest behind drop.
     backlog_max_entries: int = 1_000_000
@@ -58,8 +60,9 @@ class BroadcastConfig:
     # this long after the last one let go: a redelivered fan-out or an event the gateway
     # sent twice within it is recognised and not delivered again.
     trace_keep_after_seconds: float = 300.0
-    # Redis broker: an unacknowledged message (a killed worker's) comes back after this. It
-    # must exceed the longest task (150 s) plus the longest retry countdown (the cap).
+    # Redis broker: a message held by a worker that stopped refreshing its heartbeat (killed)
+    # goes to a live worker within seconds; one held by a worker of an earlier version (no
+    # heartbeat) comes back after this, which must exceed the longest task (150 s).
     visibility_timeout_seconds: float = 300.0
     # How often beat sweeps the backlogs (kicks, retention, expiry, bounds).
     sweep_interval_seconds: float = 10.0
@@ -71,13 +74,14 @@ class BroadcastConfig:
     # Re-validation of credentials (beat): every destination, and rejected ones more often.
     revalidate_seconds: float = 6 * 3600.0
     auth_failed_recheck_seconds: float = 900.0
-    # A deliver task's entries are reclaimed by another task when it stays silent this long
-    # (a killed worker's work resumes after it): above the longest vendor request.
-    claim_lease_seconds: float = 90.0
-    # Once a vendor answered, a deliver task waits this long for an unreachable store to
-    # record the answer (a restart, a failover) before it gives up and the batch is sent
-    # again after the lease. At most half the lease is used.
-    settle_patience_seconds: float = 30.0
+    # A run's batch is reclaimed by another run when its lease is not renewed for this long
+    # (a killed worker's batch resumes after it); the lease is renewed every third of it
+    # while the vendor request is in flight, so a slow vendor is never taken for a dead run.
+    claim_lease_seconds: float = 15.0
+    # Once a vendor answered, a run waits this long for an unreachable store to record the
+    # answer (a restart, a failover) before it gives up and the batch is sent again after
+    # the lease. At most half the lease is used.
+    settle_patience_seconds: float = 7.5
     # Dead letters of one destination that trigger a notification to its owner.
     dead_letter_notify_threshold: int = 10
     # Limits on a gateway's event (settings/event_limits.py); the broker codec enforces the
@@ -101,13 +105,13 @@ ENVIRONMENT = {
     "delivery_log_size": "BROADCAST_DELIVERY_LOG_SIZE",
     "retry_base_seconds": "BROADCAST_RETRY_BASE_SECONDS",
     "retry_cap_seconds": "BROADCAST_RETRY_CAP_SECONDS",
-    "circuit_failures": "BROADCAST_CIRCUIT_FAILURES",
+    "circuit_failure_rate": "BROADCAST_CIRCUIT_FAILURE_RATE",
+    "circuit_min_attempts": "BROADCAST_CIRCUIT_MIN_ATTEMPTS",
     "circuit_window_seconds": "BROADCAST_CIRCUIT_WINDOW_SECONDS",
+    "circuit_consecutive_failures": "BROADCAST_CIRCUIT_CONSECUTIVE_FAILURES",
     "probe_schedule_seconds": "BROADCAST_PROBE_SCHEDULE_SECONDS",
     "retry_horizon_seconds": "BROADCAST_RETRY_HORIZON_SECONDS",
     "max_in_flight": "BROADCAST_MAX_IN_FLIGHT",
-    "task_slice_seconds": "BROADCAST_TASK_SLICE_SECONDS",
-    "task_linger_seconds": "BROADCAST_TASK_LINGER_SECONDS",
     "batch_gather_seconds": "BROADCAST_BATCH_GATHER_SECONDS",
     "backlog_max_entries": "BROADCAST_BACKLOG_MAX_ENTRIES",
     "backlog_max_bytes": "BROADCAST_BACKLOG_MAX_BYTES",
@@ -131,6 +135,10 @@ ENVIRONMENT = {
 }
 
 
+# Deprecated variable -> the setting it still sets when the new variable is absent.
+DEPRECATED_ALIASES = {"BROADCAST_CIRCUIT_FAILURES": "circuit_consecutive_failures"}
+
+
 def load_config(environ: Mapping[str, str] | None = None, **explicit: Any) -> BroadcastConfig:
     """Build the config: `explicit` wins over `environ` (default `os.environ`), then defaults.
 
@@ -143,17 +151,23 @@ def load_config(environ: Mapping[str, str] | None = None, **explicit: Any) -> Br
         if spec.name in explicit:
             values[spec.name] = explicit[spec.name]
             continue
-        raw = environ.get(ENVIRONMENT[spec.name])
-        if raw is None or raw == "":
+        variable = _variable_set(environ, spec.name)
+        if variable is None:
             continue
-        values[spec.name] = _parse(spec.name, raw)
+        values[spec.name] = _parse(spec.name, variable, environ[variable])
     if "store_url" not in values and "broker_url" in values:
         values["store_url"] = values["broker_url"]
     return BroadcastConfig(**values)
 
 
-def _parse(name: str, raw: str) -> Any:
-    variable = ENVIRONMENT[name]
+def _variable_set(environ: Mapping[str, str], name: str) -> str | None:
+    """The environment variable that sets `name`: its own, else a deprecated alias."""
+    candidates = [ENVIRONMENT[name]]
+    candidates += [old for old, setting in DEPRECATED_ALIASES.items() if setting == name]
+    return next((variable for variable in candidates if environ.get(variable)), None)
+
+
+def _parse(name: str, variable: str, raw: str) -> Any:
     default = getattr(BroadcastConfig, name)
     try:
         if name == "log_format" and raw not in ("text", "json"):
@@ -161,7 +175,10 @@ def _parse(name: str, raw: str) -> Any:
         if name == "encryption_keys":
             return tuple(key.strip() for key in raw.split(",") if key.strip())
         if isinstance(default, tuple):
-            return tuple(float(item) for item in raw.split(",") if item.strip())
+            schedule = tuple(float(item) for item in raw.split(",") if item.strip())
+            if not schedule or min(schedule) <= 0:
+                raise ValueError(raw)
+            return schedule
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(raw)
@@ -169,7 +186,10 @@ def _parse(name: str, raw: str) -> Any:
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
-            return float(raw)
+            value = float(raw)
+            if name == "circuit_failure_rate" and not 0 < value <= 1:
+                raise ValueError(raw)
+            return value
         return raw
     except ValueError:
         raise ConfigurationError(f"{variable} has an invalid value") from None

@@ -24,8 +24,9 @@ of their own and are only ever touched alone.
 | `bc:{d:ID}:backlog` | stream | (request id, accepted at, trace bytes) waiting for delivery |
 | `bc:{d:ID}:queued` | string | set while a deliver task for the destination is queued |
 | `bc:{d:ID}:slots` | sorted set | deliver-task tokens holding an in-flight slot -> lease end |
+| `bc:{d:ID}:retry` | sorted set | backlog entry id -> when its retry is due (unix seconds) |
 | `bc:{d:ID}:attempts` | hash | request id -> failed attempts, for entries that failed before |
-| `bc:{d:ID}:failures` | sorted set | recent retryable failures (the circuit's window) |
+| `bc:{d:ID}:window:N` | hash | the circuit's window, one key per 5 s: `a` attempts, `f` failures |
 | `bc:{d:ID}:dead` | stream | dead letters |
 | `bc:{d:ID}:replayed` | hash | dead-letter id -> replay time |
 | `bc:{d:ID}:dead_since_notice` | string | dead letters since the owner was last told |
@@ -61,8 +62,9 @@ DESTINATION_PARTS = (
     "backlog",
     "queued",
     "slots",
+    "retry",
     "attempts",
-    "failures",
+    "failures",  # the circuit's window before 0.3 (a sorted set); deleted with the rest
     "dead",
     "replayed",
     "dead_since_notice",
@@ -88,6 +90,11 @@ def destination(destination_id: str) -> str:
 
 def destination_part(destination_id: str, part: str) -> str:
     return f"{destination(destination_id)}:{part}"
+
+
+def window_bucket(destination_id: str, bucket: int) -> str:
+    """One time bucket of the circuit's window (expires on its own after the window)."""
+    return destination_part(destination_id, f"window:{bucket}")
 
 
 def trace(owner_id: str, request_id: str) -> str:

@@ -183,7 +183,7 @@ class SettingsStore:
         while True:
             state = self.redis.hgetall(keys.owner(owner))
             records = self.list_destinations(owner)
-            healths = self._healths(record.id for record in records)
+            healths = self.healths(record.id for record in records)
             if self.owner_version(owner) == int(state.get(b"version") or 0):
                 break
         return OwnerSnapshot(
@@ -195,15 +195,15 @@ class SettingsStore:
     # Health
 
     def health(self, destination_id: str) -> HealthRecord:
-        return self._healths([destination_id])[destination_id]
+        return self.healths([destination_id])[destination_id]
 
-    def _healths(self, destination_ids: Iterable[str]) -> dict[str, HealthRecord]:
+    def healths(self, destination_ids: Iterable[str]) -> dict[str, HealthRecord]:
         ids = list(destination_ids)
         with self.redis.pipeline(transaction=False) as pipe:
             for destination_id in ids:
                 pipe.hgetall(keys.destination_part(destination_id, "health"))
             raw = pipe.execute()
-        return {destination_id: _health_from(h) for destination_id, h in zip(ids, raw, strict=True)}
+        return {destination_id: health_from(h) for destination_id, h in zip(ids, raw, strict=True)}
 
     def set_health(self, record: DestinationRecord, update: Mapping[str, Any]) -> None:
         """Merge `update` into the health record. Changes of status or circuit go through
@@ -283,7 +283,8 @@ class SettingsStore:
         return int(self.redis.hget(keys.owner(owner), "rejected_events") or 0)
 
 
-def _health_from(raw: Mapping[bytes, bytes]) -> HealthRecord:
+def health_from(raw: Mapping[bytes, bytes]) -> HealthRecord:
+    """A `HealthRecord` from the health hash as Redis answers it (missing fields default)."""
     known = {spec.name for spec in fields(HealthRecord)}
     values: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items() if k.decode() in known}
     values["status"] = Health(values.get("status", Health.HEALTHY))

@@ -1,15 +1,14 @@
 """`broadcast.deliver`: drain one destination's backlog (`broadcast_engine.delivery_run`).
 
-The message carries the destination id only. The task carries out what the run decided:
-a store it could not reach retries the task (`STORE_RETRY`: the claimed entries come back
-to another run after the lease), and a destination that backs off briefly brings this task
-back when its wait is over (Flower: RETRY).
+The message carries the destination id only. A run sends one batch and sends the task
+that follows it itself (the next batch, a batch's retry, the end of a wait); the task only
+retries when the store could not be reached (`STORE_RETRY`: the claimed entries come back
+to another run after the lease; Flower: RETRY).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import redis
@@ -43,7 +42,4 @@ def deliver(self: Task, destination_id: str) -> dict[str, Any]:
             delay,
         )
         raise self.retry(countdown=delay, max_retries=None) from None
-    if summary.retry_in is not None:
-        # Whole seconds, at least 1: RabbitMQ's delayed delivery refuses anything else.
-        raise self.retry(countdown=max(1, math.ceil(summary.retry_in)), max_retries=None)
     return summary.shown()

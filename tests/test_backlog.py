@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from broadcast_engine.backlog import Backlog, Begin, Settled, Settlement
+from broadcast_engine.backlog import Backlog, Begin, ClaimKind, Settled, Settlement
 from broadcast_engine.backlog_upkeep import drop_oldest, enforce_budget, enforce_caps
 from broadcast_engine.delivery_run import DeliveryRun, delivery_policy
 from broadcast_engine.events import build_trace
@@ -63,20 +63,39 @@ def append(backlog: Backlog, destination_id: str, count: int, accepted_at: float
         pipe.execute()
 
 
-def test_claims_take_orphans_then_waiting_then_new(fresh):
+def names(claim) -> list[str]:
+    return [entry.request_id for entry in claim.entries]
+
+
+def test_claims_take_orphans_then_due_retries_then_new(fresh):
     backlog, destination_id = fresh
-    append(backlog, destination_id, 6)
-    first = backlog.claim(destination_id, "task-a", 2)  # then task-a dies holding r0, r1
-    assert [e.request_id for e in first] == ["r0", "r1"]
-    second = backlog.claim(destination_id, "task-b", 2)
-    assert [e.request_id for e in second] == ["r2", "r3"]
-    # task-b fails r2 (back to waiting, first in line) and delivers r3.
-    backlog.settle(
-        destination_id, [Settlement(second[0], "w"), Settlement(second[1], "d", "0.05", 10.0)], {}
-    )
-    assert [e.request_id for e in backlog.claim(destination_id, "task-c", 2)] == ["r2", "r4"]
+    append(backlog, destination_id, 7)
+    now = time.time()
+    first = backlog.claim(destination_id, "task-a", 2, now)  # then task-a dies holding r0, r1
+    assert (first.kind, names(first)) == (ClaimKind.NEW, ["r0", "r1"])
+    second = backlog.claim(destination_id, "task-b", 3, now)
+    assert names(second) == ["r2", "r3", "r4"]
+    # task-b: r2 failed and retries now, r3 failed and retries in a minute, r4 delivered.
+    r2, r3, r4 = second.entries
+    settled = [
+        Settlement(r2, "w", due=now),
+        Settlement(r3, "w", due=now + 60),
+        Settlement(r4, "d", "0.05", 10.0),
+    ]
+    backlog.settle(destination_id, settled, {}, now=now)
+    retry = backlog.claim(destination_id, "task-c", 2, time.time())
+    assert (retry.kind, names(retry)) == (ClaimKind.RETRY, ["r2"])  # alone: its own batch
+    new = backlog.claim(destination_id, "task-c", 2, time.time())
+    assert names(new) == ["r5", "r6"]
+    done = [Settlement(e, "d", "0.05", 1.0) for e in retry.entries + new.entries]
+    backlog.settle(destination_id, done, {}, now=time.time())
     time.sleep(0.35)  # the lease of task-a's entries (0.3 s) runs out
-    assert [e.request_id for e in backlog.claim(destination_id, "task-d", 2)] == ["r0", "r1"]
+    orphans = backlog.claim(destination_id, "task-d", 2, time.time())
+    assert (orphans.kind, names(orphans)) == (ClaimKind.ORPHANS, ["r0", "r1"])
+    # r3 waits for its minute (a probe would take it at once).
+    assert backlog.claim(destination_id, "task-e", 2, time.time()).entries == []
+    probe = backlog.claim(destination_id, "task-e", 1, time.time(), probe=True)
+    assert names(probe) == ["r3"]
 
 
 def test_orphans_come_back_as_the_batch_they_were(fresh):
@@ -84,23 +103,39 @@ def test_orphans_come_back_as_the_batch_they_were(fresh):
     batch, so a vendor that already holds it sees the same batch-level id."""
     backlog, destination_id = fresh
     append(backlog, destination_id, 4)
-    held = backlog.claim(destination_id, "task-a", 2)  # task-a dies mid-request with these
+    held = backlog.claim(destination_id, "task-a", 2, time.time())  # task-a dies mid-request
     time.sleep(0.35)  # the lease of task-a's entries (0.3 s) runs out
-    again = backlog.claim(destination_id, "task-b", 4)
-    assert [e.request_id for e in again] == [e.request_id for e in held] == ["r0", "r1"]
-    assert [e.request_id for e in backlog.claim(destination_id, "task-b", 4)] == ["r2", "r3"]
+    again = backlog.claim(destination_id, "task-b", 4, time.time())
+    assert names(again) == names(held) == ["r0", "r1"]
+    assert names(backlog.claim(destination_id, "task-b", 4, time.time())) == ["r2", "r3"]
+
+
+def test_a_renewed_lease_keeps_a_slow_run_s_batch_its_own(fresh):
+    backlog, destination_id = fresh
+    append(backlog, destination_id, 2)
+    held = backlog.claim(destination_id, "slow-run", 2, time.time()).entries
+    for _ in range(3):  # the vendor takes 0.45 s: three renewals, every 0.15 s
+        time.sleep(0.15)
+        assert backlog.renew(destination_id, "token", "slow-run", held, time.time()) == 2
+        assert backlog.claim(destination_id, "other-run", 2, time.time()).entries == []
+    time.sleep(0.35)  # then the run dies: no renewal, the batch comes back
+    assert [e.id for e in backlog.claim(destination_id, "other-run", 2, time.time()).entries] == [
+        e.id for e in held
+    ]
+    assert backlog.renew(destination_id, "token", "slow-run", held, time.time()) == 0
 
 
 def test_an_entry_settles_once_even_when_two_tasks_raced_for_it(fresh, rt):
     backlog, destination_id = fresh
     append(backlog, destination_id, 3)
-    claimed = backlog.claim(destination_id, "slow-task", 3)
+    claimed = backlog.claim(destination_id, "slow-task", 3, time.time()).entries
     time.sleep(0.35)
-    reclaimed = backlog.claim(destination_id, "other-task", 3)  # lease ran out: taken again
-    assert [e.id for e in reclaimed] == [e.id for e in claimed]
+    reclaimed = backlog.claim(destination_id, "other-task", 3, time.time()).entries
+    assert [e.id for e in reclaimed] == [e.id for e in claimed]  # lease ran out: taken again
     delivered = [Settlement(e, "d", "0.05", 5.0) for e in claimed]
-    assert backlog.settle(destination_id, delivered, {"n": 1}) == Settled(3, 0, ["r0", "r1", "r2"])
-    late = backlog.settle(destination_id, delivered, {"n": 2})  # the slow one
+    first = backlog.settle(destination_id, delivered, {"n": 1}, now=time.time())
+    assert first == Settled(3, 0, ["r0", "r1", "r2"])
+    late = backlog.settle(destination_id, delivered, {"n": 2}, now=time.time())  # the slow one
     assert late == Settled(0, 0, [])  # counts nothing, releases no trace
     assert rt.store.counters(destination_id)["delivered"] == 3
     assert rt.backlog.stats(destination_id, time.time()).depth == 0
@@ -153,21 +188,27 @@ def test_in_flight_slots_backoff_pause_and_one_probe(fresh, rt):
     )
 
 
-def test_finish_goes_on_while_unread_entries_arrived(fresh):
+def begin(backlog: Backlog, destination_id: str, token: str) -> Begin:
+    return backlog.begin(destination_id, token, time.time(), probe_seconds=30, recheck_seconds=900)
+
+
+def test_finish_goes_on_while_work_is_due_and_says_when_a_retry_falls_due(fresh):
     backlog, destination_id = fresh
-    assert (
-        backlog.begin(destination_id, "t1", time.time(), probe_seconds=30, recheck_seconds=900)
-        is Begin.RUN
-    )
-    append(backlog, destination_id, 1)
-    assert backlog.finish(destination_id, "t1", time.time()) is False  # an entry arrived: go on
-    [entry] = backlog.claim(destination_id, "t1", 5)
-    backlog.settle(destination_id, [Settlement(entry, "d", "0.05", 1.0)], {})
-    assert backlog.finish(destination_id, "t1", time.time()) is True
-    assert (
-        backlog.begin(destination_id, "t2", time.time(), probe_seconds=30, recheck_seconds=900)
-        is Begin.RUN
-    )
+    assert begin(backlog, destination_id, "t1") is Begin.RUN
+    append(backlog, destination_id, 2)
+    left = backlog.finish(destination_id, "t1", time.time(), 10)
+    assert left.go_on and left.unread == 2  # entries arrived: the next task reads them
+    assert not backlog.mark_queued(destination_id)  # the flag is kept for that task
+    assert begin(backlog, destination_id, "t2") is Begin.RUN
+    first, second = backlog.claim(destination_id, "t2", 5, time.time()).entries
+    now = time.time()
+    settled = [Settlement(first, "d", "0.05", 1.0), Settlement(second, "w", due=now + 30)]
+    backlog.settle(destination_id, settled, {}, now=now)
+    left = backlog.finish(destination_id, "t2", time.time(), 10)
+    assert not left.go_on and left.next_retry == pytest.approx(now + 30, abs=0.01)
+    assert not backlog.needs_task(destination_id, time.time())  # nothing due for 30 s
+    assert backlog.needs_task(destination_id, now + 31)  # then the sweep sends a task
+    assert backlog.mark_queued(destination_id)  # the last run left: fan-out may send again
 
 
 def test_overflow_drops_the_oldest_entries_no_task_holds_and_counts_them(
@@ -177,7 +218,7 @@ def test_overflow_drops_the_oldest_entries_no_task_holds_and_counts_them(
     destination_id = service.add_destination(owner, "webhook", "w", {"url": receiver().url})["id"]
     record = rt.store.get_destination(destination_id)
     append(rt.backlog, destination_id, 12, accepted_at=time.time() - 5)
-    in_flight = rt.backlog.claim(destination_id, "busy-task", 3)  # r0-r2: a task holds them
+    in_flight = rt.backlog.claim(destination_id, "busy-task", 3, time.time()).entries  # r0-r2
     tight = dataclasses.replace(rt.config, backlog_max_entries=5)
     dropped = enforce_caps(dataclasses.replace(rt, config=tight), record, time.time())
     assert dropped == 7

@@ -136,9 +136,11 @@ def test_outage_opens_the_circuit_the_backlog_waits_and_recovers_exactly_once(
     wait_for(lambda: rt.store.counters(healthy)["delivered"] == 30, what="the healthy one")
     wait_for(lambda: backlog(rt, flaky) == 30, what="every flaky trace waiting in its backlog")
     attempts_while_down = len(flaky_sink.requests())
-    # The backlog waits: at most the failures that open the circuit, plus requests already
+    # The backlog waits: at most the failures that open the circuit (the rate rule's minimum
+    # attempts, or the failed batches in a row, whichever comes first), plus requests already
     # in flight then, plus Test Connection — not 30 traces x a few tries each.
-    assert attempts_while_down <= 1 + rt.config.circuit_failures + rt.config.max_in_flight
+    bound = 1 + rt.config.circuit_min_attempts + rt.config.max_in_flight
+    assert attempts_while_down <= bound
     status = {row["id"]: row for row in service.status(owner)}
     assert status[flaky]["circuit"] == "open" and status[flaky]["backlog"] == 30
     assert status[flaky]["health"] == "circuit_open"
@@ -394,7 +396,7 @@ def test_a_claimed_batch_whose_task_was_lost_comes_back_once(
         )
         rt.traces.complete(pipe, stored, 1)
         pipe.execute()
-    [claimed] = rt.backlog.claim(destination_id, "a-worker-that-died", 10)
+    [claimed] = rt.backlog.claim(destination_id, "a-worker-that-died", 10, time.time()).entries
     assert claimed.request_id == trace.request_id
     # Work and no task: the sweep kicks one, which leaves the entry leased to the dead task
     # alone until the lease runs out; a later sweep's task takes it then.

@@ -81,7 +81,7 @@ def test_503_then_200_is_delivered_once_with_the_same_webhook_id(
     assert (counters["retried"], counters["delivered"], counters["failed"]) == (1, 1, 0)
     log = service.deliveries(destination_id)
     assert [entry["outcome"] for entry in log] == ["delivered", "retryable"]
-    assert log[1]["status_code"] == 503 and log[1]["next"].startswith("retry at ")
+    assert log[1]["status_code"] == 503 and log[1]["next"].startswith("batch retry at ")
 
 
 def test_429_retry_after_is_honoured(worker, service, user_id, receiver):

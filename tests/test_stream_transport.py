@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -20,7 +21,13 @@ import pytest
 import redis as redis_py
 from kombu import Connection, Exchange, Queue
 
-from broadcast_broker.stream_transport import GROUP, stream_key, unreadable_key
+from broadcast_broker.stream_transport import (
+    CONSUMER_REGISTRY,
+    GROUP,
+    HEARTBEAT_PREFIX,
+    stream_key,
+    unreadable_key,
+)
 from broadcast_broker.topology import STREAM_TRANSPORT
 from harness.processes import RedisServer
 from harness.waiting import wait_for
@@ -128,7 +135,8 @@ import sys, time
 from kombu import Connection, Exchange, Queue
 url, queue, transport = sys.argv[1:4]
 q = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
-with Connection(url, transport=transport, transport_options={"stream_queues": [queue]}) as c:
+options = {"stream_queues": [queue], "heartbeat_every_seconds": 0.2, "heartbeat_ttl_seconds": 1}
+with Connection(url, transport=transport, transport_options=options) as c:
     def got(body, message):
         print("got", body["n"], flush=True)
     with c.Consumer(q, callbacks=[got]):
@@ -137,8 +145,9 @@ with Connection(url, transport=transport, transport_options={"stream_queues": [q
 """
 
 
-def test_a_consumer_killed_holding_a_message_loses_nothing(broker, queue_name, tmp_path):
-    url, client = broker
+def kill_a_consumer_holding_a_message(url: str, client: redis_py.Redis, queue_name: str) -> str:
+    """A consumer in another process takes the message and is `kill -9`ed; returns its
+    consumer name."""
     with connect(url, queue_name) as connection:
         publish(connection, queue_name, {"n": 1})
     consumer = subprocess.Popen(
@@ -153,22 +162,122 @@ def test_a_consumer_killed_holding_a_message_loses_nothing(broker, queue_name, t
         os.kill(consumer.pid, signal.SIGKILL)
         consumer.wait()
     assert pending(client, queue_name) == 1  # the group still holds it for the dead consumer
+    [holder] = [c for c in client.xinfo_consumers(stream_key(queue_name), GROUP) if c["pending"]]
+    return holder["name"].decode()
 
-    # A live consumer takes it back once it is held past the visibility timeout.
-    with connect(url, queue_name, visibility_timeout=1) as connection:
+
+def test_a_consumer_killed_holding_a_message_hands_it_over_once_its_heartbeat_expires(
+    broker, queue_name
+):
+    url, client = broker
+    killed_at = time.monotonic()
+    name = kill_a_consumer_holding_a_message(url, client, queue_name)
+    assert client.hexists(CONSUMER_REGISTRY, name)  # a consumer of this version
+    # The visibility timeout is far away: the heartbeat alone tells the consumer is dead.
+    with connect(url, queue_name, visibility_timeout=3600) as connection:
         channel = connection.default_channel
         channel.queue_declare(queue_name)
 
         def requeued() -> bool:
-            channel._restore_idle()
-            return pending(client, queue_name) == 0 and client.xlen(stream_key(queue_name)) == 1
+            return channel.reclaim()[0] == 1
 
-        wait_for(requeued, what="the held message requeued")
+        wait_for(requeued, timeout=10, what="the dead consumer's message requeued")
+        assert time.monotonic() - killed_at < 10  # the 1 s heartbeat, not the hour
         [message] = receive(connection, queue_name)
         assert message.payload == {"n": 1}
         assert message.delivery_info["redelivered"] is True
         message.ack()
     assert client.xlen(stream_key(queue_name)) == 0
+    names = [c["name"].decode() for c in client.xinfo_consumers(stream_key(queue_name), GROUP)]
+    assert name not in names  # the dead consumer left the group
+
+
+def test_a_consumer_without_a_heartbeat_keeps_its_messages_to_the_visibility_timeout(
+    broker, queue_name
+):
+    """A worker of an earlier version (no heartbeat) is not taken for dead during a rolling
+    upgrade: what it holds comes back only past the visibility timeout, as before."""
+    url, client = broker
+    name = kill_a_consumer_holding_a_message(url, client, queue_name)
+    client.hdel(CONSUMER_REGISTRY, name)  # as if it had never registered
+    with connect(url, queue_name, visibility_timeout=3600) as connection:
+        channel = connection.default_channel
+        channel.queue_declare(queue_name)
+        assert channel.reclaim() == (0, 0)
+        assert pending(client, queue_name) == 1
+    with connect(url, queue_name, visibility_timeout=1) as connection:
+        channel = connection.default_channel
+        channel.queue_declare(queue_name)
+        wait_for(lambda: channel.reclaim()[1] == 1, what="the held message requeued")
+        [message] = receive(connection, queue_name)
+        assert message.payload == {"n": 1} and message.delivery_info["redelivered"] is True
+        message.ack()
+
+
+def test_a_consumer_keeps_its_heartbeat_while_it_consumes_and_drops_it_when_it_closes(
+    broker, queue_name
+):
+    url, client = broker
+    options = {"heartbeat_every_seconds": 0.1, "heartbeat_ttl_seconds": 0.5}
+    with connect(url, queue_name, **options) as connection:
+        with connection.Consumer(declared(queue_name), callbacks=[lambda *_: None]):
+            name = connection.default_channel.consumer_name
+            key = HEARTBEAT_PREFIX + name
+            for _ in range(4):  # alive across several TTLs
+                wait_for(lambda: client.pttl(key) > 300, timeout=2, what="a fresh heartbeat")
+                time.sleep(0.3)  # longer than a refresh, shorter than the TTL
+            assert client.hexists(CONSUMER_REGISTRY, name)
+    assert not client.exists(key) and not client.hexists(CONSUMER_REGISTRY, name)
+
+
+def test_a_read_whose_answer_was_lost_is_handed_back_by_the_live_consumer(broker, queue_name):
+    """Redis recorded a delivery but its answer never reached the consumer (Redis killed
+    mid-reply): the consumer is alive, so no heartbeat expires; it requeues what the group
+    says it holds and it never received, and keeps what it did receive."""
+    url, client = broker
+    with connect(url, queue_name) as connection:
+        publish(connection, queue_name, {"n": 1})
+        publish(connection, queue_name, {"n": 2})
+        channel = connection.default_channel
+        channel.queue_declare(queue_name)
+        [received] = receive(connection, queue_name)  # n=1, held by its consumer
+        # The lost read: the group hands n=2 to this consumer; the answer goes nowhere.
+        client.xreadgroup(GROUP, channel.consumer_name, {stream_key(queue_name): ">"}, count=1)
+        assert pending(client, queue_name) == 2
+        assert channel.reclaim_unknown(min_idle_seconds=0) == 1
+        assert pending(client, queue_name) == 1  # n=1 stays with its consumer
+        [again] = receive(connection, queue_name)
+        assert again.payload == {"n": 2} and again.delivery_info["redelivered"] is True
+        received.ack()
+        again.ack()
+    assert pending(client, queue_name) == 0
+
+
+def test_the_transport_checks_the_private_kombu_attributes_it_relies_on():
+    from broadcast_broker.stream_transport import missing_kombu_attributes
+
+    assert missing_kombu_attributes() == []  # kombu as pinned
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import kombu.transport.redis as r; del r.Channel._flush_brpop_reauth; "
+            "import broadcast_broker.stream_transport",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 1
+    assert "does not support kombu" in probe.stderr
+    assert "Channel._flush_brpop_reauth" in probe.stderr
+
+
+def test_connection_urls_show_redis_so_tools_that_read_the_scheme_work(broker, queue_name):
+    url, _client = broker
+    with connect(url, queue_name) as connection:
+        assert connection.as_uri().startswith("redis://")
+        assert connection.as_uri().endswith(f"/{DB}")
 
 
 def test_a_requeue_happens_once(broker, queue_name):

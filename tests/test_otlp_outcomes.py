@@ -344,13 +344,13 @@ def test_collector_headers_are_validated(headers: dict[str, str], problem: str) 
 def test_secret_and_url_fields_are_marked() -> None:
     expected = {
         "otel-collector": ({"headers"}, {"endpoint"}),
-        "phoenix": ({"api_key"}, {"endpoint"}),
-        "arize": ({"api_key"}, {"base_url"}),
-        "langsmith": ({"api_key"}, {"endpoint"}),
-        "weave": ({"api_key"}, {"base_url"}),
-        "grafana": ({"api_key"}, {"base_url"}),
-        "newrelic": ({"license_key"}, {"endpoint"}),
-        "dynatrace": ({"api_token"}, {"environment_url"}),
+        "phoenix": ({"api_key", "headers"}, {"endpoint"}),
+        "arize": ({"api_key", "headers"}, {"base_url"}),
+        "langsmith": ({"api_key", "headers"}, {"endpoint"}),
+        "weave": ({"api_key", "headers"}, {"base_url"}),
+        "grafana": ({"api_key", "headers"}, {"base_url"}),
+        "newrelic": ({"license_key", "headers"}, {"endpoint"}),
+        "dynatrace": ({"api_token", "headers"}, {"environment_url"}),
     }
     for slug, (secrets, urls) in expected.items():
         cls = destination_class(slug)

@@ -19,6 +19,8 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.langsmith",
     "destinations.weave",
     "destinations.otlp_presets",
+    "destinations.sentry",
+    "destinations.ramp",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -21,6 +21,7 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.otlp_presets",
     "destinations.sentry",
     "destinations.ramp",
+    "destinations.posthog",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -22,6 +22,7 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.sentry",
     "destinations.ramp",
     "destinations.posthog",
+    "destinations.opik",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -23,6 +23,7 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.ramp",
     "destinations.posthog",
     "destinations.opik",
+    "destinations.raindrop",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

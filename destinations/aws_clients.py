@@ -26,8 +26,10 @@ import botocore.config
 from destinations.url_guard import NetworkPolicy, pinned_connection_class
 
 CLIENT_CACHE_SIZE = 64
-# Only the deliver task retries: boto3's own retries would hide attempts.
-BOTO_RETRIES = {"max_attempts": 1, "mode": "standard"}
+# Only the deliver task retries: boto3's own retries would hide attempts. botocore reads
+# `max_attempts` as retries after the first attempt (so 1 meant two attempts), and
+# `total_max_attempts` as all of them.
+BOTO_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
 
 
 class ClientCache:

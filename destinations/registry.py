@@ -24,6 +24,7 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.posthog",
     "destinations.opik",
     "destinations.raindrop",
+    "destinations.firehose",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -8,7 +8,8 @@
   rebind to a private address between the check and the connection;
 - headed: the destination's custom `headers` and, for Test Connection,
   `X-Test-Connection: true` are added to every request before it is signed;
-- one attempt: boto3's own retries are off; only the deliver task retries.
+- one attempt: boto3's own retries are off (`total_max_attempts=1`); only the deliver
+  task retries.
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ import botocore.config
 from destinations.url_guard import NetworkPolicy, pinned_connection_class
 
 CLIENT_CACHE_SIZE = 64
-# Only the deliver task retries: boto3's own retries would hide attempts. botocore reads
-# `max_attempts` as retries after the first attempt (so 1 meant two attempts), and
-# `total_max_attempts` as all of them.
-BOTO_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
 
 
 class ClientCache:
@@ -62,7 +59,9 @@ class ClientCache:
             if client is not None:
                 self._clients.move_to_end(fingerprint)
                 return client
-        client = boto3.session.Session().client(
+        # The service is chosen at run time; boto3's stubs type each service's client apart.
+        session: Any = boto3.session.Session()
+        client = session.client(
             self._service,
             region_name=config["region"],
             endpoint_url=config.get("endpoint_url"),
@@ -70,7 +69,12 @@ class ClientCache:
             aws_secret_access_key=config["secret_access_key"],
             aws_session_token=config.get("session_token"),
             config=botocore.config.Config(
-                connect_timeout=timeouts[0], read_timeout=timeouts[1], retries=BOTO_RETRIES
+                connect_timeout=timeouts[0],
+                read_timeout=timeouts[1],
+                # Only the deliver task retries: boto3's own retries would hide attempts.
+                # botocore reads `max_attempts` as retries after the first attempt (so 1
+                # meant two attempts), `total_max_attempts` as all of them.
+                retries={"total_max_attempts": 1, "mode": "standard"},
             ),
         )
         pin_connections(client, policy)
@@ -107,7 +111,7 @@ def pin_connections(client: Any, policy: NetworkPolicy) -> None:
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)
     pools = getattr(session, "_pool_classes_by_scheme", None)
     manager = getattr(session, "_manager", None)
-    if not isinstance(pools, dict) or manager is None:
+    if session is None or not isinstance(pools, dict) or manager is None:
         raise RuntimeError("cannot pin AWS connections: botocore's HTTP session changed")
     pinned = {
         scheme: type(

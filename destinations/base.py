@@ -182,7 +182,7 @@ class Destination(ABC):
         super().__init_subclass__(**kwargs)
         check = cls.__dict__.get("test_connection")
         if check is not None and not getattr(check, "__isabstractmethod__", False):
-            cls.test_connection = _marked_as_probe(check)  # type: ignore[method-assign]
+            cls.test_connection = _marked_as_probe(check)  # type: ignore[assignment]
 
     @classmethod
     def secret_fields(cls) -> frozenset[str]:

@@ -6,6 +6,9 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY tasks tasks
 COPY destinations destinations
 COPY settings settings
+COPY broadcast_engine broadcast_engine
+COPY broadcast_broker broadcast_broker
+COPY broadcast_interfaces broadcast_interfaces
 COPY harness harness
 # Wheels for Broadcast and every dependency, so the runtime stage installs offline.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[ops]'

@@ -20,8 +20,10 @@ wheel-smoke: setup
 bench: setup
 	$(PY) bench/bench.py
 
+# Style and structure: ruff, and the layer contracts (import-linter, pyproject.toml).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed
 

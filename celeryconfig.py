@@ -6,7 +6,8 @@ local Redis as the default.
 
 from kombu import Exchange, Queue
 
-from settings.broker import (
+from broadcast_broker.message_codec import register_codec
+from broadcast_broker.topology import (
     DELIVER_QUEUE,
     FANOUT_QUEUE,
     MAINTENANCE_QUEUE,
@@ -16,14 +17,13 @@ from settings.broker import (
 )
 from settings.config import load_config
 from settings.event_limits import EventLimits
-from settings.message_codec import register_codec
 
 _config = load_config()
 
 broker_url = _config.broker_url
 # On Redis, Broadcast's own transport: each task queue is a Redis stream read through a
 # consumer group, so no message is lost between a pop and its unacked record, and each is
-# stored once (settings/stream_transport.py). Other URLs use kombu's transport.
+# stored once (broadcast_broker/stream_transport.py). Other URLs use kombu's transport.
 broker_transport = transport_for(broker_url)
 # Fire-and-forget: outcomes live in the settings store's delivery log, not a result backend.
 result_backend = None
@@ -31,7 +31,7 @@ task_ignore_result = True
 
 # kombu's "json" serializer replaced by one that enforces the event limits where a message
 # is decoded: a prefork worker's main process pickles decoded arguments for its child, and
-# a deeply nested one would kill it before any task runs (settings/message_codec.py).
+# a deeply nested one would kill it before any task runs (broadcast_broker/message_codec.py).
 register_codec(EventLimits.from_config(_config))
 task_serializer = "json"
 # A fan-out message carries the whole event: zlib makes it (and its copy in the unacked
@@ -89,8 +89,8 @@ task_track_started = True
 
 # Beat (exactly one runs). Every job is cheap and idempotent; the long intervals live in
 # Redis, per destination, not here:
-# - the sweep looks after every backlog (tasks/backlog_upkeep.py): kicks the ones with due
-#   work and no task (after a backoff, at a circuit's probe time, after a lost task),
+# - the sweep looks after every backlog (broadcast_engine/backlog_upkeep.py): kicks the ones
+#   with due work and no task (after a backoff, at a circuit's probe time, after a lost task),
 #   retains lagging traces, dead-letters what passed the horizon, enforces the bounds;
 # - credentials are re-validated every BROADCAST_REVALIDATE_SECONDS (6 h, spread +-10 %
 #   per destination), and every BROADCAST_AUTH_FAILED_RECHECK_SECONDS (15 min) while rejected.

@@ -110,7 +110,16 @@ class Sink:
 
 def check_installed_outside(scratch: Path) -> None:
     """The packages must come from the virtualenv, not from a repository checkout."""
-    for name in ("tasks", "settings", "destinations.otlp", "harness", "celeryconfig"):
+    for name in (
+        "tasks",
+        "settings",
+        "destinations.otlp",
+        "broadcast_engine",
+        "broadcast_broker",
+        "broadcast_interfaces",
+        "harness",
+        "celeryconfig",
+    ):
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise SystemExit(f"wheel smoke: {name} is not installed")

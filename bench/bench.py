@@ -38,13 +38,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from broadcast_broker.stream_transport import stream_key
+from broadcast_broker.topology import FANOUT_QUEUE
 from harness.processes import ManagedProcess
 from harness.receiver import ReceivedRequest, Receiver, Reply
 from harness.samples import chat_event
 from harness.stack import Stack, local_stack
 from harness.waiting import wait_for
-from settings.broker import FANOUT_QUEUE
-from settings.stream_transport import stream_key
 
 DESTINATIONS = 3
 EVENT_BYTES = 2048
@@ -58,7 +58,7 @@ tops = sorted({m.split(".")[0] for m in sys.modules} - stdlib - {"__main__"})
 print(json.dumps({"modules": len(sys.modules), "seconds": elapsed, "packages": tops,
                   "names": sorted(sys.modules)}))
 """
-FORBIDDEN = ("destinations", "opentelemetry", "cryptography", "settings.runtime", "boto3")
+FORBIDDEN = ("destinations", "opentelemetry", "cryptography", "broadcast_engine", "boto3")
 
 
 def bench_event(index: int, user_id: str, prefix: str) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def gateway_imports() -> dict[str, Any]:
 
 
 def gateway_cost(calls: int, rounds: int) -> dict[str, float]:
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
     from tasks import app, broadcast
 
     client = runtime().store.redis
@@ -171,10 +171,10 @@ def run_events(
 ) -> dict[str, Any]:
     """Send `events` (back to back, or at `rate`/s) to `destinations` destinations of
     `kind`; returns throughput, Redis counts, worker CPU and latencies."""
-    from settings.runtime import runtime
+    from broadcast_interfaces.service import settings_service
     from tasks import broadcast
 
-    service = runtime().service
+    service = settings_service()
     client = service.store.redis
     owner = f"user:{prefix}"
     service.set_enabled(owner, True)
@@ -245,7 +245,7 @@ def floor(stack: Stack, events: int, pool: str, concurrency: int) -> dict[str, f
     running 4 no-op tasks per event on the same Redis, with the Broadcast worker's pool and
     concurrency; its worker runs only while it is measured."""
     from bench import floor_app
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
     client = runtime().store.redis
     argv = [sys.executable, "-m", "celery", "-A", "bench.floor_app", "worker"]
@@ -283,11 +283,11 @@ def floor(stack: Stack, events: int, pool: str, concurrency: int) -> dict[str, f
 
 def outage_memory(entries: int) -> dict[str, float]:
     """Backlog bytes per delivery while a vendor is down (its circuit open, nothing sent)."""
+    from broadcast_interfaces.service import settings_service
     from settings import keys
-    from settings.runtime import runtime
     from tasks import broadcast
 
-    service = runtime().service
+    service = settings_service()
     client = service.store.redis
     owner = "user:bench-outage"
     service.set_enabled(owner, True)

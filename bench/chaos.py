@@ -113,7 +113,7 @@ class Chaos:
             "BROADCAST_VISIBILITY_TIMEOUT_SECONDS": "30",
         }
         os.environ.update(self.env)  # this process's runtime and client: the same Redis
-        from settings.runtime import runtime
+        from broadcast_engine.runtime import runtime
 
         self.runtime = runtime()
         self.client = control_client(self.broker_url)
@@ -130,8 +130,10 @@ class Chaos:
         )
 
     def run(self) -> bool:
+        from broadcast_interfaces.service import settings_service
+
         owner = "user:chaos"
-        service = self.runtime.service
+        service = settings_service(self.runtime)
         service.set_enabled(owner, True)
         ids = [
             service.add_destination(

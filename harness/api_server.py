@@ -20,7 +20,7 @@ class ApiServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = ManagedProcess(
             "api",
-            [sys.executable, "-m", "settings.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "broadcast_interfaces.cli", "serve", "--port", str(self.port)],
             env,
             workdir,
         )

@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         ) as stack,
         receiver.server,
     ):
-        from settings.runtime import runtime
+        from broadcast_interfaces.service import settings_service
         from tasks import broadcast
 
-        service = runtime().service
+        service = settings_service()
         assert stack.moto is not None
         boto3.client(
             "s3",
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The whole reason, however long: it names every field that failed.
                 print(f"rejected event {entry['id']} (on purpose):\n    {entry['reason']}")
             print(f"\n$ broadcast status --owner {OWNER}")
-            from settings.cli import main as cli
+            from broadcast_interfaces.cli import main as cli
 
             cli(["status", "--owner", OWNER], service=service)
             print(

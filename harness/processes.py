@@ -17,8 +17,8 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from broadcast_broker.topology import use_broker
 from harness.waiting import wait_for
-from settings.broker import use_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -86,7 +86,7 @@ class BroadcastConfig:
     event_max_bytes: int = 16 * 1024 * 1024
     event_max_messages: int = 10_000
     event_max_string_chars: int = 8 * 1024 * 1024
-    # Log lines as text, or one JSON object per line (settings/log_format.py).
+    # Log lines as text, or one JSON object per line (broadcast_interfaces/log_format.py).
     log_format: str = "text"
 
 

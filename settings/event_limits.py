@@ -8,11 +8,11 @@
 | characters in one string (keys included) | 8 Mi | `BROADCAST_EVENT_MAX_STRING_CHARS` |
 
 `check_event` walks the event with an explicit stack, so an event nested a million levels
-deep costs a loop, never a `RecursionError`. The broker codec (`settings.message_codec`)
+deep costs a loop, never a `RecursionError`. The broker codec (`broadcast_broker.message_codec`)
 enforces the depth and size limits on the raw message before Celery touches the decoded
 arguments; an event it had to cut arrives as a *limit marker*: a small dict with the
 event's `id`, `user_id`, `org_id` and the reason under `LIMIT_MARKER`, which
-`tasks.events.build_trace` turns into a rejection like any other invalid event.
+`broadcast_engine.events.build_trace` turns into a rejection like any other invalid event.
 """
 
 from __future__ import annotations

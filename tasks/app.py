@@ -80,9 +80,11 @@ def broadcast_task(
 
 @worker_init.connect
 def _check_settings_at_start(**_: Any) -> None:
-    """Fail the worker's start, not its first delivery, when settings are missing."""
-    from settings.runtime import runtime
+    """Fail the worker's start, not its first delivery, when settings are missing; the
+    engine sends its tasks through this app from now on (one producer pool per process)."""
+    from broadcast_engine.runtime import runtime, use_task_app
 
+    use_task_app(app)
     current = runtime()
     try:
         current.box  # noqa: B018 - building the box validates the encryption keys
@@ -97,7 +99,7 @@ def _preload_worker_modules(**_: Any) -> None:
     """Import what the tasks use before the pool forks. Prefork children then share the
     modules (copy-on-write) instead of each importing them on its first task: with 8
     children that was seconds of CPU, taken from the first traffic after every start."""
-    import tasks.intake  # noqa: F401 - fan-out's work, imported lazily by the task itself
+    import broadcast_engine.intake  # noqa: F401 - fan-out's work, which the task imports lazily
     from destinations.registry import load_all
 
     load_all()
@@ -110,7 +112,7 @@ def _preload_worker_modules(**_: Any) -> None:
 @after_setup_task_logger.connect
 def _install_log_format(logger: logging.Logger, **_: Any) -> None:
     """`BROADCAST_LOG_FORMAT=json`: Celery's handlers print one JSON object per line."""
-    from settings.log_format import install
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
+    from broadcast_interfaces.log_format import install
 
     install(logger, runtime().config.log_format)

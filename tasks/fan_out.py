@@ -1,7 +1,7 @@
 """`broadcast.fan_out`, the gateway's entry point: `broadcast.delay(event)`.
 
 This module stays light on purpose: a gateway imports it to send, and the work itself
-(`tasks.intake`: validation, the store, routing) is loaded by the worker only.
+(`broadcast_engine.intake`: validation, the store, routing) is loaded by the worker only.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ def _describe_event(event: Any = None, *_: Any, **__: Any) -> str:
     return f"event {str(event_id)[:256] if event_id else '(no id)'}"
 
 
-# Waits before retrying a fan-out whose store was unreachable (seconds, then capped).
-STORE_RETRY_SECONDS = (1, 2, 5, 10, 30)
-
-
 @broadcast_task(name="broadcast.fan_out", max_retries=None, describe_args=_describe_event)
 def fan_out(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> dict[str, Any]:
     """Validate, store once, append to each eligible destination's backlog.
@@ -31,19 +27,20 @@ def fan_out(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> di
     once with its reason and rejected: Flower shows it REJECTED, and it is never retried
     (the same bytes would fail the same way). The message is the event's only copy until
     its trace is stored, so nothing else may acknowledge it away: an unreachable store
-    retries the task (a retry after a partial run is recognised, see `tasks.intake`), and
+    retries the task (a retry after a partial run is recognised, see `broadcast_engine.intake`), and
     when even the retry cannot be sent (the broker is down too) the message is requeued.
     A bug is recorded as a rejected event with its type, never lost silently.
     """
     from kombu.exceptions import OperationalError
     from redis import RedisError
 
-    from tasks.intake import accept, record_internal_error  # the worker's side
+    from broadcast_engine.backoff import STORE_RETRY  # the worker's side
+    from broadcast_engine.intake import accept, record_internal_error
 
     try:
         intake = accept(event, extra, unexpected)
     except RedisError as exc:
-        delay = STORE_RETRY_SECONDS[min(self.request.retries, len(STORE_RETRY_SECONDS) - 1)]
+        delay = STORE_RETRY.delay(self.request.retries)
         try:
             raise self.retry(countdown=delay, max_retries=None) from None
         except (OperationalError, RedisError):

@@ -76,9 +76,9 @@ def moto_server() -> Iterator[MotoServer]:
 @pytest.fixture
 def service(redis_server: RedisServer):
     """The settings service of the test process, on the test Redis."""
-    from settings.runtime import runtime
+    from broadcast_interfaces.service import settings_service
 
-    return runtime().service
+    return settings_service()
 
 
 @pytest.fixture

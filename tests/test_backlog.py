@@ -1,8 +1,8 @@
-"""The backlog (`settings.backlog`) and its upkeep (`tasks.backlog_upkeep`) on a real Redis:
-claim order, leases, exactly-once settling, in-flight slots, overflow and budget drops,
-how long a stored trace lives. Deliveries are run in this process through
-`tasks.deliver.DeliveryRun` (the task's own code, called directly), against real local HTTP
-receivers."""
+"""The backlog (`broadcast_engine.backlog`) and its upkeep (`broadcast_engine.backlog_upkeep`)
+on a real Redis: claim order, leases, exactly-once settling, in-flight slots, overflow and
+budget drops, how long a stored trace lives. Deliveries are run in this process through
+`broadcast_engine.delivery_run.DeliveryRun` (the task's own code, called directly), against
+real local HTTP receivers."""
 
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from broadcast_engine.backlog import Backlog, Begin, Settled, Settlement
+from broadcast_engine.backlog_upkeep import drop_oldest, enforce_budget, enforce_caps
+from broadcast_engine.delivery_run import DeliveryRun, delivery_policy
+from broadcast_engine.events import build_trace
+from broadcast_engine.trace_store import Written
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings import keys
-from settings.backlog import Backlog, Begin, Settled, Settlement
-from settings.trace_store import Written
-from tasks.backlog_upkeep import drop_oldest, enforce_budget, enforce_caps
-from tasks.deliver import DeliveryRun, delivery_policy
-from tasks.events import build_trace
 
 
 @pytest.fixture
 def rt(service):
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
     return runtime()
 
@@ -289,7 +289,7 @@ def _run_partial_batch(service, user_id, rt, emulator, api_key):
 
 
 def _status_text(destination_id: str) -> str:
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
     owner = runtime().store.get_destination(destination_id).owner
     run = subprocess.run(

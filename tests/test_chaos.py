@@ -2,7 +2,7 @@
 workers `kill -9`ed every few seconds, Redis `kill -9`ed once. It passes only when no
 accepted trace is lost, duplicates stay within 0.5 % and the counters match what the
 receivers accepted. It runs on both brokers: RabbitMQ, and Redis through Broadcast's
-stream transport (settings/stream_transport.py)."""
+stream transport (broadcast_broker/stream_transport.py)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ import marshmallow
 import pytest
 from ddtrace.llmobs import _constants as ddtrace_constants
 
+from broadcast_engine.events import build_trace
+from broadcast_interfaces.service import SettingsError
 from destinations.base import DeliveryContext, PayloadTooLarge
 from destinations.datadog import (
     DEFAULT_URL,
@@ -28,9 +30,7 @@ from destinations.transport import HttpTransport
 from harness.receiver import Reply
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
-from settings.service import SettingsError
 from tasks import broadcast
-from tasks.events import build_trace
 from tests.emulators import recent_event
 from tests.emulators.datadog import API_KEY, DatadogEmulator, spans_problems
 

@@ -20,23 +20,23 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from harness.receiver import ReceivedRequest, Reply
-from harness.samples import chat_event
-from harness.waiting import wait_for
-from settings import keys
-from settings.broker import TASK_QUEUES
-from settings.dead_letters import letter_json
-from settings.models import Circuit, Health
-from settings.stream_transport import GROUP, stream_key
-from tasks import broadcast
-from tasks.backlog_upkeep import wants_task
-from tasks.maintenance import (
+from broadcast_broker.stream_transport import GROUP, stream_key
+from broadcast_broker.topology import TASK_QUEUES
+from broadcast_engine.backlog_upkeep import wants_task
+from broadcast_engine.dead_letters import letter_json
+from broadcast_engine.housekeeping import (
     check_destination_now,
     flush_notifications,
     revalidate_due,
     sweep,
     trim_dead_letters,
 )
+from harness.receiver import ReceivedRequest, Reply
+from harness.samples import chat_event
+from harness.waiting import wait_for
+from settings import keys
+from settings.models import Circuit, Health
+from tasks import broadcast
 
 pytestmark = pytest.mark.integration
 HOUR = 3600.0
@@ -79,7 +79,7 @@ class Vendor:
 
 @pytest.fixture
 def rt(service):
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
     return runtime()
 
@@ -382,8 +382,8 @@ def test_a_claimed_batch_whose_task_was_lost_comes_back_once(
     owner = f"user:{user_id}"
     destination_id = hook(service, owner, sink)
     # What fan-out writes, without kicking a task; then a task claims the entry and dies.
-    from settings.trace_store import Written
-    from tasks.events import build_trace
+    from broadcast_engine.events import build_trace
+    from broadcast_engine.trace_store import Written
 
     trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-lost"))
     written, stored = rt.traces.claim(trace)
@@ -439,8 +439,8 @@ def test_real_beat_restarts_a_backlog_whose_task_was_lost(
     no task (its task was lost) gets one from the sweep, and beat's heartbeat is written."""
     import os
 
+    from broadcast_engine.events import build_trace
     from harness.processes import celery_beat
-    from tasks.events import build_trace
 
     vendor = Vendor()
     sink = receiver(vendor)

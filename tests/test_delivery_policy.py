@@ -1,4 +1,4 @@
-"""The policy table (`tasks.delivery_policy`), without Redis or a worker."""
+"""The policy table (`broadcast_engine.delivery_policy`), without Redis or a worker."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import random
 
 import pytest
 
-from destinations.base import DeliveryResult, not_attempted
-from destinations.outcomes import Outcome
-from tasks.delivery_policy import (
+from broadcast_engine.delivery_policy import (
     TRACE_MISSING,
     DeliveryPolicy,
     DestinationAction,
@@ -16,6 +14,8 @@ from tasks.delivery_policy import (
     decide_destination,
     decide_item,
 )
+from destinations.base import DeliveryResult, not_attempted
+from destinations.outcomes import Outcome
 
 POLICY = DeliveryPolicy(
     retry_base_seconds=2.0,

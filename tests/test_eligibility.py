@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from broadcast_engine.eligibility import Decision, decide, passes_key_filter, sampled_in
+from broadcast_engine.events import build_trace
 from harness.samples import chat_event
 from settings.models import Circuit, Health, Route
-from tasks.eligibility import Decision, decide, passes_key_filter, sampled_in
-from tasks.events import build_trace
 
 
 def route(**overrides) -> Route:

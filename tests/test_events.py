@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from broadcast_engine.events import InvalidEvent, build_trace
 from destinations.trace import Trace
 from harness.samples import chat_event, error_event, tool_call_event
-from tasks.events import InvalidEvent, build_trace
 
 
 def test_chat_event_becomes_trace():

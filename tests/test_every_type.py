@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
+from broadcast_engine.events import build_trace
+from broadcast_interfaces.cli import main as cli
 from destinations.base import DeliveryContext
 from destinations.registry import destination_class, known_types
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
 from harness.receiver import Reply
 from harness.samples import chat_event, destination_configs
-from settings.cli import main as cli
-from tasks.events import build_trace
 
 NEW_TYPES = {"posthog", "opik", "sentry", "raindrop", "ramp", "firehose"}
 CONTEXT = DeliveryContext("dst_every", "user:u1", datetime(2026, 11, 23, tzinfo=UTC))

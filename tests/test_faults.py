@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
+from broadcast_engine.housekeeping import sweep
+from broadcast_engine.runtime import Runtime
+from broadcast_interfaces.service import settings_service
 from harness.processes import ManagedProcess, RedisServer, celery_worker, control_client
 from harness.receiver import ReceivedRequest, Reply
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings.config import load_config
-from settings.runtime import Runtime
-from tasks.maintenance import sweep
 
 pytestmark = pytest.mark.integration
 SETTLE_PATIENCE = 5.0
@@ -104,7 +105,7 @@ class HangingVendor:
 
 
 def add_hook(stack: FaultStack, owner: str, sink, **config) -> str:
-    service = stack.runtime.service
+    service = settings_service(stack.runtime)
     service.set_enabled(owner, True)
     return service.add_destination(
         owner,

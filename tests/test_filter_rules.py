@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from broadcast_engine.eligibility import Decision, decide
+from broadcast_engine.events import build_trace
 from harness.samples import chat_event
 from settings.filter_rules import (
     FIELDS,
@@ -20,8 +22,6 @@ from settings.filter_rules import (
     validate,
 )
 from settings.models import Circuit, DestinationRecord, Health, HealthRecord, Route
-from tasks.eligibility import Decision, decide
-from tasks.events import build_trace
 
 # chat_event(1): model openai/gpt-4o, provider OpenAI, session session-0, user end-user-7,
 # finish stop, 21 + 7 = 28 tokens, cost 0.000123.

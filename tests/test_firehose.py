@@ -14,6 +14,8 @@ from typing import Any
 import boto3
 import pytest
 
+from broadcast_engine.events import build_trace
+from broadcast_interfaces.service import SettingsError
 from destinations.base import DeliveryContext
 from destinations.firehose import (
     MAX_CALL_BYTES,
@@ -29,9 +31,7 @@ from destinations.trace import Message, Trace
 from destinations.transport import HttpTransport
 from harness.samples import BASE_TIME, chat_event
 from harness.waiting import wait_for
-from settings.service import SettingsError
 from tasks import broadcast
-from tasks.events import build_trace
 from tests.emulators import recent_event
 from tests.emulators.firehose import FirehoseEmulator, aws_error
 

@@ -19,10 +19,11 @@ FORBIDDEN = (
     "boto3",
     "botocore",
     "marshmallow",
-    "settings.runtime",
-    "settings.service",
+    "broadcast_engine.runtime",
+    "broadcast_interfaces.service",
     "tasks.deliver",
-    "tasks.intake",
+    "broadcast_engine",
+    "broadcast_interfaces",
 )
 
 

@@ -23,14 +23,14 @@ from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broadcast_broker.message_codec import MessageCodec
+from broadcast_engine.events import InvalidEvent, build_trace, event_id_of
 from destinations.trace import Trace
 from harness.processes import ManagedProcess, RedisServer
 from harness.samples import chat_event, tool_call_event
 from harness.waiting import wait_for
 from settings.config import load_config
 from settings.event_limits import LIMIT_MARKER, EventLimits, check_event
-from settings.message_codec import MessageCodec
-from tasks.events import InvalidEvent, build_trace, event_id_of
 
 LIMITS = EventLimits()
 

@@ -20,12 +20,13 @@ import redis
 from celery import Celery
 from standardwebhooks.webhooks import Webhook
 
+from broadcast_engine.runtime import Runtime
+from broadcast_interfaces.service import settings_service
 from harness.processes import ManagedProcess, RedisServer
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings.config import load_config
 from settings.crypto import SecretBox, SecretsCorrupted, generate_key
-from settings.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 BROADCAST = str(Path(sys.executable).parent / "broadcast")
@@ -96,8 +97,8 @@ def test_rotate_then_drop_the_old_key(database, receiver, workdir):
     signing_secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     hook, collector, notify = receiver(), receiver(), receiver()
     with_a = runtime_with(database, KEY_A)
-    with_a.service.set_enabled(owner, True)
-    webhook = with_a.service.add_destination(
+    settings_service(with_a).set_enabled(owner, True)
+    webhook = settings_service(with_a).add_destination(
         owner,
         "webhook",
         "signed",
@@ -107,13 +108,13 @@ def test_rotate_then_drop_the_old_key(database, receiver, workdir):
             "headers": {"Authorization": "Bearer rot_" + uuid.uuid4().hex},
         },
     )
-    otel = with_a.service.add_destination(
+    otel = settings_service(with_a).add_destination(
         owner,
         "otel-collector",
         "collector",
         {"endpoint": collector.url + "/v1/traces", "headers": {"x-token": "t" + uuid.uuid4().hex}},
     )
-    with_a.service.set_notification_target(owner, notify.url, "whsec_" + "A" * 32)
+    settings_service(with_a).set_notification_target(owner, notify.url, "whsec_" + "A" * 32)
     hook.clear()
     collector.clear()
 
@@ -131,7 +132,7 @@ def test_rotate_then_drop_the_old_key(database, receiver, workdir):
     only_b = runtime_with(database, KEY_B)
     for view in (webhook, otel):
         record = only_b.store.get_destination(view["id"])
-        assert only_b.service.decrypted_config(record)  # opens with B alone
+        assert settings_service(only_b).decrypted_config(record)  # opens with B alone
         with pytest.raises(SecretsCorrupted):
             SecretBox([KEY_A]).open(record.sealed_secrets)  # A no longer opens it
     assert only_b.notifications.target(owner)[1] == "whsec_" + "A" * 32
@@ -153,7 +154,7 @@ def test_rotate_then_drop_the_old_key(database, receiver, workdir):
 
 def test_rotation_refuses_when_a_secret_opens_with_no_key(database):
     owner = f"user:rot{uuid.uuid4().hex[:8]}"
-    runtime_with(database, KEY_A).service.set_notification_target(
+    settings_service(runtime_with(database, KEY_A)).set_notification_target(
         owner, "http://127.0.0.1:9/hook", "whsec_" + "B" * 32
     )
     result = subprocess.run(
@@ -190,12 +191,12 @@ def test_a_concurrent_update_during_rotation_is_never_lost(database, receiver):
     owner = f"user:rot{uuid.uuid4().hex[:8]}"
     sink = receiver()
     with_a = runtime_with(database, KEY_A)
-    with_a.service.set_enabled(owner, True)
-    view = with_a.service.add_destination(owner, "webhook", "before", {"url": sink.url})
+    settings_service(with_a).set_enabled(owner, True)
+    view = settings_service(with_a).add_destination(owner, "webhook", "before", {"url": sink.url})
     with_b_and_a = runtime_with(database, f"{KEY_B},{KEY_A}")
 
     def rename() -> None:
-        with_b_and_a.service.update_destination(view["id"], name="renamed meanwhile")
+        settings_service(with_b_and_a).update_destination(view["id"], name="renamed meanwhile")
 
     box = ConcurrentWriterBox([KEY_B, KEY_A], rename)
     report = rotate_all(with_b_and_a.store, box)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from langfuse._client.attributes import LangfuseOtelSpanAttributes
 
+from broadcast_engine.events import build_trace
 from destinations import langfuse_otel
 from destinations.base import DeliveryContext
 from destinations.langfuse import LangfuseConfig, LangfuseDestination
@@ -21,7 +22,6 @@ from destinations.transport import HttpTransport
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
 from tasks import broadcast
-from tasks.events import build_trace
 from tests.emulators import recent_event
 from tests.emulators.langfuse import LangfuseEmulator
 from tests.emulators.langfuse_otel import PUBLIC_KEY, SECRET_KEY, LangfuseOtelEmulator

@@ -8,11 +8,11 @@ import os
 
 import pytest
 
+from broadcast_interfaces.log_format import JsonFormatter, parse_message
 from harness.processes import celery_worker
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings.config import ConfigurationError, load_config
-from settings.log_format import JsonFormatter, parse_message
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ import requests
 from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 
+from broadcast_interfaces.metrics import BroadcastCollector, Sources, queue_depths
 from harness.processes import ManagedProcess, free_port
 from harness.samples import chat_event
 from harness.waiting import wait_for
-from settings.metrics import BroadcastCollector, Sources, queue_depths
 from settings.store import LatencyHistogram
 
 BROADCAST = str(Path(sys.executable).parent / "broadcast")

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from broadcast_engine.events import build_trace
+from broadcast_interfaces.service import SettingsError
 from destinations.base import DeliveryContext
 from destinations.json_body import compact_json
 from destinations.opik import OpikConfig, OpikDestination, opik_items
@@ -21,9 +23,7 @@ from destinations.transport import HttpTransport
 from harness.receiver import Reply
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
-from settings.service import SettingsError
 from tasks import broadcast
-from tasks.events import build_trace
 from tests.emulators import recent_event
 from tests.emulators.opik import API_KEY, WORKSPACE, OpikEmulator, item_problems
 

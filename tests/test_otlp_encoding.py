@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from broadcast_engine.events import build_trace
 from destinations.otlp.encoding import (
     Encoding,
     InvalidOtlpBody,
@@ -26,7 +27,6 @@ from destinations.otlp.genai import genai_attributes
 from destinations.otlp.openinference import openinference_attributes
 from destinations.otlp.spans import Export, SpanEvent, SpanRecord, export_spans, unix_nanos
 from harness.samples import chat_event, error_event, tool_call_event
-from tasks.events import build_trace
 from tests.emulators.otlp_receiver import plain, success
 
 

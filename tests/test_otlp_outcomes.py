@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from broadcast_engine.events import build_trace
 from destinations.base import DeliveryContext, Destination
 from destinations.budget import truncation_marker
 from destinations.otlp.encoding import Encoding, parse
@@ -24,7 +25,6 @@ from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
 from harness.receiver import ReceivedRequest, Receiver, Reply, always
 from harness.samples import chat_event
-from tasks.events import build_trace
 from tests.emulators.otlp_receiver import (
     ALL_ENCODINGS,
     OtlpEmulator,

@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from broadcast_engine.events import build_trace
 from destinations.base import DeliveryContext, Destination
 from destinations.otlp import otlp_json_body
 from destinations.otlp.encoding import Encoding, parse, parse_json
@@ -27,7 +28,6 @@ from destinations.trace import Trace
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
 from harness.samples import chat_event, error_event, tool_call_event
-from tasks.events import build_trace
 from tests.emulators.otlp_receiver import all_spans, attribute_dict, resource_attributes
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from broadcast_engine.events import build_trace
 from destinations.base import DeliveryContext
 from destinations.outcomes import Outcome
 from destinations.phoenix import PhoenixDestination
@@ -25,7 +26,6 @@ from destinations.url_guard import NetworkPolicy
 from harness.processes import ManagedProcess, free_port, scratch_dir
 from harness.samples import chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
-from tasks.events import build_trace
 
 STARTUP_TIMEOUT = 120.0
 READ_TIMEOUT = 30.0

@@ -8,8 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
+from broadcast_engine.backoff import RetryPolicy
 from destinations.outcomes import Outcome, classify_status, parse_retry_after
-from tasks.retry_policy import RetryPolicy
 
 
 @pytest.mark.parametrize(

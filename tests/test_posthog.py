@@ -16,6 +16,8 @@ import pytest
 from posthog import Posthog
 from posthog.ai.utils import capture_streaming_event
 
+from broadcast_engine.events import build_trace
+from broadcast_interfaces.service import SettingsError
 from destinations.base import DeliveryContext, PayloadTooLarge
 from destinations.chat_format import chat_messages
 from destinations.json_body import compact_json
@@ -35,9 +37,7 @@ from destinations.transport import HttpTransport
 from harness.receiver import Reply
 from harness.samples import BASE_TIME, chat_event, error_event, tool_call_event
 from harness.waiting import wait_for
-from settings.service import SettingsError
 from tasks import broadcast
-from tasks.events import build_trace
 from tests.emulators import recent_event
 from tests.emulators.posthog import API_KEY, PosthogEmulator, envelope_problems
 

@@ -176,7 +176,7 @@ def test_a_worker_killed_mid_task_has_its_message_redelivered(
 def test_metrics_read_queue_depths_from_rabbitmq(rabbitmq, gateway):
     from kombu import Exchange, Queue
 
-    from settings.metrics import queue_depths
+    from broadcast_interfaces.metrics import queue_depths
 
     queue = Queue("bc-test.depth", Exchange("bc-test.depth", type="topic"), "bc-test.depth",
                   queue_arguments={"x-queue-type": "quorum"})  # fmt: skip

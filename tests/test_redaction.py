@@ -16,6 +16,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from broadcast_engine.events import build_trace
 from destinations.base import DeliveryContext
 from destinations.registry import destination_class, known_types
 from destinations.transport import HttpTransport
@@ -23,7 +24,6 @@ from destinations.url_guard import NetworkPolicy
 from harness.receiver import ReceivedRequest, Reply
 from harness.samples import chat_event, destination_configs
 from settings.redaction import REDACTED, redact
-from tasks.events import build_trace
 
 SECRET = "sk-lf-SeCrEt0123456789abcdef"
 OTHER = "pk-lf-public0123456789"

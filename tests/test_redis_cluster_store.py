@@ -14,14 +14,14 @@ from collections.abc import Iterator
 import pytest
 from redis.cluster import RedisCluster
 
+from broadcast_engine.backlog import Backlog
+from broadcast_engine.dead_letters import DeadLetters, letter_json
+from broadcast_engine.notifications import Notifications
 from harness.redis_cluster import RedisClusterServer
 from settings import keys
-from settings.backlog import Backlog
 from settings.config import load_config
 from settings.crypto import SecretBox, generate_key
-from settings.dead_letters import DeadLetters, letter_json
 from settings.models import DestinationRecord, Health
-from settings.notifications import Notifications
 from settings.redis_client import connect
 from settings.store import SettingsStore
 
@@ -161,7 +161,7 @@ def test_backlog_append_and_stats(client, owner):
 
 
 def test_the_runtime_accepts_a_cluster_store_url(redis_cluster):
-    from settings.runtime import Runtime
+    from broadcast_engine.runtime import Runtime
 
     runtime = Runtime(load_config(store_url=redis_cluster.url))
     assert isinstance(runtime.store.redis, RedisCluster)

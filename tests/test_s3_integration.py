@@ -8,9 +8,9 @@ import uuid
 import boto3
 import pytest
 
+from broadcast_interfaces.service import SettingsError
 from harness.samples import chat_event
 from harness.waiting import wait_for
-from settings.service import SettingsError
 from tasks import broadcast
 
 pytestmark = pytest.mark.integration

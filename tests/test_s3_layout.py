@@ -12,12 +12,12 @@ import boto3
 import marshmallow
 import pytest
 
+from broadcast_engine.events import build_trace
 from destinations.base import DeliveryContext
 from destinations.s3 import S3Config, S3Destination, object_key
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
 from harness.samples import BASE_TIME, chat_event
-from tasks.events import build_trace
 
 ACCESS_KEY, SECRET_KEY = "AKIDLAYOUT", "layout-secret"
 CONTEXT = DeliveryContext("dst_s3", "user:u", BASE_TIME + timedelta(hours=1))

@@ -10,10 +10,10 @@ from contextlib import redirect_stdout
 import pytest
 from celery.signals import before_task_publish
 
+from broadcast_interfaces.cli import main as cli
 from harness.receiver import Reply
 from harness.samples import chat_event
 from harness.waiting import wait_for
-from settings.cli import main as cli
 from tasks import broadcast, fan_out
 
 pytestmark = pytest.mark.integration

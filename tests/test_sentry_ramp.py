@@ -15,6 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from sentry_sdk.consts import OP, SPANDATA, EndpointType
 from sentry_sdk.utils import Dsn
 
+from broadcast_engine.events import build_trace
 from destinations.base import DeliveryContext
 from destinations.otlp.encoding import parse
 from destinations.ramp import DEFAULT_BASE_URL, RampConfig, RampDestination
@@ -23,7 +24,6 @@ from destinations.sentry import CLIENT, SentryConfig, SentryDestination, parse_d
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
 from harness.samples import chat_event, tool_call_event
-from tasks.events import build_trace
 from tests.emulators.otlp_receiver import all_spans, attribute_dict
 
 CONTEXT = DeliveryContext("dst_sentry", "user:u1", datetime(2026, 11, 23, tzinfo=UTC))

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
+from broadcast_interfaces.service import SettingsError
 from harness.receiver import Reply
-from settings.service import SettingsError
 
 SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -1,4 +1,4 @@
-"""The stream transport (settings/stream_transport.py) on a real Redis, through kombu.
+"""The stream transport (broadcast_broker/stream_transport.py) on a real Redis, through kombu.
 
 Each test has its own queue on a Redis of this module's own, so the session's worker never
 reads it and command counts are the test's.
@@ -20,10 +20,10 @@ import pytest
 import redis as redis_py
 from kombu import Connection, Exchange, Queue
 
+from broadcast_broker.stream_transport import GROUP, stream_key, unreadable_key
+from broadcast_broker.topology import STREAM_TRANSPORT
 from harness.processes import RedisServer
 from harness.waiting import wait_for
-from settings.broker import STREAM_TRANSPORT
-from settings.stream_transport import GROUP, stream_key, unreadable_key
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = 11
@@ -213,7 +213,7 @@ def test_an_unreadable_entry_is_set_aside_and_the_queue_goes_on(broker, queue_na
         deep = zlib.compress(b"[" * 100_000 + b"]" * 100_000)  # nested past any recursion
         deep_id = client.xadd(stream_key(queue_name), {b"z": deep}).decode()
         publish(connection, queue_name, {"n": 2})
-        with caplog.at_level(logging.ERROR, logger="settings.stream_transport"):
+        with caplog.at_level(logging.ERROR, logger="broadcast_broker.stream_transport"):
             [message] = receive(connection, queue_name)
         assert message.payload == {"n": 2}
         message.ack()
@@ -267,8 +267,8 @@ def test_beat_sends_again_once_the_broker_is_back(tmp_path: Path) -> None:
     after a Redis restart in the chaos run.)"""
     from celery import Celery
 
-    from settings.broker import DELIVER_QUEUE, use_broker
-    from settings.stream_transport import stream_key
+    from broadcast_broker.stream_transport import stream_key
+    from broadcast_broker.topology import DELIVER_QUEUE, use_broker
 
     server = RedisServer(tmp_path, name="restarting", extra_args=["--appendfsync", "always"])
     app = Celery("beat-like")

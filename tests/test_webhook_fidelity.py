@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from broadcast_engine.events import build_trace
 from destinations.base import DeliveryContext, PayloadTooLarge
 from destinations.outcomes import Outcome
 from destinations.trace import Message
@@ -16,7 +17,6 @@ from destinations.transport import HttpTransport
 from destinations.webhook import WebhookConfig, WebhookDestination
 from harness.receiver import Receiver, Reply, always
 from harness.samples import BASE_TIME, chat_event
-from tasks.events import build_trace
 
 CONTEXT = DeliveryContext("dst_hook", "user:u", BASE_TIME + timedelta(hours=1))
 TRACE = build_trace(chat_event(1))

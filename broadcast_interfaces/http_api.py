@@ -24,12 +24,22 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from broadcast_engine.dead_letters import DeadLetter
+from broadcast_interfaces.http_schemas import (
+    DestinationCreate,
+    DestinationUpdate,
+    OwnerUpdate,
+    Replay,
+)
+from broadcast_interfaces.service import (
+    ConnectionTestFailed,
+    LimitReached,
+    SettingsError,
+    SettingsService,
+)
 from destinations.registry import describe, known_types
 from settings.api_keys import ManagementKey, ManagementKeys
-from settings.dead_letters import DeadLetter
-from settings.http_schemas import DestinationCreate, DestinationUpdate, OwnerUpdate, Replay
 from settings.moments import iso, parse_moment
-from settings.service import ConnectionTestFailed, LimitReached, SettingsError, SettingsService
 
 logger = logging.getLogger("broadcast.api")
 

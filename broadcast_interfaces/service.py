@@ -19,23 +19,25 @@ from typing import Any
 
 import marshmallow
 
+from broadcast_engine.backlog import Backlog
+from broadcast_engine.connection_check import check_stored_connection
+from broadcast_engine.dead_letters import DeadLetter, DeadLetters
+from broadcast_engine.health import HealthKeeper, Kick
+from broadcast_engine.runtime import Runtime, runtime
+from broadcast_engine.trace_store import TraceStore
 from destinations.base import ConnectionCheck, DeliveryContext, Destination
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
 from destinations.transport import HttpTransport
 from destinations.url_guard import BlockedUrl, NetworkPolicy, check_url
-from settings.backlog import Backlog
 from settings.crypto import SecretBox
-from settings.dead_letters import DeadLetter, DeadLetters
 from settings.filter_rules import FilterRulesError
 from settings.filter_rules import validate as validate_filter_rules
-from settings.health import HealthKeeper, Kick
 from settings.masking import MASK_PREFIX, is_mask_of, mask_secrets
 from settings.models import OWNER_PATTERN, Circuit, DestinationRecord, Health, HealthRecord
 from settings.moments import iso_or_none
 from settings.redaction import redact
 from settings.store import SettingsStore, TooManyDestinations
-from settings.trace_store import TraceStore
 
 MAX_PER_TYPE = 5
 # A destination's config (secrets included) as JSON: far above any vendor's needs, far below
@@ -63,6 +65,22 @@ class LimitReached(SettingsError):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def settings_service(current: Runtime | None = None) -> SettingsService:
+    """The service over a runtime's store, keys, transport and engine (the process's
+    runtime by default). Cheap: every part it holds is built once by the runtime."""
+    current = current or runtime()
+    return SettingsService(
+        current.store,
+        current.box,
+        current.transport,
+        current.health,
+        backlog=current.backlog,
+        traces=current.traces,
+        dead_letters=current.dead_letters,
+        kick=current.kick,
+    )
 
 
 class SettingsService:
@@ -251,10 +269,8 @@ class SettingsService:
 
         The message is redacted: it becomes the health reason, an owner event, CLI output.
         """
-        config = self.decrypted_config(record)
-        check = self._check(self._destination_class(record.type), config, record)
-        secrets = self.box.open(record.sealed_secrets)
-        return replace(check, message=redact(check.message, secrets)) if check.message else check
+        cls = self._destination_class(record.type)
+        return check_stored_connection(cls, record, self.box, self.transport, self.clock())
 
     def record_check(self, record: DestinationRecord, check: ConnectionCheck) -> None:
         """Health from a Test Connection: passed, keys rejected, or unreachable."""

@@ -19,16 +19,16 @@ from typing import Any, NoReturn
 import redis
 from tqdm import tqdm
 
+from broadcast_engine.dead_letters import DeadLetter
+from broadcast_interfaces import probes
+from broadcast_interfaces.probes import Unhealthy
+from broadcast_interfaces.service import SettingsError, SettingsService, settings_service
 from destinations.registry import known_types
-from settings import probes
 from settings.api_keys import ApiKeyError, ManagementKeys
 from settings.config import ConfigurationError
 from settings.crypto import SecretsCorrupted, generate_key
-from settings.dead_letters import DeadLetter
 from settings.key_rotation import rotate_all
 from settings.moments import iso, parse_moment
-from settings.probes import Unhealthy
-from settings.service import SettingsError, SettingsService
 
 EXIT_REFUSED = 2
 # A health probe (`broadcast health ...`) that failed: what an orchestrator acts on.
@@ -86,9 +86,7 @@ def _fail(message: str, as_json: bool, status: int) -> int:
 
 
 def _service() -> SettingsService:
-    from settings.runtime import runtime
-
-    return runtime().service
+    return settings_service()
 
 
 # Command handlers: (service, args) -> printable result
@@ -246,13 +244,13 @@ def _keys_rotate(service: SettingsService, _args: argparse.Namespace) -> dict[st
 
 
 def _health_worker(_service: None, args: argparse.Namespace) -> dict[str, Any]:
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
-    return probes.check_worker(runtime().task_client, node=args.node, timeout=args.timeout)
+    return probes.check_worker(runtime().tasks.celery, node=args.node, timeout=args.timeout)
 
 
 def _health_beat(_service: None, args: argparse.Namespace) -> dict[str, Any]:
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
     return probes.check_beat(
         runtime().store.redis, max_age_seconds=args.max_age, now=time.time()
@@ -260,13 +258,13 @@ def _health_beat(_service: None, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _health_store(_service: None, _args: argparse.Namespace) -> dict[str, Any]:
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
     return probes.check_store(runtime().store.redis)
 
 
 def _metrics_serve(_service: None, args: argparse.Namespace) -> dict[str, Any]:
-    from settings import metrics
+    from broadcast_interfaces import metrics
 
     metrics.serve(args.host, args.port)
     return {"stopped": True}
@@ -298,7 +296,7 @@ def _api_keys_revoke(service: SettingsService, args: argparse.Namespace) -> dict
 
 
 def _serve(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
-    from settings.http_api import serve
+    from broadcast_interfaces.http_api import serve
 
     serve(service, args.host, args.port)
     return {"stopped": f"http://{args.host}:{args.port}"}

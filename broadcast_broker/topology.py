@@ -13,13 +13,13 @@ DELIVER_QUEUE = "broadcast.deliver"
 MAINTENANCE_QUEUE = "broadcast.maintenance"
 TASK_QUEUES = (FANOUT_QUEUE, DELIVER_QUEUE, MAINTENANCE_QUEUE)
 
-STREAM_TRANSPORT = "settings.stream_transport:Transport"
+STREAM_TRANSPORT = "broadcast_broker.stream_transport:Transport"
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def transport_for(broker_url: str) -> str | None:
     """The kombu transport for `broker_url`: Broadcast's stream transport for Redis
-    (settings/stream_transport.py), kombu's choice by URL scheme (None) for the rest."""
+    (broadcast_broker/stream_transport.py), kombu's choice by URL scheme (None) for the rest."""
     return STREAM_TRANSPORT if broker_url.startswith(REDIS_SCHEMES) else None
 
 

@@ -20,11 +20,11 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from settings.backlog import BacklogEntry
-from settings.dead_letters import letter_json
+from broadcast_engine.backlog import BacklogEntry
+from broadcast_engine.dead_letters import letter_json
+from broadcast_engine.runtime import Runtime
 from settings.models import Circuit, DestinationRecord, Health
 from settings.moments import iso
-from settings.runtime import Runtime
 
 logger = logging.getLogger("broadcast.maintenance")
 

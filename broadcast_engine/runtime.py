@@ -7,26 +7,24 @@ time, so a missing setting fails at start-up with a clear message, not mid-deliv
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from celery import Celery
 
+from broadcast_broker.task_client import DELIVER_TASK, TaskSender
+from broadcast_engine.backlog import Backlog
+from broadcast_engine.dead_letters import DeadLetters
+from broadcast_engine.health import HealthKeeper
+from broadcast_engine.notifications import Notifications
+from broadcast_engine.trace_store import TraceStore
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
-from settings.backlog import Backlog
-from settings.broker import use_broker
 from settings.config import BroadcastConfig, load_config
 from settings.crypto import SecretBox
-from settings.dead_letters import DeadLetters
-from settings.health import HealthKeeper
-from settings.notifications import Notifications
 from settings.redis_client import connect
-from settings.service import SettingsService
 from settings.store import SettingsStore
-from settings.trace_store import TraceStore
 
-DELIVER_TASK = "broadcast.deliver"
 # How far past the retry horizon a stored trace outlives its entries (see `traces`).
 TRACE_MARGIN_SECONDS = 3600.0
 
@@ -34,6 +32,8 @@ TRACE_MARGIN_SECONDS = 3600.0
 @dataclass
 class Runtime:
     config: BroadcastConfig
+    # The worker's own Celery app, when this process is a worker (`use_task_app`).
+    task_app: Celery | None = field(default=None, repr=False)
 
     @cached_property
     def store(self) -> SettingsStore:
@@ -87,41 +87,36 @@ class Runtime:
         return HealthKeeper(self.store, self.notifications, self.config, kick=self.kick)
 
     @cached_property
-    def service(self) -> SettingsService:
-        return SettingsService(
-            self.store,
-            self.box,
-            self.transport,
-            self.health,
-            backlog=self.backlog,
-            traces=self.traces,
-            dead_letters=self.dead_letters,
-            kick=self.kick,
-        )
-
-    @cached_property
-    def task_client(self) -> Celery:
-        """A Celery client configured like the workers, on this runtime's broker, for
-        sending tasks by name: the settings layer never imports `tasks`."""
-        client = Celery("broadcast", set_as_current=False)
-        client.config_from_object("celeryconfig")
-        use_broker(client.conf, self.config.broker_url)
-        return client
+    def tasks(self) -> TaskSender:
+        """How this process sends Broadcast's tasks (the one way: `TaskSender`)."""
+        return TaskSender(self.config.broker_url, self.task_app)
 
     def kick(self, destination_id: str, *, force: bool = False) -> None:
         """Make sure a deliver task will read the destination's backlog: send one unless
         one is queued or running (`force`: send one regardless, e.g. after a recovery)."""
         if self.backlog.mark_queued(destination_id, force=force):
-            self.task_client.send_task(DELIVER_TASK, args=(destination_id,))
+            self.tasks.send(DELIVER_TASK, (destination_id,))
 
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+_task_app: Celery | None = None
 
 
 def runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = Runtime(load_config())
+            _runtime = Runtime(load_config(), task_app=_task_app)
         return _runtime
+
+
+def use_task_app(app: Celery) -> None:
+    """Send this process's tasks through `app` (a worker's own Celery app), not a second
+    client: called at worker start, before the runtime is first used."""
+    global _task_app
+    with _lock:
+        _task_app = app
+        if _runtime is not None:  # built already (logging setup reads the config)
+            _runtime.task_app = app
+            _runtime.__dict__.pop("tasks", None)

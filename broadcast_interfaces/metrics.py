@@ -40,7 +40,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from settings.broker import TASK_QUEUES, transport_for
+from broadcast_broker.topology import TASK_QUEUES, transport_for
 
 logger = logging.getLogger("broadcast.metrics")
 
@@ -189,7 +189,7 @@ def _queues(sources: Sources) -> list[Metric]:
 
 def runtime_sources() -> Sources:
     """Sources from the process's runtime (the same store and broker as the workers)."""
-    from settings.runtime import runtime
+    from broadcast_engine.runtime import runtime
 
     current = runtime()
     return Sources(

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from broadcast_engine.backoff import Backoff
 from destinations.base import DeliveryResult
 from destinations.outcomes import Outcome
 
@@ -156,11 +157,8 @@ def decide_destination(
     if failures_in_window >= policy.circuit_failures:
         wait = max(_probe_wait(policy, 0), floor)
         return DestinationDecision(DestinationAction.OPEN_CIRCUIT, now + wait, reason)
-    ceiling = min(
-        policy.retry_cap_seconds,
-        policy.retry_base_seconds * 2 ** max(consecutive_failures - 1, 0),
-    )
-    wait = max((rng or random).uniform(0.0, ceiling), floor)
+    backoff = Backoff(policy.retry_base_seconds, policy.retry_cap_seconds)
+    wait = backoff.delay(consecutive_failures - 1, retry_after=floor, rng=rng)
     if wait > policy.retry_cap_seconds:
         # A Retry-After longer than the short tier: wait it out as an open circuit does.
         return DestinationDecision(DestinationAction.OPEN_CIRCUIT, now + wait, reason)

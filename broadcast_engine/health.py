@@ -26,13 +26,13 @@ from typing import Any, Protocol
 
 import redis
 
+from broadcast_engine.notifications import Notifications
 from destinations.base import ConnectionCheck
 from destinations.outcomes import Outcome
 from settings import keys
 from settings.config import BroadcastConfig
 from settings.models import Circuit, DestinationRecord, Health, HealthRecord
 from settings.moments import iso, unix
-from settings.notifications import Notifications
 from settings.store import SettingsStore
 
 # Checks of healthy destinations are spread over +-10 % of the interval, so destinations

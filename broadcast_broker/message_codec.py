@@ -32,7 +32,7 @@ from kombu.serialization import register
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from settings import wire_json
+from broadcast_broker import wire_json
 from settings.event_limits import EventLimits, limit_marker, short_path
 
 CONTENT_TYPE = "application/json"

@@ -41,8 +41,8 @@ from redis import Redis
 from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 
-from settings import wire_json
-from settings.broker import TASK_QUEUES
+from broadcast_broker import wire_json
+from broadcast_broker.topology import TASK_QUEUES
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from typing import Any
 from kombu.exceptions import OperationalError
 from redis.cluster import RedisCluster
 
+from broadcast_broker.task_client import DELIVER_TASK
+from broadcast_engine.eligibility import Decision, decide
+from broadcast_engine.events import InvalidEvent, build_trace, event_id_of
+from broadcast_engine.owner_cache import OwnerCache
+from broadcast_engine.runtime import runtime
+from broadcast_engine.trace_store import Written
 from settings.event_limits import EventLimits
-from settings.runtime import runtime
-from settings.trace_store import Written
-from tasks.deliver import deliver
-from tasks.eligibility import Decision, decide
-from tasks.events import InvalidEvent, build_trace, event_id_of
-from tasks.owner_cache import OwnerCache
 
 logger = logging.getLogger("broadcast.fan_out")
 
@@ -139,7 +139,7 @@ def _kick(destination_id: str) -> None:
     """Send the destination's deliver task. The event is already safe in its backlog: if
     the broker cannot take the task now, beat's sweep sends one once the flag expires."""
     try:
-        deliver.apply_async(args=(destination_id,))
+        runtime().tasks.send(DELIVER_TASK, (destination_id,))
     except OperationalError as exc:
         logger.warning(
             "broadcast.fan_out.kick_failed destination=%s error=%s",

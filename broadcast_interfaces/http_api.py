@@ -37,6 +37,7 @@ from broadcast_interfaces.service import (
     SettingsError,
     SettingsService,
 )
+from destinations.registry import describe, known_types
 from settings.api_keys import ManagementKey, ManagementKeys
 from settings.moments import iso, parse_moment
 
@@ -215,6 +216,11 @@ def create_app(service: SettingsService, management_keys: ManagementKeys) -> Fas
             raise ApiError(404, "not_found", f"ids: no dead letter {', '.join(missing)}")
         count = service.replay(checked, letters)
         return {"data": {"replayed": count, "requestIds": [x.request_id for x in letters]}}
+
+    @app.get(f"{PREFIX}/types", tags=["destinations"])
+    def destination_types(key: Caller) -> dict[str, Any]:
+        """Every destination type of this installation, with its config fields."""
+        return {"data": [describe(slug) for slug in known_types()]}
 
     @app.get(f"{PREFIX}/status", tags=["inspection"])
     def status(key: Caller) -> dict[str, Any]:

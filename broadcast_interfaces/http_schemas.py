@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from destinations.registry import known_types
 from settings.filter_rules import FIELDS, LOGICS, MAX_GROUPS, MAX_RULES_PER_GROUP, OPERATORS
 
 KeyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -58,9 +59,17 @@ def _at_least_one(keys: list[str] | None) -> list[str] | None:
     return keys
 
 
+# The types in the OpenAPI document; the service checks the type (its error lists them).
+DestinationType = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    Field(description="a destination type (GET /types)", json_schema_extra={"enum": known_types()}),
+]
+
+
 class DestinationCreate(_Body):
     name: Name
-    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    type: DestinationType
     config: dict[str, Any]
     enabled: StrictBool = True
     apiKeys: KeyList | None = Field(

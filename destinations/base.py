@@ -8,27 +8,67 @@ serializer to a transport. Vendors never import `tasks`; serializers never do I/
 Config fields are marshmallow fields. Mark a field `metadata={"secret": True}` to have it
 encrypted at rest and masked on read, and `metadata={"url": True}` to have the URL guard
 check it when the config is saved.
+
+Two things hold for every type, so they live here rather than in each vendor module:
+
+- `headers` (OpenRouter's optional custom headers, secret): every request a destination
+  sends carries them; a header the destination sets itself (its credentials, its content
+  type) wins over an entry of the same name. A vendor schema that declares its own
+  `headers` field (webhook, otel-collector) decides which names it refuses.
+- Test Connection: every request sent while `test_connection` runs carries
+  `X-Test-Connection: true`, so a receiver can tell a probe from a delivery. A subclass's
+  `test_connection` is wrapped (`__init_subclass__`) to run on a copy of the destination
+  whose transport adds the header; the boto3 destinations add it to their requests from
+  `transport.added_headers`.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 import marshmallow
 
+from destinations.config_fields import custom_headers_field
 from destinations.outcomes import Outcome, classify_status
 from destinations.trace import Trace
-from destinations.transport import HttpRequest, HttpTransport, TransportResult
+from destinations.transport import (
+    TEST_CONNECTION_HEADER,
+    HeaderTransport,
+    HttpRequest,
+    HttpTransport,
+    TransportResult,
+)
 
 ERROR_EXCERPT_CHARS = 300
 
 
+# Headers the transport or the HTTP layer set; a custom header of the same name would
+# corrupt the request or pose as a probe.
+TRANSPORT_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "host",
+        TEST_CONNECTION_HEADER.lower(),
+    }
+)
+
+
 class ConfigSchema(marshmallow.Schema):
-    """Base for destination config schemas: unknown fields are an error, not ignored."""
+    """Base for destination config schemas: unknown fields are an error, not ignored.
+
+    Every type takes OpenRouter's optional `headers` (secret; see the module docstring).
+    """
+
+    headers = custom_headers_field(TRANSPORT_HEADERS)
 
     class Meta:
         unknown = marshmallow.RAISE
@@ -133,7 +173,16 @@ class Destination(ABC):
 
     def __init__(self, config: Mapping[str, Any], transport: HttpTransport) -> None:
         self.config = config
-        self.transport = transport
+        custom = config.get("headers")
+        self.transport: HttpTransport | HeaderTransport = (
+            HeaderTransport(transport, defaults=custom) if custom else transport
+        )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check = cls.__dict__.get("test_connection")
+        if check is not None and not getattr(check, "__isabstractmethod__", False):
+            cls.test_connection = _marked_as_probe(check)  # type: ignore[assignment]
 
     @classmethod
     def secret_fields(cls) -> frozenset[str]:
@@ -240,6 +289,25 @@ class HttpDestination(Destination):
     ) -> list[DeliveryResult]:
         """One result per trace of the request; by default the response's, for each."""
         return [self.interpret(result)] * len(traces)
+
+
+def _marked_as_probe(
+    check: Callable[[Destination, DeliveryContext], ConnectionCheck],
+) -> Callable[[Destination, DeliveryContext], ConnectionCheck]:
+    """`check`, run on a copy of the destination whose every request carries
+    `X-Test-Connection: true` (once, however many overriding classes call `super()`)."""
+
+    @functools.wraps(check)
+    def test_connection(self: Destination, context: DeliveryContext) -> ConnectionCheck:
+        if isinstance(self.transport, HeaderTransport) and self.transport.overrides:
+            return check(self, context)  # already a probe: a subclass called super()
+        probe = copy.copy(self)
+        probe.transport = HeaderTransport(
+            self.transport, overrides={TEST_CONNECTION_HEADER: "true"}
+        )
+        return check(probe, context)
+
+    return test_connection
 
 
 def pack(

@@ -26,7 +26,9 @@ from destinations.otlp.exporter import OtlpDestination
 from destinations.registry import register
 
 # Headers the exporter sets itself; a user header of the same name would corrupt the body.
-RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length"})
+RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length"}) | {
+    "x-test-connection"  # marks Test Connection's probes only
+}
 
 
 class OtelCollectorConfig(ConfigSchema):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from destinations.base import Destination
 
@@ -19,6 +20,12 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.langsmith",
     "destinations.weave",
     "destinations.otlp_presets",
+    "destinations.sentry",
+    "destinations.ramp",
+    "destinations.posthog",
+    "destinations.opik",
+    "destinations.raindrop",
+    "destinations.firehose",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}
@@ -56,3 +63,22 @@ def destination_class(slug: str) -> type[Destination]:
 def known_types() -> list[str]:
     load_all()
     return sorted(_REGISTRY)
+
+
+def describe(slug: str) -> dict[str, Any]:
+    """A type as the management API lists it: slug, display name, config fields (name,
+    required, secret, URL). Raises `UnknownDestinationType`."""
+    cls = destination_class(slug)
+    return {
+        "type": slug,
+        "name": cls.display_name,
+        "config": [
+            {
+                "name": name,
+                "required": bool(field.required),
+                "secret": bool(field.metadata.get("secret")),
+                "url": bool(field.metadata.get("url")),
+            }
+            for name, field in cls.config_schema().fields.items()
+        ],
+    }

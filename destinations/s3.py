@@ -15,26 +15,21 @@ With `object_name: request` the request id (unique per request) names the object
 requests of one trace never overwrite each other. Test Connection writes a small object
 under the rendered path (the one call a PutObject-only policy is sure to allow), then
 removes it; a policy without DeleteObject still passes, and the message names the object
-left behind.
+left behind. boto3 clients come from `aws_clients` (cached, pinned, custom `headers` and
+`X-Test-Connection` added before signing).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
 from marshmallow import ValidationError, fields, validate
 
+from destinations.aws_clients import ClientCache
 from destinations.base import (
     ConfigSchema,
     ConnectionCheck,
@@ -48,12 +43,8 @@ from destinations.json_body import compact_json
 from destinations.outcomes import Outcome, classify_status
 from destinations.registry import register
 from destinations.trace import Trace
-from destinations.url_guard import (
-    BlockedUrl,
-    NetworkPolicy,
-    check_url,
-    pinned_connection_class,
-)
+from destinations.transport import added_headers
+from destinations.url_guard import BlockedUrl, check_url
 
 TEMPLATE_VARIABLES = frozenset({"prefix", "date", "year", "month", "day", "apiKeyName"})
 DEFAULT_PREFIX = "broadcast-traces"
@@ -61,9 +52,6 @@ OBJECT_NAMES = ("request", "trace")
 PROBE_NAME = "_broadcast_connection_test.json"
 _VARIABLE = re.compile(r"\{([^{}]*)\}")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._=-]")
-CLIENT_CACHE_SIZE = 64
-# Only the transport-level retry layer retries: boto3's own retries would hide attempts.
-_BOTO_CONFIG = dict(retries={"max_attempts": 1, "mode": "standard"})
 
 
 def _validate_template(value: str) -> None:
@@ -121,74 +109,7 @@ def object_body(trace: Trace, destination_id: str) -> bytes:
     return compact_json(document)
 
 
-class _ClientCache:
-    """boto3 clients are costly to build and thread-safe to share: keep a few per process.
-
-    Keyed by a hash of the full config, so changed credentials get a new client.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._clients: OrderedDict[str, Any] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(
-        self, config: Mapping[str, Any], timeouts: tuple[float, float], policy: NetworkPolicy
-    ) -> Any:
-        fingerprint = hashlib.sha256(
-            json.dumps([config, timeouts, id(policy)], sort_keys=True, default=str).encode()
-        ).hexdigest()
-        with self._lock:
-            client = self._clients.get(fingerprint)
-            if client is not None:
-                self._clients.move_to_end(fingerprint)
-                return client
-        client = boto3.session.Session().client(
-            "s3",
-            region_name=config["region"],
-            endpoint_url=config.get("endpoint_url"),
-            aws_access_key_id=config["access_key_id"],
-            aws_secret_access_key=config["secret_access_key"],
-            aws_session_token=config.get("session_token"),
-            config=botocore.config.Config(
-                connect_timeout=timeouts[0], read_timeout=timeouts[1], **_BOTO_CONFIG
-            ),
-        )
-        _pin_connections(client, policy)
-        with self._lock:
-            self._clients[fingerprint] = client
-            while len(self._clients) > self._size:
-                self._clients.popitem(last=False)
-        return client
-
-
-def _pin_connections(client: Any, policy: NetworkPolicy) -> None:
-    """Make the client's connections resolve, check and connect to the checked address.
-
-    botocore resolves `endpoint_url` itself when it connects, so a check before the call
-    alone loses to a DNS answer that changes in between (rebinding). Its HTTP session keeps
-    the urllib3 pool classes per scheme; each gets a connection class pinned like the
-    HTTP transport's. Raises RuntimeError if botocore no longer has that layout, rather
-    than connecting unpinned.
-    """
-    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
-    pools = getattr(session, "_pool_classes_by_scheme", None)
-    manager = getattr(session, "_manager", None)
-    if not isinstance(pools, dict) or manager is None:
-        raise RuntimeError("cannot pin S3 connections: botocore's HTTP session changed")
-    pinned = {
-        scheme: type(
-            f"Pinned{pool.__name__}",
-            (pool,),
-            {"ConnectionCls": pinned_connection_class(pool.ConnectionCls, policy)},
-        )
-        for scheme, pool in pools.items()
-    }
-    session._pool_classes_by_scheme = pinned
-    manager.pool_classes_by_scheme = pinned
-
-
-_CLIENTS = _ClientCache(CLIENT_CACHE_SIZE)
+_CLIENTS = ClientCache("s3")
 
 
 @register
@@ -233,7 +154,7 @@ class S3Destination(Destination):
     def _delete(self, key: str) -> bool:
         """Remove the probe object; False when the store refused or could not be reached."""
         try:
-            client = _CLIENTS.get(self.config, self.transport.timeouts, self.transport.policy)
+            client = self._client()
             client.delete_object(Bucket=self.config["bucket"], Key=key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
@@ -247,7 +168,7 @@ class S3Destination(Destination):
                 # Refused early with a clear reason; the connection itself is pinned too
                 # (`_pin_connections`).
                 check_url(endpoint, self.transport.policy)
-            client = _CLIENTS.get(self.config, self.transport.timeouts, self.transport.policy)
+            client = self._client()
             response = client.put_object(
                 Bucket=self.config["bucket"], Key=key, Body=body, ContentType="application/json"
             )
@@ -284,6 +205,16 @@ class S3Destination(Destination):
             )
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 200)
         return self._result(started, Outcome.DELIVERED, status, None)
+
+    def _client(self) -> Any:
+        """The cached client; its requests carry what the transport adds (custom `headers`,
+        and `X-Test-Connection: true` during Test Connection)."""
+        return _CLIENTS.get(
+            self.config,
+            self.transport.timeouts,
+            self.transport.policy,
+            added_headers(self.transport),
+        )
 
     @staticmethod
     def _result(

@@ -7,9 +7,11 @@ deliver task is the only layer that retries).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 import urllib3.connection
@@ -160,6 +162,71 @@ class HttpTransport:
 
     def close(self) -> None:
         self._session.close()
+
+
+TEST_CONNECTION_HEADER = "X-Test-Connection"
+
+
+class HeaderTransport:
+    """A transport that adds headers to every request it sends, then sends it through
+    `inner` (an `HttpTransport`, or another `HeaderTransport`).
+
+    `defaults` go under the request's own headers (a header the destination sets, e.g. its
+    credentials, wins over a user's `headers` entry of the same name); `overrides` go over
+    them (the `X-Test-Connection: true` of a Test Connection). Names compare
+    case-insensitively. Everything else (`policy`, `timeouts`, `close`) is `inner`'s.
+    """
+
+    def __init__(
+        self,
+        inner: HttpTransport | HeaderTransport,
+        *,
+        defaults: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.defaults = dict(defaults or {})
+        self.overrides = dict(overrides or {})
+
+    def headers_for(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """`headers` as they go out: this layer's, then every inner layer's additions.
+
+        The boto3 destinations (which do not send through `send`) put these on their
+        requests themselves."""
+        merged = _merged(_merged(self.defaults, headers), self.overrides)
+        if isinstance(self.inner, HeaderTransport):
+            return self.inner.headers_for(merged)
+        return merged
+
+    def send(self, request: HttpRequest) -> TransportResult:
+        """`HttpTransport.send` with the added headers."""
+        return self.base.send(
+            dataclasses.replace(request, headers=self.headers_for(request.headers))
+        )
+
+    @property
+    def base(self) -> HttpTransport:
+        """The `HttpTransport` at the bottom of the layers."""
+        inner = self.inner
+        return inner.base if isinstance(inner, HeaderTransport) else inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def added_headers(transport: HttpTransport | HeaderTransport) -> dict[str, str]:
+    """What `transport` adds to a request that has no headers of its own (none for a plain
+    `HttpTransport`)."""
+    return transport.headers_for({}) if isinstance(transport, HeaderTransport) else {}
+
+
+def _merged(under: Mapping[str, str], over: Mapping[str, str]) -> dict[str, str]:
+    """`under` and `over` in one dict; a name in both (any case) keeps `over`'s value."""
+    replaced = {name.lower() for name in over}
+    return {
+        **{name: value for name, value in under.items() if name.lower() not in replaced},
+        **over,
+    }
 
 
 def join_url(base: str, path: str) -> str:

@@ -64,7 +64,7 @@ DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 MIN_BODY_BYTES = 16 * 1024
 RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "webhook-id", "webhook-timestamp", "webhook-signature"}
-)
+) | {"x-test-connection"}  # marks Test Connection's probes only
 
 
 def _validate_signing_secret(value: str) -> None:

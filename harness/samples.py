@@ -129,21 +129,41 @@ def destination_configs(
         },
         "braintrust": {"api_key": "bt_" + secret, "project_id": "p1", "base_url": url},
         "datadog": {"api_key": "dd" + secret, "ml_app": "app", "url": url},
+        "firehose": {
+            "stream_name": "stream-1",
+            "endpoint_url": url,
+            "access_key_id": "AKIAEXAMPLE",
+            "secret_access_key": "fh" + secret,
+        },
         "dynatrace": {"api_token": "dt0c01." + secret, "environment_url": url},
         "grafana": {"api_key": "glc_" + secret, "instance_id": "123456", "base_url": url},
         "langfuse": {"public_key": "pk-lf-public0123", "secret_key": secret, "base_url": url},
         "langsmith": {"api_key": "lsv2_" + secret, "endpoint": url},
         "newrelic": {"license_key": "nr" + secret, "endpoint": url + "/v1/traces"},
+        "opik": {
+            "api_key": "opik_" + secret,
+            "workspace": "ws",
+            "project_name": "p",
+            "base_url": url,
+        },
         "otel-collector": {
             "endpoint": url + "/v1/traces",
             "headers": {"Authorization": "Basic " + basic, "X-Token": "t" + secret},
         },
         "phoenix": {"endpoint": url, "api_key": "px" + secret},
+        "posthog": {"api_key": "phc_" + secret, "endpoint": url},
+        "raindrop": {"write_key": "rd" + secret, "base_url": url},
+        "ramp": {"api_key": "rmp_" + secret, "base_url": url},
         "s3": {
             "bucket": "bucket-1",
             "endpoint_url": url,
             "access_key_id": "AKIAEXAMPLE",
             "secret_access_key": "s3" + secret,
+        },
+        "sentry": {
+            # The endpoint must be the DSN's: same scheme, host and project.
+            "otlp_endpoint": url + "/api/456/integration/otlp/v1/traces",
+            "dsn": url.replace("://", f"://sn{secret}@", 1) + "/456",
         },
         "weave": {"api_key": "wb" + secret, "entity": "e", "project": "p", "base_url": url},
         "webhook": {

@@ -16,10 +16,15 @@ echo back in an error:
 | newrelic | `api-key: <license_key>` |
 | webhook, otel-collector | custom `headers` (any value, often `Bearer ...` or `Basic ...`); |
 |  | webhook `signing_secret` signs: `webhook-signature: v1,<base64 HMAC>` |
-| s3 | SigV4: `Authorization: AWS4-HMAC-SHA256 Credential=..., Signature=<hex>` |
+| s3, firehose | SigV4: `Authorization: AWS4-HMAC-SHA256 Credential=..., Signature=<hex>` |
+| opik | `Authorization: <api_key>` (and `Comet-Workspace`, not secret) |
+| raindrop, ramp | `Authorization: Bearer <write_key / api_key>` |
+| posthog | `api_key` in the JSON body |
+| sentry | `X-Sentry-Auth: Sentry sentry_key=<the DSN's public key>, ...`; the DSN is the secret |
 
 So `redact` replaces each secret as given; its token without an auth scheme (`Bearer`,
-`Basic`, `Api-Token`, `whsec_`); the user:password inside a `Basic` value; their
+`Basic`, `Api-Token`, `whsec_`); the user:password inside a `Basic` value; the user and
+password inside a URL (a Sentry DSN's public key); their
 URL-encoded, JSON-escaped and base64 forms (standard and URL-safe, padded or not); any
 base64 word that decodes to text containing a secret, which catches `x:secret` and
 `secret:x` pairs with any other value (Langfuse's and Grafana's Basic header); and
@@ -88,7 +93,17 @@ def _cores(secrets: Iterable[str]) -> frozenset[str]:
         for prefix in SECRET_PREFIXES:
             if value.startswith(prefix):
                 found.add(value[len(prefix) :])
+        found |= _url_credentials(value)
     return frozenset(core for core in found if len(core) >= MIN_SECRET_CHARS)
+
+
+def _url_credentials(value: str) -> set[str]:
+    """The user and password of a URL that carries them (a Sentry DSN's keys)."""
+    if "://" not in value or "@" not in value:
+        return set()
+    userinfo = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    return {part for part in (user, password) if part}
 
 
 def _derived_forms(cores: Iterable[str]) -> set[str]:

@@ -258,7 +258,7 @@ def test_config_schema() -> None:
     assert destination_class("braintrust") is BraintrustDestination
     config = BraintrustConfig().load({"api_key": "k", "project_id": PROJECT_ID})
     assert config["base_url"] == DEFAULT_BASE_URL
-    assert BraintrustDestination.secret_fields() == {"api_key"}
+    assert BraintrustDestination.secret_fields() == {"api_key", "headers"}  # headers: every type's
     assert BraintrustDestination.url_fields() == {"base_url"}
     for bad in ("../admin", "", "a b"):
         with pytest.raises(marshmallow.ValidationError):

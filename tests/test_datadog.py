@@ -309,7 +309,7 @@ def test_config_schema() -> None:
     assert destination_class("datadog") is DatadogDestination
     config = DatadogConfig().load({"api_key": "k", "ml_app": "app"})
     assert config["url"] == DEFAULT_URL
-    assert DatadogDestination.secret_fields() == {"api_key"}
+    assert DatadogDestination.secret_fields() == {"api_key", "headers"}  # headers: every type's
     assert DatadogDestination.url_fields() == {"url"}
     with pytest.raises(marshmallow.ValidationError):
         DatadogConfig().load({"api_key": "k", "ml_app": "app", "site": "eu"})

@@ -490,3 +490,24 @@ def test_cli_filter_rules(service, sink, tmp_path):
     assert message == "broadcast: error: --filter-rules must be a JSON object"
     cleared = cli("destination", "update", added["id"], "--filter-rules", "{}")
     assert cleared["filter_rules"] is None
+
+
+def test_types_are_listed_and_in_the_openapi_document(client, api):
+    from destinations.registry import known_types
+
+    listed = {item["type"]: item for item in client.ok("GET", "/types")["data"]}
+    assert set(listed) == set(known_types())
+    assert {"posthog", "opik", "sentry", "raindrop", "ramp", "firehose"} <= set(listed)
+    fields = {field["name"]: field for field in listed["firehose"]["config"]}
+    assert fields["secret_access_key"] == {
+        "name": "secret_access_key",
+        "required": True,
+        "secret": True,
+        "url": False,
+    }
+    assert fields["endpoint_url"]["url"] and fields["headers"]["secret"]
+    document = requests.get(api.url + "/openapi.json", timeout=10).json()
+    assert f"{API}/types" in document["paths"]
+    create = document["components"]["schemas"]["DestinationCreate"]["properties"]["type"]
+    assert create["enum"] == known_types()
+    assert requests.get(api.url + API + "/types", timeout=10).status_code == 401

@@ -275,7 +275,7 @@ def test_config_schema() -> None:
     assert destination_class("langfuse") is LangfuseDestination
     config = LangfuseConfig().load({"public_key": "pk", "secret_key": "sk"})
     assert config["base_url"] == DEFAULT_BASE_URL
-    assert LangfuseDestination.secret_fields() == {"secret_key"}
+    assert LangfuseDestination.secret_fields() == {"secret_key", "headers"}  # headers: every type's
     assert LangfuseDestination.url_fields() == {"base_url"}
     with pytest.raises(marshmallow.ValidationError):
         LangfuseConfig().load({"public_key": "pk"})

@@ -54,6 +54,14 @@ class Vendor:
     also_sent: dict[str, str] = field(default_factory=dict)  # checked, not required
 
 
+def _sentry(base: str, key: str) -> dict[str, str]:
+    """A Sentry config at `base`: the DSN and the OTLP endpoint of project 456."""
+    return {
+        "otlp_endpoint": base + "/api/456/integration/otlp/v1/traces",
+        "dsn": base.replace("://", f"://{key}@") + "/456",
+    }
+
+
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -132,6 +140,22 @@ VENDORS = [
         lambda base: {"environment_url": base + "/e/env1", "api_token": "dt0c01.x"},
         lambda base: {"environment_url": base + "/e/env1", "api_token": "bad"},
         encodings=frozenset({Encoding.PROTOBUF}),
+    ),
+    Vendor(
+        "sentry",
+        "/api/456/integration/otlp/v1/traces",
+        {"x-sentry-auth": "Sentry sentry_key=pub1, sentry_version=7, sentry_client=broadcast/0.1"},
+        lambda base: _sentry(base, "pub1"),
+        lambda base: _sentry(base, "pub-revoked"),
+        encodings=frozenset({Encoding.PROTOBUF}),
+    ),
+    Vendor(
+        "ramp",
+        "/developer/v1/ai-usage/openrouter/v1/traces",
+        {"authorization": "Bearer rmp_k"},
+        lambda base: {"api_key": "rmp_k", "base_url": base + "/developer/v1/ai-usage/openrouter"},
+        lambda base: {"api_key": "bad", "base_url": base + "/developer/v1/ai-usage/openrouter"},
+        gzip=False,
     ),
 ]
 BY_SLUG = {vendor.slug: vendor for vendor in VENDORS}
@@ -344,13 +368,15 @@ def test_collector_headers_are_validated(headers: dict[str, str], problem: str) 
 def test_secret_and_url_fields_are_marked() -> None:
     expected = {
         "otel-collector": ({"headers"}, {"endpoint"}),
-        "phoenix": ({"api_key"}, {"endpoint"}),
-        "arize": ({"api_key"}, {"base_url"}),
-        "langsmith": ({"api_key"}, {"endpoint"}),
-        "weave": ({"api_key"}, {"base_url"}),
-        "grafana": ({"api_key"}, {"base_url"}),
-        "newrelic": ({"license_key"}, {"endpoint"}),
-        "dynatrace": ({"api_token"}, {"environment_url"}),
+        "phoenix": ({"api_key", "headers"}, {"endpoint"}),
+        "arize": ({"api_key", "headers"}, {"base_url"}),
+        "langsmith": ({"api_key", "headers"}, {"endpoint"}),
+        "weave": ({"api_key", "headers"}, {"base_url"}),
+        "grafana": ({"api_key", "headers"}, {"base_url"}),
+        "newrelic": ({"license_key", "headers"}, {"endpoint"}),
+        "dynatrace": ({"api_token", "headers"}, {"environment_url"}),
+        "sentry": ({"dsn", "headers"}, {"otlp_endpoint"}),
+        "ramp": ({"api_key", "headers"}, {"base_url"}),
     }
     for slug, (secrets, urls) in expected.items():
         cls = destination_class(slug)

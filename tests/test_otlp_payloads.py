@@ -67,10 +67,26 @@ DESTINATIONS: dict[str, tuple[dict[str, Any], Encoding, str]] = {
         Encoding.PROTOBUF,
         "genai",
     ),
+    "sentry": (
+        {
+            "otlp_endpoint": "https://o1.ingest.us.sentry.io/api/456/integration/otlp/v1/traces",
+            "dsn": "https://pubkey1@o1.ingest.us.sentry.io/456",
+        },
+        Encoding.PROTOBUF,
+        "genai",
+    ),
+    "ramp": ({"api_key": "rmp_k"}, Encoding.JSON, "genai"),
 }
 SLUGS = sorted(DESTINATIONS)
 OPENINFERENCE = [slug for slug in SLUGS if DESTINATIONS[slug][2] == "openinference"]
 GENAI = [slug for slug in SLUGS if DESTINATIONS[slug][2] == "genai"]
+# Where each GenAI destination puts the caller's extra `trace` keys: OpenRouter documents
+# `trace.metadata.<key>` for Sentry and Ramp.
+TRACE_METADATA = {"sentry", "ramp"}
+
+
+def metadata_key(slug: str, key: str) -> str:
+    return ("trace.metadata." if slug in TRACE_METADATA else "broadcast.metadata.") + key
 
 # Attributes that carry prompt or completion content, per dialect.
 GENAI_CONTENT = {
@@ -307,8 +323,8 @@ def test_genai_generation_attributes(slug: str) -> None:
         "gen_ai.conversation.id": trace.session_id,
         "session.id": trace.session_id,
         "user.id": "end-user-7",
-        "broadcast.metadata.feature": "weather",
-        "broadcast.metadata.tier": 2,
+        metadata_key(slug, "feature"): "weather",
+        metadata_key(slug, "tier"): 2,
     }
     for key, value in expected.items():
         assert values[key] == value, key
@@ -341,7 +357,8 @@ def test_genai_generation_attributes(slug: str) -> None:
         }
     ]
     assert json.loads(values["gen_ai.tool.definitions"]) == list(trace.tools)
-    assert "gen_ai.system" not in values or slug == "langsmith"  # deprecated name
+    # A deprecated name, sent only where the receiver still reads it.
+    assert "gen_ai.system" not in values or slug in ("langsmith", "sentry")
     assert "gen_ai.usage.prompt_tokens" not in values
 
 
@@ -351,7 +368,7 @@ def test_genai_root_span_carries_who_and_metadata_but_no_model(slug: str) -> Non
     root = attrs(spans_by_name(exported(slug, trace))["T"])
     assert root["user.id"] == "end-user-7"
     assert root["session.id"] == trace.session_id
-    assert root["broadcast.metadata.feature"] == "x"
+    assert root[metadata_key(slug, "feature")] == "x"
     assert "gen_ai.request.model" not in root and "gen_ai.usage.input_tokens" not in root
 
 

@@ -33,6 +33,8 @@ def echoes(request: ReceivedRequest) -> list[str]:
     """What a vendor might put in an error about this request, in several encodings."""
     pairs = [(name, value) for name, value in request.headers.items()]
     pairs.append(("url", request.path))
+    # PostHog's key travels in the JSON body, and a vendor may quote the body it refused.
+    pairs.append(("body", request.body.decode("utf-8", "replace")))
     texts = [json.dumps(dict(pairs)), "\n".join(f"{n}: {v}" for n, v in pairs)]
     for _name, value in pairs:
         texts += [
@@ -69,6 +71,9 @@ def credential_forms(secrets: dict[str, Any], request_headers: dict[str, str]) -
         ):
             forms.add(value)
             forms.add(value.partition(" ")[2] or value)
+    sentry = request_headers.get("x-sentry-auth", "")
+    if "sentry_key=" in sentry:
+        forms.add(sentry.split("sentry_key=", 1)[1].split(",", 1)[0])
     if "authorization" in request_headers and "Signature=" in request_headers["authorization"]:
         forms.add(request_headers["authorization"].rsplit("Signature=", 1)[1])
     return {form for form in forms if len(form) >= 8}

@@ -2,6 +2,9 @@
 # virtualenv with the project and its test extras.
 VENV := .venv
 MLFLOW_VENV := .venv-mlflow
+# The warehouse engines the warehouse tests write to (tests/emulators/warehouses.py).
+WAREHOUSES_VENV := .venv-warehouses
+BIGQUERY_VENV := .venv-bigquery
 PY := $(VENV)/bin/python
 EXTRA_REQUIREMENTS := $(wildcard tests/requirements-*.txt)
 
@@ -23,7 +26,8 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed
+setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed \
+	$(WAREHOUSES_VENV)/.installed $(BIGQUERY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS)
 	python3 -m venv $(VENV)
@@ -36,6 +40,23 @@ $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS)
 $(MLFLOW_VENV)/.installed: tests/mlflow-server-requirements.txt
 	python3 -m venv $(MLFLOW_VENV)
 	$(MLFLOW_VENV)/bin/pip install --quiet -r tests/mlflow-server-requirements.txt
+	touch $@
+
+$(WAREHOUSES_VENV)/.installed: tests/warehouse-emulators-requirements.txt
+	python3 -m venv $(WAREHOUSES_VENV)
+	$(WAREHOUSES_VENV)/bin/pip install --quiet -r tests/warehouse-emulators-requirements.txt
+	touch $@
+
+# local-bigquery needs Python 3.13: pyenv's if it has one, else pyenv installs it.
+$(BIGQUERY_VENV)/.installed: tests/bigquery-emulator-requirements.txt
+	@py=$$(ls -d "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.13*/bin/python3 \
+		2>/dev/null | tail -1); \
+	if [ -z "$$py" ]; then pyenv install --skip-existing 3.13 && \
+		py=$$(ls -d "$$(pyenv root)"/versions/3.13*/bin/python3 | tail -1); fi; \
+	"$$py" -m venv $(BIGQUERY_VENV)
+	$(BIGQUERY_VENV)/bin/pip install --quiet -r tests/bigquery-emulator-requirements.txt
+	$(BIGQUERY_VENV)/bin/python -c "from duckdb_extensions import import_extension as i; \
+		[i(name) for name in ('ducklake', 'icu', 'spatial')]"
 	touch $@
 
 redis-server:

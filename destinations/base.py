@@ -90,6 +90,10 @@ class DeliveryResult:
     # What the delivery log should say about how the vendor took this trace (e.g. a
     # caller's parent_span_id it could not use).
     notes: tuple[str, ...] = ()
+    # Permanent, and about the destination's own setup rather than this trace (a warehouse
+    # table that lost a column): every trace would fail the same way, so the engine also
+    # marks the destination failing until a Test Connection passes.
+    config_error: bool = False
 
     @property
     def concerns_destination(self) -> bool:

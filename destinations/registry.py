@@ -19,6 +19,7 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.langsmith",
     "destinations.weave",
     "destinations.otlp_presets",
+    "destinations.clickhouse",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -128,6 +128,13 @@ def destination_configs(
             "base_url": url,
         },
         "braintrust": {"api_key": "bt_" + secret, "project_id": "p1", "base_url": url},
+        "clickhouse": {
+            "host": url,
+            "database": "default",
+            "table": "OPENROUTER_TRACES",
+            "username": "default",
+            "password": "ch" + secret,
+        },
         "datadog": {"api_key": "dd" + secret, "ml_app": "app", "url": url},
         "dynatrace": {"api_token": "dt0c01." + secret, "environment_url": url},
         "grafana": {"api_key": "glc_" + secret, "instance_id": "123456", "base_url": url},

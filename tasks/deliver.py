@@ -37,7 +37,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from destinations.base import DeliveryContext, DeliveryResult, Destination
+from destinations.base import ConnectionCheck, DeliveryContext, DeliveryResult, Destination
 from destinations.outcomes import Outcome
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
@@ -257,6 +257,10 @@ class DeliveryRun:
         )
         secrets = current.box.open(record.sealed_secrets) if failed_before else {}
         decision = self._destination_decision(record, results, health, now, secrets)
+        misconfigured = next((r for r in results if r.config_error), None)
+        if misconfigured is not None:  # e.g. a warehouse table that lost a column
+            reason = redact(misconfigured.error or "destination misconfigured", secrets)
+            current.health.record_check(record, ConnectionCheck(Outcome.PERMANENT, reason), now)
         settlements: list[Settlement] = []
         items: dict[str, str] = {}
         dead_reasons: list[str] = []

@@ -20,6 +20,7 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.weave",
     "destinations.otlp_presets",
     "destinations.clickhouse",
+    "destinations.snowflake",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

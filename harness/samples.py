@@ -136,6 +136,12 @@ def destination_configs(
             "password": "ch" + secret,
         },
         "datadog": {"api_key": "dd" + secret, "ml_app": "app", "url": url},
+        "snowflake": {
+            "account": "xy12345.us-east-1",
+            "token": "pat" + secret,
+            "database": "DB",
+            "endpoint": url,
+        },
         "dynatrace": {"api_token": "dt0c01." + secret, "environment_url": url},
         "grafana": {"api_key": "glc_" + secret, "instance_id": "123456", "base_url": url},
         "langfuse": {"public_key": "pk-lf-public0123", "secret_key": secret, "base_url": url},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, urlsplit
 
-from destinations.warehouse_schema import CLICKHOUSE, column_type, columns
+from destinations.warehouse_schema import CLICKHOUSE, SNOWFLAKE, Kind, columns
 from harness.receiver import ReceivedRequest, Reply
 
 
@@ -21,11 +21,28 @@ def probe_reply(request: ReceivedRequest) -> Reply | None:
     query = parse_qs(urlsplit(request.path).query).get("query", [""])[0]
     if b"system.columns" in request.body:
         rows = [
-            json.dumps({"name": c.name, "type": column_type(CLICKHOUSE, c)})
+            json.dumps({"name": c.name, "type": _clickhouse_type(c)})
             for c in columns(CLICKHOUSE)
         ]
         return Reply(200, "\n".join(rows).encode())
     if query.startswith("INSERT") and not request.body:
         return Reply(500, b"Code: 108. DB::Exception: No data to insert. (NO_DATA_TO_INSERT)",
                      {"X-ClickHouse-Exception-Code": "108"})
+    if urlsplit(request.path).path == "/api/v2/statements" and b"INFORMATION_SCHEMA" in (
+        request.body
+    ):
+        rows = [[c.name, _SNOWFLAKE_INFO[c.kind]] for c in columns(SNOWFLAKE)]
+        return Reply(200, json.dumps({"data": rows}).encode())
     return None
+
+
+_SNOWFLAKE_INFO = {
+    Kind.ID: "TEXT", Kind.TEXT: "TEXT", Kind.CODE: "TEXT", Kind.TIMESTAMP: "TIMESTAMP_NTZ",
+    Kind.DURATION: "NUMBER", Kind.COUNT: "NUMBER", Kind.COST: "FLOAT", Kind.JSON: "VARIANT",
+}
+
+
+def _clickhouse_type(column) -> str:
+    from destinations.warehouse_schema import column_type
+
+    return column_type(CLICKHOUSE, column)

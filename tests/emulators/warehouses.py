@@ -96,3 +96,55 @@ class ClickHouseServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+class SnowflakeServer:
+    """fakesnow behind Snowflake's SQL API v2. `tokens`: PAT -> `{"role": "writer"}`..."""
+
+    def __init__(self, workdir: Path, tokens: Mapping[str, Mapping[str, object]]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        tokens_file = workdir / "snowflake-tokens.json"
+        tokens_file.write_text(json.dumps(tokens))
+        self.admin = next(t for t, grant in tokens.items() if grant.get("role") == "writer")
+        self.process = _start(
+            "snowflake",
+            [
+                _python(WAREHOUSES_PYTHON),
+                "-m",
+                "tests.emulators.snowflake_sql_api",
+                "--port",
+                str(self.port),
+                "--tokens",
+                str(tokens_file),
+            ],
+            workdir,
+            self.url + "/",
+        )
+
+    def execute(
+        self, sql: str, *values: str, database: str = "DB", schema: str = "PUBLIC"
+    ) -> list[list[str | None]]:
+        """Run SQL through the SQL API as the admin token; the rows as strings."""
+        response = requests.post(
+            self.url + "/api/v2/statements",
+            json={
+                "statement": sql,
+                "database": database,
+                "schema": schema,
+                "bindings": {
+                    str(i): {"type": "TEXT", "value": v} for i, v in enumerate(values, 1)
+                },
+            },
+            headers={
+                "Authorization": f"Bearer {self.admin}",
+                "X-Snowflake-Authorization-Token-Type": "PROGRAMMATIC_ACCESS_TOKEN",
+            },
+            timeout=30,
+        )
+        if response.status_code != 200:
+            raise AssertionError(f"Snowflake {response.status_code}: {response.text}")
+        return response.json()["data"]
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -32,7 +32,7 @@ setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,ops]' $(foreach f,$(EXTRA_REQUIREMENTS),-r $(f))
+	$(PY) -m pip install --quiet -e '.[test,ops,bigquery]' $(foreach f,$(EXTRA_REQUIREMENTS),-r $(f))
 	touch $@
 
 # The MLflow server for tests/test_otlp_mlflow_e2e.py, in its own venv: the full `mlflow`

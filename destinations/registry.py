@@ -21,6 +21,7 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.otlp_presets",
     "destinations.clickhouse",
     "destinations.snowflake",
+    "destinations.bigquery",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

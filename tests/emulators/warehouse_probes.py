@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, urlsplit
 
-from destinations.warehouse_schema import CLICKHOUSE, SNOWFLAKE, Kind, columns
+from destinations.warehouse_schema import BIGQUERY, CLICKHOUSE, SNOWFLAKE, Kind, columns
 from harness.receiver import ReceivedRequest, Reply
 
 
@@ -33,9 +33,27 @@ def probe_reply(request: ReceivedRequest) -> Reply | None:
     ):
         rows = [[c.name, _SNOWFLAKE_INFO[c.kind]] for c in columns(SNOWFLAKE)]
         return Reply(200, json.dumps({"data": rows}).encode())
+    path = urlsplit(request.path).path
+    if path == "/token":
+        return Reply(200, json.dumps({"access_token": "ya29.probe", "expires_in": 3600,
+                                      "token_type": "Bearer"}).encode())
+    if path.endswith(":testIamPermissions"):
+        return Reply(200, request.body)  # every permission asked for
+    if "/bigquery/v2/" in path and request.method == "GET":
+        fields = [
+            {"name": c.name.lower(), "type": _BIGQUERY_INFO[c.kind],
+             "mode": "REPEATED" if c.kind is Kind.TAGS else "NULLABLE"}
+            for c in columns(BIGQUERY)
+        ]
+        return Reply(200, json.dumps({"schema": {"fields": fields}}).encode())
     return None
 
 
+_BIGQUERY_INFO = {
+    Kind.ID: "STRING", Kind.TEXT: "STRING", Kind.CODE: "STRING", Kind.TIMESTAMP: "TIMESTAMP",
+    Kind.DURATION: "FLOAT", Kind.COUNT: "INTEGER", Kind.COST: "FLOAT", Kind.JSON: "JSON",
+    Kind.TAGS: "STRING",
+}
 _SNOWFLAKE_INFO = {
     Kind.ID: "TEXT", Kind.TEXT: "TEXT", Kind.CODE: "TEXT", Kind.TIMESTAMP: "TIMESTAMP_NTZ",
     Kind.DURATION: "NUMBER", Kind.COUNT: "NUMBER", Kind.COST: "FLOAT", Kind.JSON: "VARIANT",

@@ -22,20 +22,12 @@ from settings.service import SettingsError
 from tasks import broadcast
 from tasks.events import build_trace
 from tests.emulators.warehouses import ClickHouseServer
+from tests.warehouse_fixtures import CLICKHOUSE_PASSWORD, CLICKHOUSE_READER_PASSWORD
 
 pytestmark = pytest.mark.integration
 BROADCAST = str(Path(sys.executable).parent / "broadcast")
-PASSWORD = "ch-" + uuid.uuid4().hex
-READER_PASSWORD = "ro-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def clickhouse(workdir):
-    server = ClickHouseServer(
-        workdir, {"default": (PASSWORD, False), "reader": (READER_PASSWORD, True)}
-    )
-    yield server
-    server.stop()
+PASSWORD = CLICKHOUSE_PASSWORD
+READER_PASSWORD = CLICKHOUSE_READER_PASSWORD
 
 
 def schema_ddl(*flags: str) -> str:

@@ -23,22 +23,11 @@ from settings.service import SettingsError
 from tasks import broadcast
 from tasks.events import build_trace
 from tests.emulators.warehouses import SnowflakeServer
+from tests.warehouse_fixtures import SNOWFLAKE_EXPIRED, SNOWFLAKE_READER, SNOWFLAKE_TOKEN
 
 pytestmark = pytest.mark.integration
 BROADCAST = str(Path(sys.executable).parent / "broadcast")
-TOKEN = "pat-" + uuid.uuid4().hex
-READER = "pat-ro-" + uuid.uuid4().hex
-EXPIRED = "pat-old-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def snowflake(workdir):
-    server = SnowflakeServer(
-        workdir,
-        {TOKEN: {"role": "writer"}, READER: {"role": "reader"}, EXPIRED: {"expired": True}},
-    )
-    yield server
-    server.stop()
+TOKEN, READER, EXPIRED = SNOWFLAKE_TOKEN, SNOWFLAKE_READER, SNOWFLAKE_EXPIRED
 
 
 def new_table(snowflake: SnowflakeServer) -> str:

@@ -148,3 +148,39 @@ class SnowflakeServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+class BigQueryEngine:
+    """local-bigquery (`bigquery_engine`), the project's default dataset created.
+
+    It answers anyone with anything: `bigquery_front.BigQueryFront` in front of it checks
+    tokens, scopes and permissions."""
+
+    def __init__(self, workdir: Path, project: str, dataset: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = _start(
+            "bigquery",
+            [
+                _python(BIGQUERY_PYTHON),
+                "-m",
+                "tests.emulators.bigquery_engine",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--grpc-port",
+                str(free_port()),
+                "--project",
+                project,
+                "--dataset",
+                dataset,
+                "--data-dir",
+                str(workdir / "bigquery-data"),
+            ],
+            workdir,
+            self.url + "/discovery/v1/apis/bigquery/v2/rest",
+        )
+
+    def stop(self) -> None:
+        self.process.stop()

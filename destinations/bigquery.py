@@ -69,7 +69,11 @@ from destinations.warehouse_schema import (
 )
 
 DEFAULT_ENDPOINT = "https://bigquery.googleapis.com"
-SCOPE = "https://www.googleapis.com/auth/bigquery.insertdata"
+# The one scope all three methods accept: `bigquery.insertdata` is enough for insertAll but
+# not for tables.get or testIamPermissions (Test Connection), which BigQuery then refuses
+# with "insufficient authentication scopes" (the methods' scopes in BigQuery's discovery
+# document). What the account may do is still decided by its IAM roles.
+SCOPE = "https://www.googleapis.com/auth/bigquery"
 INSERT_PERMISSION = "bigquery.tables.updateData"
 MAX_ROWS = 500
 MAX_REQUEST_BYTES = 9 * 1024 * 1024
@@ -184,6 +188,14 @@ class _Tokens:
                 self._credentials[fingerprint] = credentials
         return credentials.token
 
+    def forget(self, key_text: str) -> None:
+        """Drop the key's token: BigQuery refused it (401) before its stated expiry (revoked,
+        or the key deleted), so the next batch asks for a new one instead of being refused
+        with it until it expires."""
+        fingerprint = hashlib.sha256(key_text.encode()).hexdigest()
+        with self._lock:
+            self._credentials.pop(fingerprint, None)
+
 
 _TOKENS = _Tokens()
 
@@ -270,6 +282,8 @@ class BigQueryDestination(HttpDestination):
             return [headers] + [not_attempted(headers)] * (len(traces) - 1)
         self._headers = headers
         results = super().deliver_batch(traces, context)
+        if any(r.status_code == 401 for r in results):
+            _TOKENS.forget(self.config["service_account_json"])
         # The access token is derived at run time, so the engine's redaction (which knows
         # the configured secrets) cannot know it: an error echoing it is scrubbed here.
         token = headers["Authorization"].removeprefix("Bearer ")
@@ -342,6 +356,8 @@ class BigQueryDestination(HttpDestination):
         result = self.transport.send(
             HttpRequest("GET", self._table_url(), headers, response_limit=1 << 20)
         )
+        if result.status_code == 401:
+            _TOKENS.forget(self.config["service_account_json"])
         failed = _check(self.interpret(result), result)
         if failed is not None:
             return failed

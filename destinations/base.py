@@ -155,6 +155,13 @@ class Destination(ABC):
             if schema_field.metadata.get("url")
         )
 
+    @classmethod
+    def config_urls(cls, config: Mapping[str, Any]) -> dict[str, str]:
+        """Every URL a validated config makes Broadcast connect to, keyed by the name an
+        error gives it: the URL fields, plus what a type finds inside other fields. The
+        settings service runs the URL guard on each when a config is saved."""
+        return {name: config[name] for name in cls.url_fields() if config.get(name)}
+
     @abstractmethod
     def deliver(self, trace: Trace, context: DeliveryContext) -> DeliveryResult:
         """Send one trace. Never raises for vendor or network trouble: that is an outcome."""

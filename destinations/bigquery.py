@@ -239,6 +239,16 @@ class BigQueryDestination(HttpDestination):
     config_schema = BigQueryConfig
     batch_limits = BatchLimits(max_items=MAX_ROWS, max_bytes=MAX_REQUEST_BYTES)
 
+    @classmethod
+    def config_urls(cls, config: Mapping[str, Any]) -> dict[str, str]:
+        """The URL fields and the key file's `token_uri`: the token request goes there with
+        a signed assertion, so it is guarded on save like every URL a user can name."""
+        urls = super().config_urls(config)
+        key = config.get("service_account_json")
+        if key:
+            urls["service_account_json.token_uri"] = service_account_info(key)["token_uri"]
+        return urls
+
     def _table_url(self, suffix: str = "") -> str:
         base = self.config.get("endpoint") or DEFAULT_ENDPOINT
         path = "/bigquery/v2/projects/{}/datasets/{}/tables/{}".format(

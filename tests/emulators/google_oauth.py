@@ -112,6 +112,11 @@ class GoogleTokenEndpoint(Emulator):
             return None
         return grant
 
+    def tokens_of(self, email: str) -> list[str]:
+        """Every access token issued to the account (for scans that they leak nowhere)."""
+        with self._lock:
+            return [token for token, grant in self._tokens.items() if grant.email == email]
+
     def expire_tokens(self, email: str) -> None:
         """End every token of the account now (the client still believes them valid);
         the key can still be exchanged for new ones."""

@@ -47,13 +47,10 @@ $(WAREHOUSES_VENV)/.installed: tests/warehouse-emulators-requirements.txt
 	$(WAREHOUSES_VENV)/bin/pip install --quiet -r tests/warehouse-emulators-requirements.txt
 	touch $@
 
-# local-bigquery needs Python 3.13: pyenv's if it has one, else pyenv installs it.
-$(BIGQUERY_VENV)/.installed: tests/bigquery-emulator-requirements.txt
-	@py=$$(ls -d "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.13*/bin/python3 \
-		2>/dev/null | tail -1); \
-	if [ -z "$$py" ]; then pyenv install --skip-existing 3.13 && \
-		py=$$(ls -d "$$(pyenv root)"/versions/3.13*/bin/python3 | tail -1); fi; \
-	"$$py" -m venv $(BIGQUERY_VENV)
+# local-bigquery needs Python 3.13: tests/python313.sh finds one (pyenv's, one on PATH,
+# Debian's) or installs it, and says why when it cannot.
+$(BIGQUERY_VENV)/.installed: tests/bigquery-emulator-requirements.txt tests/python313.sh
+	py=$$(bash tests/python313.sh) && "$$py" -m venv $(BIGQUERY_VENV)
 	$(BIGQUERY_VENV)/bin/pip install --quiet -r tests/bigquery-emulator-requirements.txt
 	$(BIGQUERY_VENV)/bin/python -c "from duckdb_extensions import import_extension as i; \
 		[i(name) for name in ('ducklake', 'icu', 'spatial')]"

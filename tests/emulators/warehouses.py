@@ -4,11 +4,15 @@
 | --- | --- | --- |
 | ClickHouse | chdb behind `clickhouse_http` (ClickHouse's HTTP interface) | `.venv-warehouses` |
 | Snowflake | fakesnow behind `snowflake_sql_api` (the SQL API v2) | `.venv-warehouses` |
-| BigQuery | `local-bigquery` behind `google_front` (token endpoint, IAM) | `.venv-bigquery` |
+| BigQuery | local-bigquery (`bigquery_engine`) | `.venv-bigquery` |
+
+BigQuery's engine is reached through `bigquery_front` (tokens, scopes, IAM) and
+`google_oauth` (the token endpoint), both running in the test process.
 
 The engines' virtualenvs are their own: chdb, fakesnow and local-bigquery pin versions
 (duckdb, the Snowflake connector, Python 3.13) that Broadcast's own environment need not
-share. `make setup` builds them; a missing one fails the fixture with that hint.
+share. `make setup` builds them; a missing one fails the fixture with that hint. The
+session fixtures that start them are in tests/warehouse_fixtures.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 # virtualenv with the project and its test extras.
 VENV := .venv
 MLFLOW_VENV := .venv-mlflow
+# The warehouse engines the warehouse tests write to (tests/emulators/warehouses.py).
+WAREHOUSES_VENV := .venv-warehouses
+BIGQUERY_VENV := .venv-bigquery
 PY := $(VENV)/bin/python
 EXTRA_REQUIREMENTS := $(wildcard tests/requirements-*.txt)
 
@@ -25,12 +28,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed
+setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed \
+	$(WAREHOUSES_VENV)/.installed $(BIGQUERY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS) tests/nodeps-requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,ops]' $(foreach f,$(EXTRA_REQUIREMENTS),-r $(f))
+	$(PY) -m pip install --quiet -e '.[test,ops,bigquery]' $(foreach f,$(EXTRA_REQUIREMENTS),-r $(f))
 	$(PY) -m pip install --quiet --no-deps -r tests/nodeps-requirements.txt
 	touch $@
 
@@ -39,6 +43,20 @@ $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS) tests/nodeps-requiremen
 $(MLFLOW_VENV)/.installed: tests/mlflow-server-requirements.txt
 	python3 -m venv $(MLFLOW_VENV)
 	$(MLFLOW_VENV)/bin/pip install --quiet -r tests/mlflow-server-requirements.txt
+	touch $@
+
+$(WAREHOUSES_VENV)/.installed: tests/warehouse-emulators-requirements.txt
+	python3 -m venv $(WAREHOUSES_VENV)
+	$(WAREHOUSES_VENV)/bin/pip install --quiet -r tests/warehouse-emulators-requirements.txt
+	touch $@
+
+# local-bigquery needs Python 3.13: tests/python313.sh finds one (pyenv's, one on PATH,
+# Debian's) or installs it, and says why when it cannot.
+$(BIGQUERY_VENV)/.installed: tests/bigquery-emulator-requirements.txt tests/python313.sh
+	py=$$(bash tests/python313.sh) && "$$py" -m venv $(BIGQUERY_VENV)
+	$(BIGQUERY_VENV)/bin/pip install --quiet -r tests/bigquery-emulator-requirements.txt
+	$(BIGQUERY_VENV)/bin/python -c "from duckdb_extensions import import_extension as i; \
+		[i(name) for name in ('ducklake', 'icu', 'spatial')]"
 	touch $@
 
 redis-server:

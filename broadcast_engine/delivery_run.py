@@ -56,7 +56,7 @@ from broadcast_engine.delivery_policy import (
     is_throttle,
 )
 from broadcast_engine.runtime import Runtime
-from destinations.base import DeliveryContext, DeliveryResult, Destination
+from destinations.base import ConnectionCheck, DeliveryContext, DeliveryResult, Destination
 from destinations.outcomes import Outcome
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
@@ -295,6 +295,10 @@ class DeliveryRun:
         decision = self._destination_decision(
             record, results, health, attempts, now, probe, secrets
         )
+        misconfigured = next((r for r in results if r.config_error), None)
+        if misconfigured is not None:  # e.g. a warehouse table that lost a column
+            reason = redact(misconfigured.error or "destination misconfigured", secrets)
+            current.health.record_check(record, ConnectionCheck(Outcome.PERMANENT, reason), now)
         settlements: list[Settlement] = []
         items: dict[str, str] = {}
         dead_reasons: list[str] = []

@@ -232,6 +232,22 @@ def _replay(service: SettingsService, args: argparse.Namespace) -> dict[str, Any
     }
 
 
+def _destination_schema(_service: None, args: argparse.Namespace) -> str:
+    from destinations.warehouse_schema import create_table
+
+    try:
+        statement = create_table(
+            args.type,
+            table=args.table,
+            database=args.database,
+            schema=args.schema,
+            dataset=args.dataset,
+        )
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    return statement + ";"
+
+
 def _types(_service: SettingsService, _args: argparse.Namespace) -> list[str]:
     return known_types()
 
@@ -553,6 +569,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
     ):
         command(destination, name, handler, text, render).add_argument("id")
+
+    schema = command(
+        destination,
+        "schema",
+        _destination_schema,
+        "print the CREATE TABLE statement of a warehouse destination (clickhouse, "
+        "snowflake, bigquery): one statement, nothing else",
+        lambda statement: statement,
+    )
+    schema.set_defaults(needs_service=False)
+    schema.add_argument("--type", required=True)
+    for flag in ("--table", "--database", "--schema", "--dataset"):
+        schema.add_argument(flag)
 
     status = command(
         commands, "status", _status, "health and counters per destination", _render_status

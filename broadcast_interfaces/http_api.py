@@ -46,6 +46,7 @@ logger = logging.getLogger("broadcast.api")
 PREFIX = "/api/v1/observability"
 DestinationId = Annotated[str, Path(min_length=1, max_length=100)]
 Limit = Annotated[int, Query(ge=1, le=500)]
+Name = Annotated[str | None, Query(min_length=1, max_length=255)]
 
 _STATUS_CODES = {
     400: "invalid_request",
@@ -221,6 +222,29 @@ def create_app(service: SettingsService, management_keys: ManagementKeys) -> Fas
     def destination_types(key: Caller) -> dict[str, Any]:
         """Every destination type of this installation, with its config fields."""
         return {"data": [describe(slug) for slug in known_types()]}
+
+    @app.get(f"{PREFIX}/types/{{type_name}}/schema", tags=["destinations"])
+    def table_schema(
+        type_name: Annotated[str, Path(min_length=1, max_length=64)],
+        key: Caller,
+        table: Name = None,
+        database: Name = None,
+        schema: Name = None,
+        dataset: Name = None,
+    ) -> dict[str, Any]:
+        """The CREATE TABLE statement of a warehouse type (clickhouse, snowflake, bigquery),
+        the same as `broadcast destination schema`: run it once, then add the destination."""
+        from destinations.warehouse_schema import WAREHOUSES, create_table
+
+        if type_name not in WAREHOUSES:
+            raise ApiError(404, "not_found", f"type: {type_name!r} has no table schema")
+        try:
+            statement = create_table(
+                type_name, table=table, database=database, schema=schema, dataset=dataset
+            )
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        return {"data": {"type": type_name, "statement": statement + ";"}}
 
     @app.get(f"{PREFIX}/status", tags=["inspection"])
     def status(key: Caller) -> dict[str, Any]:

@@ -546,13 +546,11 @@ class SettingsService:
             validated = cls.config_schema().load(dict(config))
         except marshmallow.ValidationError as exc:
             raise SettingsError(_describe_config_error(cls.slug, exc.messages)) from None
-        for name in cls.url_fields():
-            url = validated.get(name)
-            if url:
-                try:
-                    check_url(url, self.policy)
-                except (BlockedUrl, OSError) as exc:
-                    raise SettingsError(f"config field {name!r}: {exc}") from None
+        for name, url in cls.config_urls(validated).items():
+            try:
+                check_url(url, self.policy)
+            except (BlockedUrl, OSError) as exc:
+                raise SettingsError(f"config field {name!r}: {exc}") from None
         return validated
 
     def _check(

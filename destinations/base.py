@@ -130,6 +130,10 @@ class DeliveryResult:
     # What the delivery log should say about how the vendor took this trace (e.g. a
     # caller's parent_span_id it could not use).
     notes: tuple[str, ...] = ()
+    # Permanent, and about the destination's own setup rather than this trace (a warehouse
+    # table that lost a column): every trace would fail the same way, so the engine also
+    # marks the destination failing until a Test Connection passes.
+    config_error: bool = False
 
     @property
     def concerns_destination(self) -> bool:
@@ -199,6 +203,13 @@ class Destination(ABC):
             for name, schema_field in cls.config_schema().fields.items()
             if schema_field.metadata.get("url")
         )
+
+    @classmethod
+    def config_urls(cls, config: Mapping[str, Any]) -> dict[str, str]:
+        """Every URL a validated config makes Broadcast connect to, keyed by the name an
+        error gives it: the URL fields, plus what a type finds inside other fields. The
+        settings service runs the URL guard on each when a config is saved."""
+        return {name: config[name] for name in cls.url_fields() if config.get(name)}
 
     @abstractmethod
     def deliver(self, trace: Trace, context: DeliveryContext) -> DeliveryResult:

@@ -26,6 +26,9 @@ VENDOR_MODULES: tuple[str, ...] = (
     "destinations.opik",
     "destinations.raindrop",
     "destinations.firehose",
+    "destinations.clickhouse",
+    "destinations.snowflake",
+    "destinations.bigquery",
 )
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import functools
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -114,6 +116,33 @@ def error_event(index: int = 0, **overrides: Any) -> dict[str, Any]:
     return event
 
 
+@functools.cache
+def service_account_key(
+    token_uri: str, email: str = "broadcast@proj-1234.iam.gserviceaccount.com"
+) -> str:
+    """A service-account key file (JSON text) with a fresh RSA key, for BigQuery configs."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "proj-1234",
+            "private_key_id": "k1",
+            "private_key": pem,
+            "client_email": email,
+            "client_id": "1",
+            "token_uri": token_uri,
+        }
+    )
+
+
 def destination_configs(
     url: str, secret: str = "SeCrEt0123456789abcdef"
 ) -> dict[str, dict[str, Any]]:
@@ -127,13 +156,32 @@ def destination_configs(
             "model_id": "m",
             "base_url": url,
         },
+        "bigquery": {
+            "project_id": "proj-1234",
+            "service_account_json": service_account_key(url + "/token"),
+            "dataset": "openrouter",
+            "endpoint": url,
+        },
         "braintrust": {"api_key": "bt_" + secret, "project_id": "p1", "base_url": url},
+        "clickhouse": {
+            "host": url,
+            "database": "default",
+            "table": "OPENROUTER_TRACES",
+            "username": "default",
+            "password": "ch" + secret,
+        },
         "datadog": {"api_key": "dd" + secret, "ml_app": "app", "url": url},
         "firehose": {
             "stream_name": "stream-1",
             "endpoint_url": url,
             "access_key_id": "AKIAEXAMPLE",
             "secret_access_key": "fh" + secret,
+        },
+        "snowflake": {
+            "account": "xy12345.us-east-1",
+            "token": "pat" + secret,
+            "database": "DB",
+            "endpoint": url,
         },
         "dynatrace": {"api_token": "dt0c01." + secret, "environment_url": url},
         "grafana": {"api_key": "glc_" + secret, "instance_id": "123456", "base_url": url},

@@ -27,6 +27,9 @@ from harness.processes import (
 from harness.receiver import Receiver, Reply, Responder
 from settings.crypto import generate_key
 
+# The warehouse engines' session fixtures (clickhouse, snowflake, bigquery).
+pytest_plugins = ["tests.warehouse_fixtures"]
+
 WORKDIR = scratch_dir("broadcast-tests-")
 REDIS_PORT = free_port()
 TEST_ENV = {

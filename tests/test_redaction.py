@@ -98,7 +98,8 @@ def test_every_credential_form_a_destination_sends_is_redacted(type_, receiver):
             for form in forms:
                 assert form not in cleaned, (type_, form, cleaned)
     sent = "\n".join("\n".join(echoes(r)) for r in requests)
-    assert REDACTED in redact(sent, secrets)
+    if type_ != "bigquery":  # its key never travels: only a signed assertion, in a body
+        assert REDACTED in redact(sent, secrets)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from harness.receiver import ReceivedRequest, Reply
 from harness.samples import chat_event, destination_configs
 from harness.waiting import wait_for
 from tasks import broadcast
+from tests.emulators.warehouse_probes import probe_reply
 from tests.test_redaction import credential_forms
 
 pytestmark = pytest.mark.integration
@@ -69,6 +70,9 @@ class EchoingVendor:
 
     def __call__(self, request: ReceivedRequest) -> Reply:
         if not self.echo.is_set():
+            probe = probe_reply(request)  # the warehouses' table and permission checks
+            if probe is not None:
+                return probe
             if request.path.startswith("/api/public/projects"):
                 return Reply(200, b'{"data": [{"id": "p1", "name": "project"}]}')
             return Reply(200, b"" if request.method == "PUT" else b"{}")

@@ -15,6 +15,7 @@ from harness.receiver import Reply
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from tasks import broadcast, fan_out
+from tests.warehouse_destinations import add_warehouse_destinations
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,9 @@ def redis_dump(client) -> bytes:
     return b"\n".join(chunks)
 
 
-def test_no_plaintext_secret_anywhere(worker, service, user_id, receiver, moto_server):
+def test_no_plaintext_secret_anywhere(
+    worker, service, user_id, receiver, moto_server, clickhouse, snowflake, bigquery
+):
     header_secret = "Bearer hdr_" + uuid.uuid4().hex
     signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     s3_secret = "s3key_" + uuid.uuid4().hex
@@ -93,6 +96,11 @@ def test_no_plaintext_secret_anywhere(worker, service, user_id, receiver, moto_s
         },
     )
 
+    # ClickHouse, Snowflake and BigQuery on their real engines (password, programmatic
+    # access token, service-account key).
+    warehouses = add_warehouse_destinations(service, owner, clickhouse, snowflake, bigquery)
+    secrets += warehouses.secrets
+
     published: list[bytes] = []
 
     def capture(body, headers, **_):
@@ -107,14 +115,22 @@ def test_no_plaintext_secret_anywhere(worker, service, user_id, receiver, moto_s
     wait_for(lambda: service.store.counters(ok_hook["id"])["delivered"] == 2)
     wait_for(lambda: service.store.counters(archive["id"])["delivered"] == 2)
     wait_for(lambda: service.store.counters(bad_hook["id"])["retried"] >= 1)
+    wait_for(
+        lambda: all(service.store.counters(i)["delivered"] == 2 for i in warehouses.ids),
+        timeout=60,
+    )
+    secrets += warehouses.issued_tokens()  # BigQuery's access tokens, made at run time
+    assert warehouses.issued_tokens()
 
-    assert len(published) == 3  # one deliver message per destination, ids only
+    assert len(published) == 6  # one deliver message per destination, ids only
     outputs = []
     for argv in (
         ["destination", "list", "--owner", owner],
         ["status", "--owner", owner],
         ["deliveries", bad_hook["id"]],
         ["destination", "show", archive["id"]],
+        *(["destination", "show", warehouse_id] for warehouse_id in warehouses.ids),
+        *(["deliveries", warehouse_id] for warehouse_id in warehouses.ids),
     ):
         for fmt in ([], ["--json"]):
             buffer = io.StringIO()

@@ -203,16 +203,16 @@ def saved_config_error(type_: str, name: str, url: str) -> str | None:
     """Why saving the type's config with `url` in field `name` is refused, else None.
 
     The same two steps as `SettingsService._validate_config`: the schema, then the guard
-    on every URL field."""
+    on every URL the config names (`config_urls`: the URL fields and, for BigQuery, the
+    key's token_uri)."""
     cls = destination_class(type_)
     config = {**destination_configs("https://public.test")[type_], name: url}
     if type_ == "sentry":
         config.update(_sentry_pair(url))
     try:
         validated = cls.config_schema().load(config)
-        for field_name in cls.url_fields():
-            if validated.get(field_name):
-                check_url(validated[field_name], GUARDED)
+        for config_url in cls.config_urls(validated).values():
+            check_url(config_url, GUARDED)
     except (ValidationError, BlockedUrl, OSError) as exc:
         return str(exc)
     return None

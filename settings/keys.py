@@ -35,6 +35,9 @@ of their own and are only ever touched alone.
 | `bc:checks:due` | sorted set | destination id -> next credential re-validation |
 | `bc:notify:outbox` | list | owner events waiting to be posted |
 | `bc:rejected` | list | the latest rejected events (id, owner, reason), capped |
+| `bc:{o:OWNER}:rejected` | list | the owner's latest rejected events, capped, expiring when idle |
+| `bc:unreadable:QUEUE` | stream | messages of QUEUE no worker could read: reason, size, sha256 |
+| `bc:unreadable:counts` | hash | QUEUE -> unreadable messages set aside, ever |
 | `bc:heartbeat:beat` | string | when beat's sweep last ran (unix seconds) |
 | `bc:{mkeys}:by_hash` | hash | SHA-256 of a management API key -> its key id |
 | `bc:{mkeys}:key:ID` | hash | a management key's `owner`, `name`, `created_at`, `hash` |
@@ -50,6 +53,7 @@ DESTINATIONS = f"{PREFIX}destinations"
 CHECKS_DUE = f"{PREFIX}checks:due"
 NOTIFY_OUTBOX = f"{PREFIX}notify:outbox"
 REJECTED = f"{PREFIX}rejected"
+UNREADABLE_COUNTS = f"{PREFIX}unreadable:counts"
 BEAT_HEARTBEAT = f"{PREFIX}heartbeat:beat"
 
 # The parts of a destination's key space, deleted with the destination.
@@ -76,6 +80,11 @@ def owner(owner_id: str) -> str:
 
 def owner_part(owner_id: str, part: str) -> str:
     return f"{owner(owner_id)}:{part}"
+
+
+def unreadable(queue: str) -> str:
+    """Messages of a broker queue that no worker could read (settings/unreadable_messages.py)."""
+    return f"{PREFIX}unreadable:{queue}"
 
 
 def org_members(org_id: str) -> str:

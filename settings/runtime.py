@@ -25,6 +25,7 @@ from settings.redis_client import connect
 from settings.service import SettingsService
 from settings.store import SettingsStore
 from settings.trace_store import TraceStore
+from settings.unreadable_messages import UnreadableMessages
 
 DELIVER_TASK = "broadcast.deliver"
 # How far past the retry horizon a stored trace outlives its entries (see `traces`).
@@ -77,6 +78,10 @@ class Runtime:
         return DeadLetters(
             self.store.redis, retention_seconds=self.config.dead_letter_retention_seconds
         )
+
+    @cached_property
+    def unreadable(self) -> UnreadableMessages:
+        return UnreadableMessages(self.store.redis)
 
     @cached_property
     def notifications(self) -> Notifications:

@@ -24,6 +24,7 @@ from harness.processes import (
     free_port,
     scratch_dir,
 )
+from harness.rabbitmq import RabbitMQServer
 from harness.receiver import Receiver, Reply, Responder
 from settings.crypto import generate_key
 
@@ -64,6 +65,14 @@ def worker(redis_server: RedisServer) -> Iterator[ManagedProcess]:
     process = celery_worker(os.environ, WORKDIR)
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(workdir: Path) -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node of the session's own (tests on the AMQP broker share it)."""
+    server = RabbitMQServer(workdir)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ class _Streaming(Protocol):
     needs_input: bool
     unused_data: bytes
 
-    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+    def decompress(self, data: bytes | memoryview, max_length: int = -1) -> bytes: ...
 
 
 def inflate(data: object, method: str, limit: int) -> bytes:
@@ -53,54 +53,63 @@ def inflate(data: object, method: str, limit: int) -> bytes:
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InflateRefused(f"a compressed body must be bytes, not {type(data).__name__}")
+    view = memoryview(data).cast("B")
     if method in ("zlib", "gzip"):
-        return _inflate_zlib(bytes(data), limit)
+        return _inflate_zlib(view, limit)
     if method == "bz2":
-        return _inflate_streaming(bz2.BZ2Decompressor(), bytes(data), limit, method)
+        return _inflate_streaming(bz2.BZ2Decompressor(), view, limit, method)
     if method == "lzma":
-        return _inflate_streaming(lzma.LZMADecompressor(), bytes(data), limit, method)
+        return _inflate_streaming(lzma.LZMADecompressor(), view, limit, method)
     raise InflateRefused(f"compression {method!r} is not accepted")
 
 
-def _inflate_zlib(data: bytes, limit: int) -> bytes:
+def _inflate_zlib(data: memoryview, limit: int) -> bytes:
+    # Input goes in by chunks too: zlib copies what it could not consume yet into
+    # `unconsumed_tail` on every call, which for a whole bomb would be the whole input.
     decompressor = zlib.decompressobj(_ZLIB_OR_GZIP)
     out = bytearray()
-    pending = data
+    offset, pending = 0, data[:0]
     try:
         while not decompressor.eof:
+            if not pending and offset < len(data):
+                pending, offset = data[offset : offset + CHUNK_BYTES], offset + CHUNK_BYTES
             chunk = decompressor.decompress(pending, CHUNK_BYTES)
             out += chunk
             if len(out) > limit:
                 raise InflateRefused(f"inflates past the {limit}-byte limit")
             pending = decompressor.unconsumed_tail
-            if not chunk and not pending:
-                break
+            if not chunk and not pending and offset >= len(data):
+                break  # all given, nothing more comes out: truncated
     except zlib.error as exc:
         raise InflateRefused(f"not a zlib stream ({exc})") from None
     if not decompressor.eof:
         raise InflateRefused("a truncated zlib stream")
-    if decompressor.unused_data:
+    if decompressor.unused_data or pending or offset < len(data):
         raise InflateRefused("bytes after the end of the zlib stream")
     return bytes(out)
 
 
-def _inflate_streaming(decompressor: _Streaming, data: bytes, limit: int, method: str) -> bytes:
+def _inflate_streaming(
+    decompressor: _Streaming, data: memoryview, limit: int, method: str
+) -> bytes:
     out = bytearray()
-    pending = data
+    offset = 0
     try:
         while not decompressor.eof:
-            chunk = decompressor.decompress(pending, CHUNK_BYTES)
-            pending = b""
-            out += chunk
+            if decompressor.needs_input:
+                if offset >= len(data):
+                    break  # all given, and it wants more: truncated
+                piece, offset = data[offset : offset + CHUNK_BYTES], offset + CHUNK_BYTES
+            else:
+                piece = data[:0]
+            out += decompressor.decompress(piece, CHUNK_BYTES)
             if len(out) > limit:
                 raise InflateRefused(f"inflates past the {limit}-byte limit")
-            if not chunk and decompressor.needs_input:
-                break
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise InflateRefused(f"not a {method} stream ({exc})") from None
     if not decompressor.eof:
         raise InflateRefused(f"a truncated {method} stream")
-    if decompressor.unused_data:
+    if decompressor.unused_data or offset < len(data):
         raise InflateRefused(f"bytes after the end of the {method} stream")
     return bytes(out)
 

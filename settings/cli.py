@@ -29,6 +29,7 @@ from settings.key_rotation import rotate_all
 from settings.moments import iso, parse_moment
 from settings.probes import Unhealthy
 from settings.service import SettingsError, SettingsService
+from settings.unreadable_messages import UnreadableMessages
 
 EXIT_REFUSED = 2
 # A health probe (`broadcast health ...`) that failed: what an orchestrator acts on.
@@ -238,8 +239,22 @@ def _keys_generate(_service: None, _args: argparse.Namespace) -> dict[str, str]:
     return {"key": generate_key()}
 
 
-def _keys_rotate(service: SettingsService, _args: argparse.Namespace) -> dict[str, int]:
+def _keys_rotate(service: SettingsService, args: argparse.Namespace) -> dict[str, int]:
+    _operator_only(args, "keys rotate")  # re-seals every owner's secrets
     return rotate_all(service.store, service.box).as_dict()
+
+
+def _unreadable(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    _operator_only(args, "unreadable")  # broker messages belong to no owner
+    if args.queue is not None and args.queue not in UnreadableMessages.listed_queues():
+        raise Refused(f"--queue: one of {', '.join(UnreadableMessages.listed_queues())}")
+    return UnreadableMessages(service.store.redis).latest(args.queue, limit=args.limit)
+
+
+def _operator_only(args: argparse.Namespace, command: str) -> None:
+    """Refuse `--actor` for a command that reaches beyond one owner's settings."""
+    if args.actor is not None:
+        raise Refused(f"`broadcast {command}` is for the operator only: run it without --actor")
 
 
 # Operations: probes for an orchestrator and the metrics endpoint (no settings service).
@@ -373,6 +388,14 @@ def _render_rejected(entry: dict[str, Any]) -> str:
     return f"{entry['at']}  {entry['id'] or '(no id)'}  {entry['owner'] or '-'}  {entry['reason']}"
 
 
+def _render_unreadable(entry: dict[str, Any]) -> str:
+    return (
+        f"{iso(entry['at'])}  {entry['queue']}  task={entry['task'] or '-'}  "
+        f"id={entry['task_id'] or '-'}  {entry['size']} bytes  sha256={entry['sha256']}\n"
+        f"    {entry['reason']}"
+    )
+
+
 def _render_replay(result: dict[str, Any]) -> str:
     return f"replayed {result['replayed']} dead letter(s) of {result['id']}"
 
@@ -455,6 +478,17 @@ def _letter_view(letter: DeadLetter) -> dict[str, Any]:
         "reason": letter.reason,
         "replayed_at": iso(letter.replayed_at) if letter.replayed_at else None,
     }
+
+
+def _positive_int(raw: str) -> int:
+    """A count flag (`--limit`): a whole number from 1."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _split(raw: str | None) -> list[str]:
@@ -559,13 +593,23 @@ def _parser() -> argparse.ArgumentParser:
         _render_attempt,
     )
     deliveries.add_argument("id")
-    deliveries.add_argument("--limit", type=int, default=20)
+    deliveries.add_argument("--limit", type=_positive_int, default=20)
 
     rejected = command(
         commands, "rejected", _rejected, "latest rejected events with reasons", _render_rejected
     )
     rejected.add_argument("--owner")
-    rejected.add_argument("--limit", type=int, default=20)
+    rejected.add_argument("--limit", type=_positive_int, default=20)
+
+    unreadable = command(
+        commands,
+        "unreadable",
+        _unreadable,
+        "broker messages no worker could read, set aside (operator only)",
+        _render_unreadable,
+    )
+    unreadable.add_argument("--queue", help="one queue (default: all)")
+    unreadable.add_argument("--limit", type=_positive_int, default=20)
 
     notify = commands.add_parser("notify", help="owners' health notifications").add_subparsers(
         dest="notify_command", required=True
@@ -582,7 +626,7 @@ def _parser() -> argparse.ArgumentParser:
 
     events = command(commands, "events", _events, "an owner's health events", _render_event)
     events.add_argument("--owner", required=True)
-    events.add_argument("--limit", type=int, default=50)
+    events.add_argument("--limit", type=_positive_int, default=50)
 
     for name, handler, text, render in (
         ("dead-letters", _dead_letters, "deliveries given up on, with reasons", _render_letter),
@@ -594,7 +638,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--until", help="ISO 8601 or unix seconds")
         sub.add_argument("--id", dest="ids", action="append", help="a dead letter id (repeat)")
         if name == "dead-letters":
-            sub.add_argument("--limit", type=int)
+            sub.add_argument("--limit", type=_positive_int)
 
     command(commands, "types", _types, "destination types available").set_defaults(
         needs_service=False

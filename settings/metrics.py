@@ -15,6 +15,8 @@ Series (labels `destination`, `type`, `owner` unless said otherwise):
 - `broadcast_queue_depth{queue=...}` (gauge, no destination labels): messages ready in
   each Celery queue, read from the broker; `broadcast_broker_up` says whether it answered.
 - `broadcast_destinations` (gauge): destinations known to the store.
+- `broadcast_unreadable_messages_total{queue=...}` (counter, no destination labels):
+  broker messages no worker could read, set aside (settings/unreadable_messages.py).
 
 A source that this version of the store or runtime does not provide (no
 `latency_histogram`, no backlog) is left out of the scrape rather than failing it.
@@ -62,6 +64,7 @@ class Sources:
     store: Store
     broker_url: str
     backlog: Any | None = None
+    unreadable: Any | None = None
     queues: Sequence[str] = TASK_QUEUES
     broker_timeout: float = 2.0
 
@@ -88,6 +91,8 @@ class BroadcastCollector(Collector):
             yield _latency(histogram_of, destinations)
         if sources.backlog is not None:
             yield from _backlog(sources.backlog, destinations, now)
+        if sources.unreadable is not None:
+            yield _unreadable(sources.unreadable.counts())
         yield from _queues(sources)
 
 
@@ -147,6 +152,17 @@ def _backlog(backlog: Any, destinations: Iterable[tuple[str, ...]], now: float) 
     return [depth, in_flight, size, oldest]
 
 
+def _unreadable(counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(
+        "broadcast_unreadable_messages",
+        "Broker messages no worker could read, set aside (`broadcast unreadable`).",
+        labels=("queue",),
+    )
+    for queue, count in counts.items():
+        family.add_metric([queue], count)
+    return family
+
+
 def queue_depths(broker_url: str, queues: Sequence[str], timeout: float) -> dict[str, int]:
     """Messages ready in each queue, through kombu, so Redis and RabbitMQ read alike.
 
@@ -196,6 +212,7 @@ def runtime_sources() -> Sources:
         store=current.store,
         broker_url=current.config.broker_url,
         backlog=getattr(current, "backlog", None),
+        unreadable=current.unreadable,
     )
 
 

@@ -14,7 +14,6 @@ and the hash lets a sender find which of its messages it was.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -24,9 +23,8 @@ from settings import keys
 from settings.broker import TASK_QUEUES
 from settings.printable import escape_controls
 
-logger = logging.getLogger("broadcast.broker")
-
-# Entries kept per queue (the stream is trimmed approximately, so a few more may stay).
+# Entries kept per queue (trimmed exactly: setting a message aside is rare, and a cap that
+# holds is what keeps one queue's flood from growing without bound).
 MAX_ENTRIES_PER_QUEUE = 10_000
 # Messages from a queue that is not one of Broadcast's are counted under this name, so a
 # sender cannot create keys by naming queues.
@@ -59,6 +57,11 @@ class UnreadableMessages:
         self.queues = tuple(queues)
         self.max_entries = max_entries
 
+    @staticmethod
+    def listed_queues(queues: Sequence[str] = TASK_QUEUES) -> tuple[str, ...]:
+        """The names entries are kept under: Broadcast's queues, and `OTHER_QUEUE`."""
+        return (*queues, OTHER_QUEUE)
+
     def queue_name(self, queue: str | None) -> str:
         """`queue` if it is one of Broadcast's queues, else `OTHER_QUEUE`."""
         return queue if queue in self.queues else OTHER_QUEUE
@@ -77,14 +80,14 @@ class UnreadableMessages:
                 keys.unreadable(queue),
                 {"message": json.dumps(entry, sort_keys=True)},
                 maxlen=self.max_entries,
-                approximate=True,
+                approximate=False,
             )
             pipe.hincrby(keys.UNREADABLE_COUNTS, queue, 1)
             pipe.execute()
 
     def latest(self, queue: str | None = None, limit: int = 20) -> list[dict[str, object]]:
         """The newest entries first, of `queue` or of every queue."""
-        queues = [self.queue_name(queue)] if queue else [*self.queues, OTHER_QUEUE]
+        queues = [self.queue_name(queue)] if queue else self.listed_queues(self.queues)
         entries: list[dict[str, object]] = []
         for name in queues:
             for _id, fields in self.redis.xrevrange(keys.unreadable(name), count=limit):
@@ -96,4 +99,4 @@ class UnreadableMessages:
         """Messages set aside per queue, ever (every queue present, 0 when none)."""
         raw = self.redis.hgetall(keys.UNREADABLE_COUNTS)
         counted = {name.decode(): int(value) for name, value in raw.items()}
-        return {name: counted.get(name, 0) for name in (*self.queues, OTHER_QUEUE)}
+        return {name: counted.get(name, 0) for name in self.listed_queues(self.queues)}

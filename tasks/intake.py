@@ -26,7 +26,9 @@ from kombu.exceptions import OperationalError
 from redis.cluster import RedisCluster
 
 from settings.event_limits import EventLimits
+from settings.models import OWNER_PATTERN
 from settings.runtime import runtime
+from settings.store import UNKNOWN_OWNER
 from settings.trace_store import Written
 from tasks.deliver import deliver
 from tasks.eligibility import Decision, decide
@@ -156,12 +158,13 @@ def record_internal_error(event: Any, exc: Exception) -> None:
 
 
 def _reject(event: Any, exc: InvalidEvent) -> None:
-    logger.warning("broadcast.event.rejected %s", exc)
+    owner = _owner_of(event)
+    logger.warning("broadcast.event.rejected owner=%s %s", owner or UNKNOWN_OWNER, exc)
     runtime().store.record_rejected_event(
-        _owner_of(event),
+        owner,
         {
             "id": exc.event_id,
-            "owner": _owner_of(event),
+            "owner": owner or UNKNOWN_OWNER,
             "reason": exc.reason,
             "at": datetime.now(UTC).isoformat(),
         },
@@ -169,12 +172,14 @@ def _reject(event: Any, exc: InvalidEvent) -> None:
 
 
 def _owner_of(event: Any) -> str | None:
-    """The owner a broken event would have had, when its ids are readable."""
+    """The owner a broken event would have had, if its ids name a possible owner (the
+    characters and length of `settings.models.OWNER_PATTERN`); None otherwise, so a
+    hostile id never becomes a key in the store."""
     if not isinstance(event, Mapping):
         return None
     org_id, user_id = event.get("org_id"), event.get("user_id")
-    if isinstance(org_id, str) and org_id:
-        return f"org:{org_id}"
-    if isinstance(user_id, str) and user_id:
-        return f"user:{user_id}"
-    return None
+    if org_id is not None and org_id != "":
+        owner = f"org:{org_id}" if isinstance(org_id, str) else None
+    else:
+        owner = f"user:{user_id}" if isinstance(user_id, str) else None
+    return owner if owner is not None and OWNER_PATTERN.match(owner) else None

@@ -159,7 +159,7 @@ def record_internal_error(event: Any, exc: Exception) -> None:
 
 def _reject(event: Any, exc: InvalidEvent) -> None:
     owner = _owner_of(event)
-    logger.warning("broadcast.event.rejected owner=%s %s", owner or UNKNOWN_OWNER, exc)
+    logger.warning("broadcast.event.rejected %s owner=%s", exc, owner or UNKNOWN_OWNER)
     runtime().store.record_rejected_event(
         owner,
         {

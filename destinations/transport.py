@@ -133,7 +133,11 @@ class HttpTransport:
         except requests.ConnectionError as exc:
             kind = _connection_error_kind(exc)
             return self._failure(started, kind, refused=kind.startswith("blocked"))
-        except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as exc:
+        except (
+            requests.exceptions.InvalidHeader,
+            requests.exceptions.InvalidURL,
+            UnicodeError,  # a header http.client cannot encode (a name past ASCII, ...)
+        ) as exc:
             return self._failure(started, f"invalid request: {type(exc).__name__}", refused=True)
         except requests.RequestException as exc:
             return self._failure(started, f"request error: {type(exc).__name__}")

@@ -467,7 +467,9 @@ def _time(raw: str | None) -> float | None:
     try:
         return parse_moment(raw)
     except ValueError:
-        raise Refused(f"not a time: {raw!r} (ISO 8601 or unix seconds)") from None
+        raise Refused(
+            f"not a time: {raw!r} (ISO 8601 or unix seconds, from 1970 to 9999)"
+        ) from None
 
 
 def _letter_view(letter: DeadLetter) -> dict[str, Any]:

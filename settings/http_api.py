@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from settings.api_keys import ManagementKey, ManagementKeys
 from settings.dead_letters import DeadLetter
 from settings.http_schemas import DestinationCreate, DestinationUpdate, OwnerUpdate, Replay
-from settings.moments import iso, parse_moment
+from settings.moments import checked_moment, iso, parse_moment
 from settings.service import ConnectionTestFailed, LimitReached, SettingsError, SettingsService
 
 logger = logging.getLogger("broadcast.api")
@@ -258,16 +258,19 @@ def letter_out(letter: DeadLetter) -> dict[str, Any]:
 
 
 def parse_time(raw: str | float | None, name: str) -> float | None:
-    """Unix seconds or ISO 8601 (UTC when no offset is given)."""
+    """Unix seconds or ISO 8601 (UTC when no offset is given), from 1970 to 9999."""
     if raw is None:
         return None
-    if isinstance(raw, int | float):
-        return float(raw)
     try:
+        if isinstance(raw, int | float):
+            return checked_moment(float(raw))
         return parse_moment(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
+        shown = repr(raw)[:100]
         raise ApiError(
-            400, "invalid_request", f"{name}: not a time {raw!r} (ISO 8601 or unix seconds)"
+            400,
+            "invalid_request",
+            f"{name}: not a time {shown} (ISO 8601 or unix seconds, from 1970 to 9999)",
         ) from None
 
 

@@ -314,8 +314,9 @@ def _api_keys_revoke(service: SettingsService, args: argparse.Namespace) -> dict
 
 def _serve(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
     from settings.http_api import serve
+    from settings.runtime import runtime
 
-    serve(service, args.host, args.port)
+    serve(service, args.host, args.port, runtime().config)
     return {"stopped": f"http://{args.host}:{args.port}"}
 
 

@@ -42,6 +42,7 @@ of their own and are only ever touched alone.
 | `bc:{mkeys}:by_hash` | hash | SHA-256 of a management API key -> its key id |
 | `bc:{mkeys}:key:ID` | hash | a management key's `owner`, `name`, `created_at`, `hash` |
 | `bc:{mkeys}:owner:OWNER` | set | an owner's management key ids |
+| `bc:{apiauth}:failures:ADDRESS` | string | failed API key attempts of a client address, expiring |
 """
 
 from __future__ import annotations
@@ -121,3 +122,8 @@ def management_key(key_id: str) -> str:
 
 def management_keys_of(owner_id: str) -> str:
     return f"{PREFIX}{{mkeys}}:owner:{owner_id}"
+
+
+def auth_failures(address: str) -> str:
+    """Failed management-key attempts from one client address (settings/auth_throttle.py)."""
+    return f"{PREFIX}{{apiauth}}:failures:{address}"

@@ -43,6 +43,9 @@ TEST_ENV = {
     # Above the longest request of a test (read timeout 5 s), so no batch is reclaimed
     # from a live task; short, so a killed task's batch comes back within seconds.
     "BROADCAST_CLAIM_LEASE_SECONDS": "8",
+    # Every test's client is 127.0.0.1: the API's failed-key throttle would count them all
+    # together. tests/test_api_guard.py starts an API of its own with the default.
+    "BROADCAST_API_AUTH_FAILURES": "1000000",
 }
 os.environ.update(TEST_ENV)
 

@@ -6,7 +6,8 @@ local Redis as the default.
 
 from kombu import Exchange, Queue
 
-from broadcast_broker.message_codec import register_codec
+from broadcast_broker.bounded_compression import register_bounded_decompression
+from broadcast_broker.message_codec import message_bytes_limit, register_codec
 from broadcast_broker.topology import (
     DELIVER_QUEUE,
     FANOUT_QUEUE,
@@ -32,7 +33,16 @@ task_ignore_result = True
 # kombu's "json" serializer replaced by one that enforces the event limits where a message
 # is decoded: a prefork worker's main process pickles decoded arguments for its child, and
 # a deeply nested one would kill it before any task runs (broadcast_broker/message_codec.py).
-register_codec(EventLimits.from_config(_config))
+_limits = EventLimits.from_config(_config)
+register_codec(_limits)
+# kombu inflates a compressed body (its `compression` header) before anything can check
+# its size: here it stops past the largest message an event within the limits makes
+# (broadcast_broker/bounded_compression.py), and the worker sets the message aside.
+register_bounded_decompression(message_bytes_limit(_limits))
+# The worker's consumer vets every task message before Celery's strategy reads it, and
+# sets aside (records, then drops) what it cannot take: one malformed message must not
+# stop a worker (broadcast_engine/vetting_consumer.py). Both brokers.
+worker_consumer = "broadcast_engine.vetting_consumer:VettingConsumer"
 task_serializer = "json"
 # A fan-out message carries the whole event: zlib makes it (and its copy in the unacked
 # hash) about a third smaller. Workers read compressed and plain messages alike, so a
@@ -75,7 +85,11 @@ worker_prefetch_multiplier = 1
 # kicks them. A killed worker's message comes back after this; its backlog entries come
 # back sooner, after BROADCAST_CLAIM_LEASE_SECONDS, through the sweep.
 VISIBILITY_TIMEOUT_SECONDS = _config.visibility_timeout_seconds  # 300 s by default
-broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+    # The stream transport inflates its own envelope within this (stream_transport.py).
+    "max_message_bytes": message_bytes_limit(_limits),
+}
 task_soft_time_limit = 120
 task_time_limit = 150
 broker_connection_retry_on_startup = True

@@ -51,13 +51,19 @@ _CUT = "\u0000broadcast:cut\u0000"
 _CUT_JSON = '"\\u0000broadcast:cut\\u0000"'
 
 
+def message_bytes_limit(limits: EventLimits) -> int:
+    """The size of a task message body carrying an event at the limit: the event's bytes
+    plus the envelope's. Compressed bodies inflate to at most this (celeryconfig.py)."""
+    return limits.max_bytes + SIZE_MARGIN
+
+
 class MessageCodec:
     """kombu encoder/decoder pair bound to one set of limits."""
 
     def __init__(self, limits: EventLimits) -> None:
         self.limits = limits
         self.max_depth = limits.max_depth + WRAPPER_LEVELS + DEPTH_MARGIN
-        self.max_bytes = limits.max_bytes + SIZE_MARGIN
+        self.max_bytes = message_bytes_limit(limits)
 
     def loads(self, data: str | bytes) -> Any:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data

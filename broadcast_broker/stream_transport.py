@@ -20,8 +20,14 @@ task runs (celery/kombu#305, celery/celery#4354, #7950); it stores every message
 - kombu's list protocol still works for clients that speak it (a gateway's own Celery
   client, in any language): consumers move what such clients push onto a queue's lists
   into the stream, atomically, once a second (every 0.1 s while they are sending);
+- an entry that is no well-formed kombu envelope (another client's XADD, a zlib envelope
+  that inflates past `max_message_bytes`, a body that is not base64) is handed on as a
+  stand-in marked unreadable, with the entry's size and SHA-256, so the worker's consumer
+  records it and acknowledges it (broadcast_engine/vetting_consumer.py): nothing a sender writes
+  can make building kombu's `Message` raise in the worker;
 - everything else (fanout exchanges, Celery's remote-control reply queues, events) is
-  kombu's Redis transport, unchanged.
+  kombu's Redis transport, except that a fanout message that is no envelope is dropped
+  (logged) instead of raising in the worker.
 
 Only the queues named in `stream_queues` (a transport option; Broadcast's three task
 queues by default) are streams. Priorities are not supported on them: Broadcast sets none.
@@ -35,6 +41,7 @@ with a message naming them, instead of a worker failing at its first message.
 from __future__ import annotations
 
 import base64
+import binascii
 import inspect
 import logging
 import os
@@ -57,6 +64,8 @@ from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 
 from broadcast_broker import wire_json
+from broadcast_broker.bounded_compression import InflateRefused, inflate
+from broadcast_broker.message_vetting import UNREADABLE_CONTENT_TYPE, RawFacts, unreadable_headers
 from broadcast_broker.topology import FANOUT_QUEUE, TASK_QUEUES
 
 log = logging.getLogger(__name__)
@@ -133,7 +142,6 @@ RESTORE_LIMIT = 1000
 # Every this many reads the other queues are read before the priority ones.
 PRIORITY_YIELD_EVERY = 4
 FORGET_CONSUMERS_EVERY_SECONDS = 3600.0
-UNREADABLE_MAX_ENTRIES = 10_000
 # Consumer liveness: a consuming worker refreshes its heartbeat this often, the heartbeat
 # lives this long, and every consuming worker looks for dead consumers this often. A
 # killed worker's messages are back on the queue within TTL + interval (20 s).
@@ -143,6 +151,11 @@ CONSUMER_REGISTRY = "broadcast.consumers"
 # A pending entry of this consumer that it never received, idle this long, is requeued.
 UNKNOWN_IDLE_SECONDS = 5.0
 HEARTBEAT_PREFIX = "broadcast.consumer:"
+# The largest body the envelope may inflate to (a `max_message_bytes` transport option;
+# celeryconfig passes the event limit plus the envelope's margin, this is its default).
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 256 * 1024
+# A list client's envelope carries the body in base64 (4/3 of it) beside the headers.
+LIST_ENVELOPE_FACTOR = 2
 
 
 STREAM_SUFFIX = ":stream"
@@ -155,11 +168,6 @@ def stream_key(queue: str) -> str:
 def queue_of(stream: bytes) -> str:
     """The queue a stream key (as Redis answers it) belongs to: `stream_key`'s inverse."""
     return stream.decode().removesuffix(STREAM_SUFFIX)
-
-
-def unreadable_key(queue: str) -> str:
-    """Where an entry that is no kombu envelope at all is kept, with the reason."""
-    return f"{queue}:unreadable"
 
 
 def delivery_tag(queue: str, entry_id: str) -> str:
@@ -195,31 +203,93 @@ def entry_fields(message: dict[str, Any]) -> dict[bytes, bytes]:
 
 
 class UnreadableEntry(ValueError):
-    """A stream entry that is no kombu envelope: kept aside, never handed to Celery."""
+    """A stream entry or message that is no kombu envelope kombu could build a Message of."""
 
 
-def message_from_entry(queue: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """The kombu envelope of a stream entry, with its delivery tag. Raises UnreadableEntry."""
+def message_from_entry(
+    queue: str,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> dict[str, Any]:
+    """The kombu envelope of a stream entry, with its delivery tag. Raises UnreadableEntry.
+
+    Nothing is inflated or decoded past `max_message_bytes` (a list envelope: twice that,
+    for its base64 body)."""
     try:
         if LIST_ENVELOPE in fields:
-            message = wire_json.loads(fields[LIST_ENVELOPE])
+            raw = fields[LIST_ENVELOPE]
+            if len(raw) > LIST_ENVELOPE_FACTOR * max_message_bytes:
+                raise UnreadableEntry(f"a list message of {len(raw)} bytes is too large")
+            message = wire_json.loads(raw)
         else:
-            message = wire_json.loads(zlib.decompress(fields[ENVELOPE]))
-            if BODY in fields:
+            message = wire_json.loads(inflate(fields[ENVELOPE], "zlib", max_message_bytes))
+            if BODY in fields and isinstance(message, dict):
                 message["body"] = fields[BODY]
-        properties = message["properties"]
-        delivery_info = properties.setdefault("delivery_info", {})
-    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, zlib.error) as exc:
-        raise UnreadableEntry(f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(message, dict) or not isinstance(delivery_info, dict):
-        raise UnreadableEntry("the envelope is not a JSON object with properties")
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, UnreadableEntry | InflateRefused) else ""
+        raise UnreadableEntry(reason or f"{type(exc).__name__} reading the envelope") from None
+    checked = checked_envelope(message)
+    properties = checked["properties"]
     properties["delivery_tag"] = delivery_tag(queue, entry_id)
     if REDELIVERED in fields:
-        delivery_info["redelivered"] = True
-        headers = message.get("headers")
+        properties["delivery_info"]["redelivered"] = True
+        headers = checked.get("headers")
         if isinstance(headers, dict):
             headers["redelivered"] = True
+    return checked
+
+
+def checked_envelope(message: Any) -> dict[str, Any]:
+    """`message` if kombu can build a `Message` of it without raising, its base64 body
+    decoded (`body_encoding` None); else raises UnreadableEntry naming what is wrong."""
+    if not isinstance(message, dict):
+        raise UnreadableEntry("the envelope is not a JSON object")
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        raise UnreadableEntry("the envelope has no properties object")
+    delivery_info = properties.setdefault("delivery_info", {})
+    if not isinstance(delivery_info, dict):
+        raise UnreadableEntry("the envelope's delivery_info is not an object")
+    headers = message.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise UnreadableEntry("the envelope's headers are not an object")
+    for name in ("content-type", "content-encoding"):
+        if message.get(name) is not None and not isinstance(message[name], str):
+            raise UnreadableEntry(f"the envelope's {name} is not a string")
+    body = message.get("body")
+    if body is not None and not isinstance(body, str | bytes):
+        raise UnreadableEntry("the envelope's body is not a string")
+    encoding = properties.get("body_encoding")
+    if encoding == "base64":
+        if body:
+            try:
+                message["body"] = base64.b64decode(body, validate=True)
+            except (binascii.Error, ValueError):
+                raise UnreadableEntry("the body is not base64") from None
+        properties["body_encoding"] = None
+    elif encoding not in (None, "", "utf-8"):
+        raise UnreadableEntry("the envelope's body_encoding is neither base64 nor utf-8")
     return message
+
+
+def unreadable_stand_in(
+    queue: str, entry_id: str, fields: dict[bytes, bytes], reason: str
+) -> dict[str, Any]:
+    """What is delivered in place of an entry that is no envelope: no body, headers that
+    say why with the entry's size and SHA-256 (its field values in order), and the
+    entry's delivery tag, so acknowledging it removes the entry."""
+    return {
+        "body": None,
+        "content-type": UNREADABLE_CONTENT_TYPE,
+        "content-encoding": "binary",
+        "headers": unreadable_headers(reason, RawFacts.of(*fields.values())),
+        "properties": {
+            "delivery_tag": delivery_tag(queue, entry_id),
+            "delivery_info": {"exchange": queue, "routing_key": queue},
+            "body_encoding": None,
+        },
+    }
 
 
 # Copy an entry to the tail, marked redelivered, and drop the original, once: only a
@@ -425,6 +495,7 @@ class Channel(redis_transport.Channel):
     # Liveness (see `Heartbeat`): transport options, so tests can shorten them.
     heartbeat_every_seconds = HEARTBEAT_EVERY_SECONDS
     heartbeat_ttl_seconds = HEARTBEAT_TTL_SECONDS
+    max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
     from_transport_options = (
         *redis_transport.Channel.from_transport_options,
         "stream_queues",
@@ -432,6 +503,7 @@ class Channel(redis_transport.Channel):
         "consumer_forget_idle_seconds",
         "heartbeat_every_seconds",
         "heartbeat_ttl_seconds",
+        "max_message_bytes",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -653,15 +725,20 @@ class Channel(redis_transport.Channel):
         return delivered
 
     def _readable(self, queue: str, entries: Any) -> Iterator[dict[str, Any]]:
-        """The envelopes of an `XREADGROUP` reply's entries; an unreadable one is set aside."""
+        """The envelopes of an `XREADGROUP` reply's entries; an unreadable one becomes a
+        stand-in that says why (`unreadable_stand_in`)."""
         for raw_id, fields in entries:
             if fields is None:  # deleted while it was pending
                 continue
             entry_id = raw_id.decode()
             try:
-                yield message_from_entry(queue, entry_id, fields)
+                yield message_from_entry(queue, entry_id, fields, self.max_message_bytes)
             except UnreadableEntry as exc:
-                self._set_aside(queue, entry_id, fields, str(exc))
+                log.warning(
+                    "broadcast.broker.unreadable_entry queue=%s entry=%s reason=%s",
+                    queue, entry_id, exc,
+                )  # fmt: skip
+                yield unreadable_stand_in(queue, entry_id, fields, str(exc))
 
     def _get(self, queue: str) -> dict[str, Any]:
         if not self.is_stream(queue):
@@ -806,25 +883,6 @@ class Channel(redis_transport.Channel):
                 LIST_MOVE_BUSY_SECONDS if moved else LIST_MOVE_IDLE_SECONDS
             )
 
-    def _set_aside(self, queue: str, entry_id: str, fields: dict[bytes, bytes], why: str) -> None:
-        """Keep an entry that is no envelope where an operator can read it, and take it
-        off the queue: it would fail the same way on every delivery."""
-        log.error(
-            "unreadable broker message %s on %s set aside in %s: %s",
-            entry_id, queue, unreadable_key(queue), why,
-        )  # fmt: skip
-        key = stream_key(queue)
-        with self._sync_client.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                unreadable_key(queue),
-                {**fields, b"entry": entry_id.encode(), b"error": why.encode()},
-                maxlen=UNREADABLE_MAX_ENTRIES,
-                approximate=True,
-            )
-            pipe.xack(key, GROUP, entry_id)
-            pipe.xdel(key, entry_id)
-            pipe.execute()
-
 
 class Heartbeat:
     """A consuming channel's liveness: a daemon thread that refreshes the consumer's
@@ -894,6 +952,19 @@ class Transport(redis_transport.Transport):
         return f"redis://{auth}{client.hostname or 'localhost'}:{client.port or 6379}/" + str(
             client.virtual_host or 0
         )
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        """Every message kombu delivers passes here. Stream entries are envelopes already
+        (or stand-ins); a fanout message (Celery's remote control, events) that is no
+        envelope is dropped with a log line instead of raising in the worker."""
+        try:
+            checked = checked_envelope(message)
+            if "delivery_tag" not in checked["properties"]:
+                raise UnreadableEntry("the envelope has no delivery tag")
+        except UnreadableEntry as exc:
+            log.warning("broadcast.broker.unreadable_fanout queue=%s reason=%s", queue, exc)
+            return
+        super()._deliver(checked, queue)
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ from destinations.trace import (
     Usage,
 )
 from settings.event_limits import EventLimits, LimitExceeded, check_event, marker_reason
+from settings.models import OWNER_ID
 
 RESERVED_TRACE_KEYS = ("trace_id", "trace_name", "span_name", "generation_name", "parent_span_id")
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -56,9 +58,28 @@ PLACEHOLDERS = {
 MAX_REPORTED_FIELDS = 3
 DEFAULT_LIMITS = EventLimits()
 
-_non_negative_int = validate.Range(min=0)
+# Ranges that every serializer can carry (issue 22: values past them were accepted and
+# then failed delivery as "internal error: OverflowError" dead letters):
+# - counts: whole numbers a JSON reader in any language holds exactly (2^53 - 1);
+# - times: from the unix epoch (OTLP's timestamps count from it, unsigned) to 2200
+#   (within the signed 64-bit nanoseconds most OTLP libraries use, which end in 2262);
+# - durations: a request cannot last 10 years, nor can its time to first token.
+MAX_COUNT = 2**53 - 1
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_DURATION = timedelta(days=3653)
+_non_negative_int = validate.Range(min=0, max=MAX_COUNT)
 _non_negative = validate.Range(min=0)
+_moment = validate.Range(
+    min=EARLIEST, max=LATEST, max_inclusive=False, error="Must be from 1970 to before 2200."
+)
+_time_to_first_token = validate.Range(min=0, max=MAX_DURATION.total_seconds() * 1000)
 _ID_LENGTH = validate.Length(min=1, max=256)
+# Owner ids: the characters and length of an owner in the settings (settings.models), so
+# a broken event can never name an owner key the settings could not have.
+_OWNER_ID = validate.Regexp(
+    rf"^{OWNER_ID}\Z", error="Must be 1 to 128 letters, digits or . _ @ - characters."
+)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -137,8 +158,8 @@ class EventSchema(Schema):
         unknown = EXCLUDE
 
     id = fields.String(required=True, validate=_ID_LENGTH)
-    user_id = fields.String(required=True, validate=_ID_LENGTH)
-    org_id = fields.String(allow_none=True, validate=_ID_LENGTH)
+    user_id = fields.String(required=True, validate=_OWNER_ID)
+    org_id = fields.String(allow_none=True, validate=_OWNER_ID)
     api_key_id = fields.String(allow_none=True, validate=_ID_LENGTH)
     api_key_name = fields.String(allow_none=True, validate=_ID_LENGTH)
     model = fields.String(required=True, validate=validate.Length(min=1, max=256))
@@ -147,9 +168,9 @@ class EventSchema(Schema):
     response = fields.Nested(_ResponseSchema, allow_none=True)
     usage = fields.Nested(_UsageSchema, allow_none=True)
     cost = fields.Nested(_CostSchema, allow_none=True)
-    started_at = fields.AwareDateTime(required=True, format="iso")
-    finished_at = fields.AwareDateTime(required=True, format="iso")
-    time_to_first_token_ms = fields.Float(allow_none=True, validate=_non_negative)
+    started_at = fields.AwareDateTime(required=True, format="iso", validate=_moment)
+    finished_at = fields.AwareDateTime(required=True, format="iso", validate=_moment)
+    time_to_first_token_ms = fields.Float(allow_none=True, validate=_time_to_first_token)
     user = fields.String(allow_none=True, validate=validate.Length(max=128))
     session_id = fields.String(allow_none=True, validate=validate.Length(max=128))
     trace = fields.Nested(_TraceMetadataSchema, allow_none=True)
@@ -162,6 +183,8 @@ class EventSchema(Schema):
         started, finished = data.get("started_at"), data.get("finished_at")
         if started and finished and finished < started:
             raise ValidationError("Must not be before started_at.", "finished_at")
+        if started and finished and finished - started > MAX_DURATION:
+            raise ValidationError("a request cannot last 10 years or more.", "finished_at")
 
 
 _SCHEMA = EventSchema()
@@ -308,12 +331,14 @@ def _message(raw: Any, path: str, default_role: str | None = None) -> Message:
     role = raw.get("role", default_role)
     if role not in MESSAGE_ROLES:
         raise ValidationError({f"{path}.role": [f"Must be one of {sorted(MESSAGE_ROLES)}."]})
+    calls = raw.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise ValidationError({f"{path}.tool_calls": ["Must be a list or null."]})
     return Message(
         role=role,
         content=_content_text(raw.get("content"), f"{path}.content"),
         tool_calls=tuple(
-            _tool_call(call, f"{path}.tool_calls.{i}")
-            for i, call in enumerate(raw.get("tool_calls") or ())
+            _tool_call(call, f"{path}.tool_calls.{i}") for i, call in enumerate(calls or ())
         ),
         tool_call_id=_optional_str(raw.get("tool_call_id")),
         name=_optional_str(raw.get("name")),

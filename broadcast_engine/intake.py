@@ -32,6 +32,8 @@ from broadcast_engine.owner_cache import OwnerCache
 from broadcast_engine.runtime import runtime
 from broadcast_engine.trace_store import Written
 from settings.event_limits import EventLimits
+from settings.models import OWNER_PATTERN
+from settings.store import UNKNOWN_OWNER
 
 logger = logging.getLogger("broadcast.fan_out")
 
@@ -143,12 +145,13 @@ def record_internal_error(event: Any, exc: Exception) -> None:
 
 
 def _reject(event: Any, exc: InvalidEvent) -> None:
-    logger.warning("broadcast.event.rejected %s", exc)
+    owner = _owner_of(event)
+    logger.warning("broadcast.event.rejected %s owner=%s", exc, owner or UNKNOWN_OWNER)
     runtime().store.record_rejected_event(
-        _owner_of(event),
+        owner,
         {
             "id": exc.event_id,
-            "owner": _owner_of(event),
+            "owner": owner or UNKNOWN_OWNER,
             "reason": exc.reason,
             "at": datetime.now(UTC).isoformat(),
         },
@@ -156,12 +159,14 @@ def _reject(event: Any, exc: InvalidEvent) -> None:
 
 
 def _owner_of(event: Any) -> str | None:
-    """The owner a broken event would have had, when its ids are readable."""
+    """The owner a broken event would have had, if its ids name a possible owner (the
+    characters and length of `settings.models.OWNER_PATTERN`); None otherwise, so a
+    hostile id never becomes a key in the store."""
     if not isinstance(event, Mapping):
         return None
     org_id, user_id = event.get("org_id"), event.get("user_id")
-    if isinstance(org_id, str) and org_id:
-        return f"org:{org_id}"
-    if isinstance(user_id, str) and user_id:
-        return f"user:{user_id}"
-    return None
+    if org_id is not None and org_id != "":
+        owner = f"org:{org_id}" if isinstance(org_id, str) else None
+    else:
+        owner = f"user:{user_id}" if isinstance(user_id, str) else None
+    return owner if owner is not None and OWNER_PATTERN.match(owner) else None

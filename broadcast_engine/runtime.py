@@ -19,6 +19,7 @@ from broadcast_engine.health import HealthKeeper
 from broadcast_engine.lease_keeper import LeaseKeeper
 from broadcast_engine.notifications import Notifications
 from broadcast_engine.trace_store import TraceStore
+from broadcast_engine.unreadable_messages import UnreadableMessages
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
 from settings.config import BroadcastConfig, load_config
@@ -82,6 +83,10 @@ class Runtime:
         return DeadLetters(
             self.store.redis, retention_seconds=self.config.dead_letter_retention_seconds
         )
+
+    @cached_property
+    def unreadable(self) -> UnreadableMessages:
+        return UnreadableMessages(self.store.redis)
 
     @cached_property
     def notifications(self) -> Notifications:

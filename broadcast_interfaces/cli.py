@@ -20,6 +20,7 @@ import redis
 from tqdm import tqdm
 
 from broadcast_engine.dead_letters import DeadLetter
+from broadcast_engine.unreadable_messages import UnreadableMessages
 from broadcast_interfaces import probes
 from broadcast_interfaces.probes import Unhealthy
 from broadcast_interfaces.service import SettingsError, SettingsService, settings_service
@@ -256,8 +257,22 @@ def _keys_generate(_service: None, _args: argparse.Namespace) -> dict[str, str]:
     return {"key": generate_key()}
 
 
-def _keys_rotate(service: SettingsService, _args: argparse.Namespace) -> dict[str, int]:
+def _keys_rotate(service: SettingsService, args: argparse.Namespace) -> dict[str, int]:
+    _operator_only(args, "keys rotate")  # re-seals every owner's secrets
     return rotate_all(service.store, service.box).as_dict()
+
+
+def _unreadable(service: SettingsService, args: argparse.Namespace) -> list[dict[str, Any]]:
+    _operator_only(args, "unreadable")  # broker messages belong to no owner
+    if args.queue is not None and args.queue not in UnreadableMessages.listed_queues():
+        raise Refused(f"--queue: one of {', '.join(UnreadableMessages.listed_queues())}")
+    return UnreadableMessages(service.store.redis).latest(args.queue, limit=args.limit)
+
+
+def _operator_only(args: argparse.Namespace, command: str) -> None:
+    """Refuse `--actor` for a command that reaches beyond one owner's settings."""
+    if args.actor is not None:
+        raise Refused(f"`broadcast {command}` is for the operator only: run it without --actor")
 
 
 # Operations: probes for an orchestrator and the metrics endpoint (no settings service).
@@ -316,9 +331,10 @@ def _api_keys_revoke(service: SettingsService, args: argparse.Namespace) -> dict
 
 
 def _serve(service: SettingsService, args: argparse.Namespace) -> dict[str, Any]:
+    from broadcast_engine.runtime import runtime
     from broadcast_interfaces.http_api import serve
 
-    serve(service, args.host, args.port)
+    serve(service, args.host, args.port, runtime().config)
     return {"stopped": f"http://{args.host}:{args.port}"}
 
 
@@ -389,6 +405,14 @@ def _render_letter(letter: dict[str, Any]) -> str:
 
 def _render_rejected(entry: dict[str, Any]) -> str:
     return f"{entry['at']}  {entry['id'] or '(no id)'}  {entry['owner'] or '-'}  {entry['reason']}"
+
+
+def _render_unreadable(entry: dict[str, Any]) -> str:
+    return (
+        f"{iso(entry['at'])}  {entry['queue']}  task={entry['task'] or '-'}  "
+        f"id={entry['task_id'] or '-'}  {entry['size']} bytes  sha256={entry['sha256']}\n"
+        f"    {entry['reason']}"
+    )
 
 
 def _render_replay(result: dict[str, Any]) -> str:
@@ -462,7 +486,9 @@ def _time(raw: str | None) -> float | None:
     try:
         return parse_moment(raw)
     except ValueError:
-        raise Refused(f"not a time: {raw!r} (ISO 8601 or unix seconds)") from None
+        raise Refused(
+            f"not a time: {raw!r} (ISO 8601 or unix seconds, from 1970 to 9999)"
+        ) from None
 
 
 def _letter_view(letter: DeadLetter) -> dict[str, Any]:
@@ -473,6 +499,17 @@ def _letter_view(letter: DeadLetter) -> dict[str, Any]:
         "reason": letter.reason,
         "replayed_at": iso(letter.replayed_at) if letter.replayed_at else None,
     }
+
+
+def _positive_int(raw: str) -> int:
+    """A count flag (`--limit`): a whole number from 1."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _split(raw: str | None) -> list[str]:
@@ -596,13 +633,23 @@ def _parser() -> argparse.ArgumentParser:
         _render_attempt,
     )
     deliveries.add_argument("id")
-    deliveries.add_argument("--limit", type=int, default=20)
+    deliveries.add_argument("--limit", type=_positive_int, default=20)
 
     rejected = command(
         commands, "rejected", _rejected, "latest rejected events with reasons", _render_rejected
     )
     rejected.add_argument("--owner")
-    rejected.add_argument("--limit", type=int, default=20)
+    rejected.add_argument("--limit", type=_positive_int, default=20)
+
+    unreadable = command(
+        commands,
+        "unreadable",
+        _unreadable,
+        "broker messages no worker could read, set aside (operator only)",
+        _render_unreadable,
+    )
+    unreadable.add_argument("--queue", help="one queue (default: all)")
+    unreadable.add_argument("--limit", type=_positive_int, default=20)
 
     notify = commands.add_parser("notify", help="owners' health notifications").add_subparsers(
         dest="notify_command", required=True
@@ -619,7 +666,7 @@ def _parser() -> argparse.ArgumentParser:
 
     events = command(commands, "events", _events, "an owner's health events", _render_event)
     events.add_argument("--owner", required=True)
-    events.add_argument("--limit", type=int, default=50)
+    events.add_argument("--limit", type=_positive_int, default=50)
 
     for name, handler, text, render in (
         ("dead-letters", _dead_letters, "deliveries given up on, with reasons", _render_letter),
@@ -631,7 +678,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--until", help="ISO 8601 or unix seconds")
         sub.add_argument("--id", dest="ids", action="append", help="a dead letter id (repeat)")
         if name == "dead-letters":
-            sub.add_argument("--limit", type=int)
+            sub.add_argument("--limit", type=_positive_int)
 
     command(commands, "types", _types, "destination types available").set_defaults(
         needs_service=False

@@ -7,6 +7,9 @@ rejected events, and the owner's on/off switch. The OpenAPI document is `/openap
 
 Auth: `Authorization: Bearer <management key>` (`broadcast api-keys create`). A key acts
 as its owner; another owner's destination is a 404, exactly like one that does not exist.
+The key is checked before any of the body is read, repeated failed keys from one address
+are answered 429 with `Retry-After`, and each route bounds its body (64 KiB for
+configuration, 413 beyond it): broadcast_interfaces/api_guard.py.
 
 Every error is `{"error": {"code", "message"}}` with the message naming the field; bad
 input is a 4xx, never a 500. Secrets are masked in every answer.
@@ -25,6 +28,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broadcast_engine.dead_letters import DeadLetter
+from broadcast_interfaces.api_guard import STATE_KEY, RequestGuard
+from broadcast_interfaces.auth_throttle import AuthThrottle
+from broadcast_interfaces.body_limits import BodyLimits
 from broadcast_interfaces.http_schemas import (
     DestinationCreate,
     DestinationUpdate,
@@ -39,7 +45,8 @@ from broadcast_interfaces.service import (
 )
 from destinations.registry import describe, known_types
 from settings.api_keys import ManagementKey, ManagementKeys
-from settings.moments import iso, parse_moment
+from settings.config import BroadcastConfig
+from settings.moments import checked_moment, iso, parse_moment
 
 logger = logging.getLogger("broadcast.api")
 
@@ -54,7 +61,9 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
 }
 
 
@@ -70,19 +79,36 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(service: SettingsService, management_keys: ManagementKeys) -> FastAPI:
+def create_app(
+    service: SettingsService,
+    management_keys: ManagementKeys,
+    *,
+    throttle: AuthThrottle | None = None,
+    limits: BodyLimits | None = None,
+) -> FastAPI:
+    """The API on `service`. `throttle` and `limits` default to their documented values
+    (`serve` passes the configured ones)."""
     app = FastAPI(
         title="Broadcast management API",
         version="1",
         description=__doc__,
     )
     _install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        prefix=PREFIX,
+        authenticate=management_keys.authenticate,
+        throttle=throttle or AuthThrottle(service.store.redis),
+        limits=limits or BodyLimits(PREFIX),
+    )
     bearer = HTTPBearer(auto_error=False, description="a management key (broadcast api-keys)")
 
     def caller(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ManagementKey:
-        key = management_keys.authenticate(credentials.credentials) if credentials else None
+        # Checked by RequestGuard before the body was read; `bearer` documents the scheme.
+        key = getattr(request.state, STATE_KEY, None)
         if key is None:
             raise ApiError(
                 401, "unauthorized", "Authorization: a valid Bearer management key is required"
@@ -310,16 +336,19 @@ def letter_out(letter: DeadLetter) -> dict[str, Any]:
 
 
 def parse_time(raw: str | float | None, name: str) -> float | None:
-    """Unix seconds or ISO 8601 (UTC when no offset is given)."""
+    """Unix seconds or ISO 8601 (UTC when no offset is given), from 1970 to 9999."""
     if raw is None:
         return None
-    if isinstance(raw, int | float):
-        return float(raw)
     try:
+        if isinstance(raw, int | float):
+            return checked_moment(float(raw))
         return parse_moment(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
+        shown = repr(raw)[:100]
         raise ApiError(
-            400, "invalid_request", f"{name}: not a time {raw!r} (ISO 8601 or unix seconds)"
+            400,
+            "invalid_request",
+            f"{name}: not a time {shown} (ISO 8601 or unix seconds, from 1970 to 9999)",
         ) from None
 
 
@@ -378,10 +407,21 @@ def describe_validation(errors: Any) -> str:
     return f"{field}: {message}"
 
 
-def serve(service: SettingsService, host: str, port: int) -> None:
-    """Run the API on `service` (the same store the CLI uses) until interrupted."""
+def serve(service: SettingsService, host: str, port: int, config: BroadcastConfig) -> None:
+    """Run the API on `service` (the same store the CLI uses) until interrupted, with the
+    body limit and key throttling of `config`."""
     import uvicorn
 
-    app = create_app(service, ManagementKeys(service.store.redis))
+    client = service.store.redis
+    app = create_app(
+        service,
+        ManagementKeys(client),
+        throttle=AuthThrottle(
+            client,
+            failures=config.api_auth_failures,
+            window_seconds=config.api_auth_window_seconds,
+        ),
+        limits=BodyLimits(PREFIX, configuration=config.api_max_body_bytes),
+    )
     logger.info("broadcast.api.starting host=%s port=%d", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")

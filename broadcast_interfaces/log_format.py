@@ -6,15 +6,32 @@ readable: `{"event": "broadcast.deliver.retry", "destination": "d1", "status": 5
 "wait": 2.0, "logger": ..., "level": ..., "time": ..., "message": ...}`. Lines from
 Celery or libraries, which have no event name, keep only `message` and the common keys.
 Only what the message already says is emitted: the formatter adds no task arguments.
+
+Neither format can be forged by a value from outside (an event id, a trace key, a
+vendor's answer, a broker message's task id):
+
+- text (the default): every record is one line. Control and line-breaking characters in
+  the message are escaped (`settings.printable.escape_controls`), and the further lines
+  of a record (a traceback) are escaped and indented, so no line can pass for a record
+  of its own (`SingleLineFormatter`, put on Celery's handlers by `install`);
+- JSON: the fields come from the call's template (`broadcast.deliver.delivered
+  destination=%s ...`), each value formatted from its own arguments, so an argument that
+  contains ` destination=dst_FORGED` stays inside its own value; the few characters JSON
+  leaves raw that line-based readers split on (U+2028, U+2029, C1 controls, DEL) and
+  lone surrogates are written as `\\uXXXX` escapes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from settings.printable import escape_controls
 
 FORMATS = ("text", "json")
 # A stable event name: lower-case dotted words, at least two of them, at the very start.
@@ -22,6 +39,12 @@ _EVENT = re.compile(r"^([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+)(?=\s|$)")
 # ` key=` starts a field; the value runs to the next ` key=` or the end of the line.
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=")
 _RESERVED = frozenset({"event", "logger", "level", "time", "message", "exception"})
+# A %-style placeholder of a log call's template (`%s`, `%d`, `%.1f`, `%%`, ...).
+_PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[diouxXeEfFgGcrsa%]")
+# What json.dumps(ensure_ascii=False) leaves raw that a line-based reader may split on.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# The prefix of a record's further lines (a traceback) in the text format.
+CONTINUATION = "    "
 
 
 def parse_message(message: str) -> tuple[str | None, dict[str, Any]]:
@@ -47,6 +70,42 @@ def parse_message(message: str) -> tuple[str | None, dict[str, Any]]:
     return match.group(1), fields
 
 
+def parse_record(record: logging.LogRecord) -> tuple[str | None, dict[str, Any]]:
+    """`parse_message` on the record's template rather than its formatted message: the
+    field names and boundaries are the call's own, each value is formatted from its own
+    arguments. A record whose template cannot be split that way (no arguments, a mapping
+    of arguments, placeholders that do not match them) is parsed from its message."""
+    template, args = record.msg, record.args
+    if not isinstance(template, str) or not args or isinstance(args, Mapping):
+        return parse_message(record.getMessage())
+    match = _EVENT.match(template)
+    if match is None:
+        return None, {}
+    rest = template[match.end() :]
+    found = list(_FIELD.finditer(rest))
+    bounds = [0, *(field.start() for field in found), len(rest)]
+    segments = [rest[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+    counts = [sum(1 for p in _PLACEHOLDER.findall(seg) if p != "%%") for seg in segments]
+    if sum(counts) != len(args):
+        return parse_message(record.getMessage())
+    values: list[str] = []
+    taken = 0
+    try:
+        for segment, count in zip(segments, counts, strict=True):
+            values.append(segment % tuple(args[taken : taken + count]))
+            taken += count
+    except (TypeError, ValueError):
+        return parse_message(record.getMessage())
+    fields: dict[str, Any] = {}
+    if values[0].strip():
+        fields["text"] = values[0].strip()
+    for field, value in zip(found, values[1:], strict=True):
+        name = field.group(1)
+        text = value[len(field.group()) :] if value.startswith(field.group()) else value
+        fields[name + "_" if name in _RESERVED else name] = _value(text.strip())
+    return match.group(1), fields
+
+
 def _value(raw: str) -> Any:
     if raw == "None":
         return None
@@ -63,7 +122,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        event, fields = parse_message(message)
+        event, fields = parse_record(record)
         document: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -75,15 +134,37 @@ class JsonFormatter(logging.Formatter):
         document["message"] = message
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
-        return json.dumps(document, default=str, ensure_ascii=False)
+        line = json.dumps(document, default=str, ensure_ascii=False)
+        return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+class SingleLineFormatter(logging.Formatter):
+    """A text formatter (Celery's, with its colours and task ids) whose records stay one
+    line each: the message's control characters escaped; a traceback's lines escaped and
+    indented by `CONTINUATION`."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        escaped = escape_controls(message)
+        if escaped is message and not record.exc_info and not record.stack_info:
+            return self.inner.format(record)  # the common case: nothing to change
+        shown = copy.copy(record)
+        shown.msg, shown.args = escaped, None
+        lines = self.inner.format(shown).split("\n")
+        return ("\n" + CONTINUATION).join(escape_controls(line) for line in lines)
 
 
 def install(logger: logging.Logger, log_format: str) -> None:
-    """Put the JSON formatter on every handler of `logger` when `log_format` is `json`."""
-    if log_format == "text":
-        return
+    """Put the formatter of `log_format` on every handler of `logger`: `JsonFormatter`
+    for `json`, and for `text` each handler's own formatter kept one line per record."""
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {log_format!r}")
-    formatter = JsonFormatter()
     for handler in logger.handlers:
-        handler.setFormatter(formatter)
+        if log_format == "json":
+            handler.setFormatter(JsonFormatter())
+        elif not isinstance(handler.formatter, SingleLineFormatter):
+            handler.setFormatter(SingleLineFormatter(handler.formatter or logging.Formatter()))

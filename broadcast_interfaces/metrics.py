@@ -19,6 +19,8 @@ Series (labels `destination`, `type`, `owner` unless said otherwise):
   (its backlog waits, probed on the schedule);
   `broadcast_destination_circuit_next_probe_timestamp_seconds` (gauge): when the next
   probe is due (unix seconds; 0 while closed).
+- `broadcast_unreadable_messages_total{queue=...}` (counter, no destination labels):
+  broker messages no worker could read, set aside (broadcast_engine/unreadable_messages.py).
 
 A source that this version of the store or runtime does not provide (no
 `latency_histogram`, no backlog) is left out of the scrape rather than failing it.
@@ -66,6 +68,7 @@ class Sources:
     store: Store
     broker_url: str
     backlog: Any | None = None
+    unreadable: Any | None = None
     queues: Sequence[str] = TASK_QUEUES
     broker_timeout: float = 2.0
 
@@ -95,6 +98,8 @@ class BroadcastCollector(Collector):
             yield from _circuits(healths_of, destinations)
         if sources.backlog is not None:
             yield from _backlog(sources.backlog, destinations, now)
+        if sources.unreadable is not None:
+            yield _unreadable(sources.unreadable.counts())
         yield from _queues(sources)
 
 
@@ -177,6 +182,17 @@ def _backlog(backlog: Any, destinations: Iterable[tuple[str, ...]], now: float) 
     return [depth, in_flight, size, oldest]
 
 
+def _unreadable(counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(
+        "broadcast_unreadable_messages",
+        "Broker messages no worker could read, set aside (`broadcast unreadable`).",
+        labels=("queue",),
+    )
+    for queue, count in counts.items():
+        family.add_metric([queue], count)
+    return family
+
+
 def queue_depths(broker_url: str, queues: Sequence[str], timeout: float) -> dict[str, int]:
     """Messages ready in each queue, through kombu, so Redis and RabbitMQ read alike.
 
@@ -226,6 +242,7 @@ def runtime_sources() -> Sources:
         store=current.store,
         broker_url=current.config.broker_url,
         backlog=getattr(current, "backlog", None),
+        unreadable=current.unreadable,
     )
 
 

@@ -45,8 +45,6 @@ MAX_PER_TYPE = 5
 MAX_CONFIG_BYTES = 64 * 1024
 # What an actor may do with an owner's settings (`SettingsService._authorize`).
 READ, CHANGE = "read", "change"
-# Rejected events read to filter for an actor without --owner (the store keeps at most 500).
-REJECTED_SCAN = 500
 RELEASE_BATCH = 500
 ROLES = ("admin", "member")
 
@@ -351,8 +349,14 @@ class SettingsService:
         if actor is None:
             return self.store.rejected_events(None, limit)
         _check_actor(actor)
-        entries = self.store.rejected_events(None, REJECTED_SCAN)
-        return [e for e in entries if self._readable(e.get("owner"), actor)][:limit]
+        entries = [
+            entry
+            for each in self.store.owners()
+            if self._readable(each, actor)
+            for entry in self.store.rejected_events(each, limit)
+        ]
+        entries.sort(key=lambda entry: str(entry.get("at")), reverse=True)
+        return entries[:limit]
 
     # Notifications, health events, dead letters
 

@@ -366,18 +366,25 @@ def describe_response(result: TransportResult) -> str:
 
 
 def check_from_transport(result: TransportResult, *, rejected_message: str) -> ConnectionCheck:
-    """Turn a Test Connection response into a `ConnectionCheck` with the outcome table."""
+    """Turn a Test Connection response into a `ConnectionCheck` with the outcome table.
+
+    The answer's body is quoted only from a public address: Test Connection runs on
+    whatever URL an owner typed, and quoting a private address's answer (reachable with
+    BROADCAST_ALLOW_PRIVATE_NETWORKS) would read an internal service for them."""
     if result.status_code is None:
         prefix = "refused" if result.refused else "unreachable"
         return ConnectionCheck(_classify(result), f"{prefix}: {result.error}")
     outcome = classify_status(result.status_code)
     if outcome is Outcome.DELIVERED:
         return ConnectionCheck(outcome, "connection ok", result.status_code)
+    described = (
+        f"HTTP {result.status_code} (a private address answered: its body is not shown)"
+        if result.private_peer
+        else describe_response(result)
+    )
     if outcome is Outcome.AUTH_FAILED:
-        return ConnectionCheck(
-            outcome, f"{rejected_message} ({describe_response(result)})", result.status_code
-        )
-    return ConnectionCheck(outcome, describe_response(result), result.status_code)
+        return ConnectionCheck(outcome, f"{rejected_message} ({described})", result.status_code)
+    return ConnectionCheck(outcome, described, result.status_code)
 
 
 def _classify(result: TransportResult) -> Outcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,17 +36,36 @@ def custom_headers_field(reserved: frozenset[str]) -> fields.Dict:
     )
 
 
+# RFC 7230 3.2.6: a header name is a token.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 7230 3.2: a field value is visible characters (VCHAR, and obs-text, which travels as
+# Latin-1) separated by spaces or tabs, without whitespace at either end. No control
+# character (NUL, VT, DEL, line breaks; of obs-text, the C1 controls 0x80-0x9F neither),
+# nothing past Latin-1.
+_VISIBLE = r"[\x21-\x7e\xa0-\xff]"
+HEADER_VALUE = re.compile(rf"(?:{_VISIBLE}(?:[\t \x21-\x7e\xa0-\xff]*{_VISIBLE})?)?")
+
+
 def _headers_validator(reserved: frozenset[str]) -> Callable[[Mapping[str, str]], None]:
-    """Names are HTTP tokens and not in `reserved` (lower-case); values have no line breaks
-    (which `requests` would refuse at send time, on every retry)."""
+    """Names are RFC 7230 tokens and not in `reserved` (lower-case); values follow RFC
+    7230's field-value rule. Checked on save: a header that cannot be sent would fail the
+    Test Connection with an encoding error, or every delivery at send time."""
 
     def check(value: Mapping[str, str]) -> None:
         for name, header_value in value.items():
-            if not name or any(ch in name for ch in " :\r\n\t"):
-                raise ValidationError(f"{name!r} is not a valid header name.")
+            shown = repr(name[:100])
+            if not HEADER_NAME.fullmatch(name):
+                raise ValidationError(
+                    f"{shown} is not a valid header name (RFC 7230: letters, digits and "
+                    "!#$%&'*+-.^_`|~ only)."
+                )
             if name.lower() in reserved:
                 raise ValidationError(f"Header {name} is set by Broadcast.")
-            if "\r" in header_value or "\n" in header_value:
-                raise ValidationError(f"Header {name} must not contain line breaks.")
+            if not HEADER_VALUE.fullmatch(header_value):
+                raise ValidationError(
+                    f"Header {name}: the value must be visible characters (Latin-1) and "
+                    "inner spaces or tabs only, with no control character and no space at "
+                    "either end (RFC 7230)."
+                )
 
     return check

@@ -62,9 +62,21 @@ def _validate_template(value: str) -> None:
         raise ValidationError("Must not start with '/'.")
 
 
+# What botocore accepts for a bucket (`botocore.handlers.VALID_BUCKET`, S3-compatible
+# stores included) and a region (`botocore.utils.validate_region_name`): checked on save,
+# rather than raised by botocore as ParamValidationError at the first request.
+_BUCKET = validate.Regexp(
+    r"^[a-zA-Z0-9.\-_]{3,63}\Z", error="Must be 3 to 63 letters, digits, '.', '-' or '_'."
+)
+_REGION = validate.Regexp(
+    r"^(?![0-9]+\Z)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)\Z",
+    error="Must be a region name: letters, digits and inner '-' (e.g. us-east-1).",
+)
+
+
 class S3Config(ConfigSchema):
-    bucket = fields.String(required=True, validate=validate.Length(min=3, max=63))
-    region = fields.String(load_default="us-east-1")
+    bucket = fields.String(required=True, validate=_BUCKET)
+    region = fields.String(load_default="us-east-1", validate=_REGION)
     endpoint_url = url_field(load_default=None, allow_none=True)
     access_key_id = fields.String(required=True, validate=validate.Length(min=1))
     secret_access_key = secret_field()

@@ -23,6 +23,7 @@ from destinations.url_guard import (
     BlockedUrl,
     NetworkPolicy,
     check_url_form,
+    is_public_address,
     pinned_connection_class,
 )
 
@@ -47,6 +48,10 @@ class TransportResult:
 
     `refused` marks a request that was never sent because it cannot be (a blocked URL, a
     malformed header): unlike a network failure, trying again will not help.
+
+    `private_peer` marks an answer from a private, loopback or link-local address (reached
+    only with `BROADCAST_ALLOW_PRIVATE_NETWORKS`): Test Connection never quotes its body
+    (`destinations.base.check_from_transport`).
     """
 
     status_code: int | None
@@ -56,6 +61,7 @@ class TransportResult:
     error: str | None = None
     retry_after: float | None = None
     refused: bool = False
+    private_peer: bool = False
 
     @property
     def ok(self) -> bool:
@@ -135,10 +141,15 @@ class HttpTransport:
         except requests.ConnectionError as exc:
             kind = _connection_error_kind(exc)
             return self._failure(started, kind, refused=kind.startswith("blocked"))
-        except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as exc:
+        except (
+            requests.exceptions.InvalidHeader,
+            requests.exceptions.InvalidURL,
+            UnicodeError,  # a header http.client cannot encode (a name past ASCII, ...)
+        ) as exc:
             return self._failure(started, f"invalid request: {type(exc).__name__}", refused=True)
         except requests.RequestException as exc:
             return self._failure(started, f"request error: {type(exc).__name__}")
+        private_peer = _private_peer(response)
         try:
             body = response.raw.read(request.response_limit, decode_content=True) or b""
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
@@ -152,6 +163,7 @@ class HttpTransport:
             headers=headers,
             body=body,
             retry_after=parse_retry_after(headers.get("retry-after")),
+            private_peer=private_peer,
         )
 
     @staticmethod
@@ -232,6 +244,14 @@ def _merged(under: Mapping[str, str], over: Mapping[str, str]) -> dict[str, str]
 def join_url(base: str, path: str) -> str:
     """`base` (with or without a trailing slash) followed by `path` (starting with `/`)."""
     return base.rstrip("/") + path
+
+
+def _private_peer(response: requests.Response) -> bool:
+    """Whether the answer came from an address that is not public (the pinned connection
+    records where it connected; urllib3 keeps the connection while the body is unread)."""
+    connection = getattr(response.raw, "connection", None)
+    address = getattr(connection, "pinned_address", None)
+    return address is not None and not is_public_address(address)
 
 
 def _elapsed_ms(started: float) -> float:

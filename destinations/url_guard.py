@@ -150,13 +150,17 @@ def pinned_connection_class(base: type, policy: NetworkPolicy) -> type:
     `policy`, checks the address and connects to exactly that address.
 
     Only the address used for the socket changes: the Host header, TLS SNI and certificate
-    verification still use the host name of the URL.
+    verification still use the host name of the URL. `pinned_address` is the address the
+    socket went to (the transport keeps private addresses' answers out of error texts).
     """
 
     class PinnedConnection(base):  # type: ignore[misc, valid-type]
+        pinned_address: str | None = None
+
         def _new_conn(self):  # urllib3's hook that opens the socket
             hostname = self._dns_host
             self._dns_host = resolve_public_address(hostname, self.port, policy)
+            self.pinned_address = self._dns_host
             try:
                 return super()._new_conn()
             finally:

@@ -92,6 +92,12 @@ class BroadcastConfig:
     event_max_string_chars: int = 8 * 1024 * 1024
     # Log lines as text, or one JSON object per line (broadcast_interfaces/log_format.py).
     log_format: str = "text"
+    # The management API (broadcast_interfaces/api_guard.py): the body limit of its configuration
+    # routes, and how many failed keys from one client address within the window make
+    # the address wait for the window to pass.
+    api_max_body_bytes: int = 64 * 1024
+    api_auth_failures: int = 10
+    api_auth_window_seconds: float = 60.0
 
 
 # Setting name -> environment variable.
@@ -132,6 +138,9 @@ ENVIRONMENT = {
     "event_max_messages": "BROADCAST_EVENT_MAX_MESSAGES",
     "event_max_string_chars": "BROADCAST_EVENT_MAX_STRING_CHARS",
     "log_format": "BROADCAST_LOG_FORMAT",
+    "api_max_body_bytes": "BROADCAST_API_MAX_BODY_BYTES",
+    "api_auth_failures": "BROADCAST_API_AUTH_FAILURES",
+    "api_auth_window_seconds": "BROADCAST_API_AUTH_WINDOW_SECONDS",
 }
 
 

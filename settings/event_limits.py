@@ -7,6 +7,9 @@
 | `request.messages` entries | 10,000 | `BROADCAST_EVENT_MAX_MESSAGES` |
 | characters in one string (keys included) | 8 Mi | `BROADCAST_EVENT_MAX_STRING_CHARS` |
 
+One more rule, not configurable: an integer must fit in 64 bits (JSON allows any; OTLP
+attributes, the stored trace's encoder and most vendors' readers do not).
+
 `check_event` walks the event with an explicit stack, so an event nested a million levels
 deep costs a loop, never a `RecursionError`. The broker codec (`broadcast_broker.message_codec`)
 enforces the depth and size limits on the raw message before Celery touches the decoded
@@ -62,6 +65,7 @@ class EventLimits:
 
 
 _JSON_TYPES = frozenset({str, dict, list, int, float, bool, type(None)})
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_event(event: Any, limits: EventLimits) -> None:
@@ -108,6 +112,8 @@ def check_event(event: Any, limits: EventLimits) -> None:
                             f"key longer than {limits.max_string_chars} characters",
                         )
                 stack.append((child, path, child_key, depth + 1))
+        elif kind is int and not INT64_MIN <= value <= INT64_MAX:
+            raise LimitExceeded(_path(parent, key) or "event", "integer beyond 64 bits")
         else:
             size += 8 + _OVERHEAD
         if size > limits.max_bytes:

@@ -36,10 +36,14 @@ of their own and are only ever touched alone.
 | `bc:checks:due` | sorted set | destination id -> next credential re-validation |
 | `bc:notify:outbox` | list | owner events waiting to be posted |
 | `bc:rejected` | list | the latest rejected events (id, owner, reason), capped |
+| `bc:{o:OWNER}:rejected` | list | the owner's latest rejected events, capped, expiring when idle |
+| `bc:unreadable:QUEUE` | stream | messages of QUEUE no worker could read: reason, size, sha256 |
+| `bc:unreadable:counts` | hash | QUEUE -> unreadable messages set aside, ever |
 | `bc:heartbeat:beat` | string | when beat's sweep last ran (unix seconds) |
 | `bc:{mkeys}:by_hash` | hash | SHA-256 of a management API key -> its key id |
 | `bc:{mkeys}:key:ID` | hash | a management key's `owner`, `name`, `created_at`, `hash` |
 | `bc:{mkeys}:owner:OWNER` | set | an owner's management key ids |
+| `bc:{apiauth}:failures:ADDRESS` | string | failed API key attempts of a client address, expiring |
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ DESTINATIONS = f"{PREFIX}destinations"
 CHECKS_DUE = f"{PREFIX}checks:due"
 NOTIFY_OUTBOX = f"{PREFIX}notify:outbox"
 REJECTED = f"{PREFIX}rejected"
+UNREADABLE_COUNTS = f"{PREFIX}unreadable:counts"
 BEAT_HEARTBEAT = f"{PREFIX}heartbeat:beat"
 
 # The parts of a destination's key space, deleted with the destination.
@@ -78,6 +83,12 @@ def owner(owner_id: str) -> str:
 
 def owner_part(owner_id: str, part: str) -> str:
     return f"{owner(owner_id)}:{part}"
+
+
+def unreadable(queue: str) -> str:
+    """Messages of a broker queue that no worker could read
+    (broadcast_engine/unreadable_messages.py)."""
+    return f"{PREFIX}unreadable:{queue}"
 
 
 def org_members(org_id: str) -> str:
@@ -119,3 +130,9 @@ def management_key(key_id: str) -> str:
 
 def management_keys_of(owner_id: str) -> str:
     return f"{PREFIX}{{mkeys}}:owner:{owner_id}"
+
+
+def auth_failures(address: str) -> str:
+    """Failed management-key attempts from one client address
+    (broadcast_interfaces/auth_throttle.py)."""
+    return f"{PREFIX}{{apiauth}}:failures:{address}"

@@ -11,7 +11,11 @@ from typing import Any
 
 from settings.filter_rules import RuleFilter, compile_rules
 
-OWNER_PATTERN = re.compile(r"^(user|org):[A-Za-z0-9_.@-]{1,128}$")
+# An owner id (the part after `user:` / `org:`): what a gateway's `user_id` and `org_id`
+# must be too, so an event can only ever name an owner these settings could have. `\Z`,
+# not `$`: `$` also matches before a trailing newline.
+OWNER_ID = r"[A-Za-z0-9_.@-]{1,128}"
+OWNER_PATTERN = re.compile(rf"^(user|org):{OWNER_ID}\Z")
 
 
 class Health(StrEnum):

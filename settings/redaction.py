@@ -24,8 +24,8 @@ echo back in an error:
 
 So `redact` replaces each secret as given; its token without an auth scheme (`Bearer`,
 `Basic`, `Api-Token`, `whsec_`); the user:password inside a `Basic` value; the user and
-password inside a URL (a Sentry DSN's public key); their
-URL-encoded, JSON-escaped and base64 forms (standard and URL-safe, padded or not); any
+password inside a URL (a Sentry DSN's public key); their URL-encoded, JSON-escaped, hex
+(either case) and base64 forms (standard and URL-safe, padded or not); any
 base64 word that decodes to text containing a secret, which catches `x:secret` and
 `secret:x` pairs with any other value (Langfuse's and Grafana's Basic header); and
 signatures (SigV4 `Signature=`, `X-Amz-Signature=`, Standard Webhooks `v1,`).
@@ -122,6 +122,8 @@ def _derived_forms(cores: Iterable[str]) -> set[str]:
             encoded.rstrip("="),
             urlsafe,
             urlsafe.rstrip("="),
+            raw.hex(),
+            raw.hex().upper(),
         }
     return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
 

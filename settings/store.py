@@ -17,6 +17,7 @@ import redis
 
 from settings import keys
 from settings.models import (
+    OWNER_PATTERN,
     Circuit,
     DestinationRecord,
     Health,
@@ -25,7 +26,14 @@ from settings.models import (
     Route,
 )
 
+# Rejected events: the latest of all owners together (the operator's view), and the latest
+# of each owner on its own, so one owner's flood never erases another's. An owner's list
+# expires a week after its last rejection: owners named by broken events need not exist.
 REJECTED_LOG_SIZE = 500
+REJECTED_PER_OWNER = 500
+REJECTED_OWNER_TTL_SECONDS = 7 * 86400
+# The owner shown for a rejected event whose ids name no possible owner.
+UNKNOWN_OWNER = "(unknown)"
 COUNTERS = (
     "delivered",
     "retried",
@@ -263,21 +271,30 @@ class SettingsStore:
         return [json.loads(item) for item in raw]
 
     def record_rejected_event(self, owner: str | None, entry: Mapping[str, Any]) -> None:
-        if owner:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(keys.owner(owner), "rejected_events", 1)
-                pipe.execute()
+        """Keep a rejected event in the latest of all owners and, when `owner` is a
+        possible owner id, in the owner's own list; count it for an owner that has
+        settings. The JSON escapes every non-ASCII character, so no string in `entry`
+        (a lone surrogate included) can fail to encode. Raises only `redis.RedisError`."""
+        text = json.dumps(entry, sort_keys=True)
+        owned = owner is not None and OWNER_PATTERN.match(owner) is not None
+        known = owned and bool(self.redis.sismember(keys.OWNERS, owner))
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(keys.REJECTED, json.dumps(entry, sort_keys=True))
+            if owned:
+                key = keys.owner_part(owner, "rejected")
+                pipe.lpush(key, text)
+                pipe.ltrim(key, 0, REJECTED_PER_OWNER - 1)
+                pipe.expire(key, REJECTED_OWNER_TTL_SECONDS)
+            if known:
+                pipe.hincrby(keys.owner(owner), "rejected_events", 1)
+            pipe.lpush(keys.REJECTED, text)
             pipe.ltrim(keys.REJECTED, 0, REJECTED_LOG_SIZE - 1)
             pipe.execute()
 
     def rejected_events(self, owner: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        raw = self.redis.lrange(keys.REJECTED, 0, REJECTED_LOG_SIZE - 1)
-        entries = [json.loads(item) for item in raw]
-        if owner is not None:
-            entries = [e for e in entries if e.get("owner") == owner]
-        return entries[:limit]
+        """The latest rejected events, newest first: `owner`'s, or of all owners."""
+        key = keys.owner_part(owner, "rejected") if owner is not None else keys.REJECTED
+        raw = self.redis.lrange(key, 0, max(limit, 1) - 1)
+        return [json.loads(item) for item in raw]
 
     def rejected_count(self, owner: str) -> int:
         return int(self.redis.hget(keys.owner(owner), "rejected_events") or 0)

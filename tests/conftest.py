@@ -24,6 +24,7 @@ from harness.processes import (
     free_port,
     scratch_dir,
 )
+from harness.rabbitmq import RabbitMQServer
 from harness.receiver import Receiver, Reply, Responder
 from settings.crypto import generate_key
 
@@ -45,6 +46,9 @@ TEST_ENV = {
     # Above the longest request of a test (read timeout 5 s), so no batch is reclaimed
     # from a live task; short, so a killed task's batch comes back within seconds.
     "BROADCAST_CLAIM_LEASE_SECONDS": "8",
+    # Every test's client is 127.0.0.1: the API's failed-key throttle would count them all
+    # together. tests/test_api_guard.py starts an API of its own with the default.
+    "BROADCAST_API_AUTH_FAILURES": "1000000",
 }
 os.environ.update(TEST_ENV)
 
@@ -67,6 +71,14 @@ def worker(redis_server: RedisServer) -> Iterator[ManagedProcess]:
     process = celery_worker(os.environ, WORKDIR)
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(workdir: Path) -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node of the session's own (tests on the AMQP broker share it)."""
+    server = RabbitMQServer(workdir)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -201,7 +201,7 @@ def test_invalid_event_is_rejected_once_while_others_deliver(worker, service, us
     rejected = wait_for(lambda: len(r := service.rejected_events(f"user:{user_id}")) == 2 and r)
     reasons = sorted(entry["reason"] for entry in rejected)
     assert reasons[0].startswith("id: Missing data for required field.")
-    assert reasons[1] == "usage.prompt_tokens: Must be greater than or equal to 0."
+    assert reasons[1].startswith("usage.prompt_tokens: Must be greater than or equal to 0")
     assert {entry["id"] for entry in rejected} == {None, f"{user_id}-2"}
     assert service.store.rejected_count(f"user:{user_id}") == 2
     assert worker.alive()

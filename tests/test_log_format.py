@@ -8,7 +8,13 @@ import os
 
 import pytest
 
-from broadcast_interfaces.log_format import JsonFormatter, parse_message
+from broadcast_interfaces.log_format import (
+    CONTINUATION,
+    JsonFormatter,
+    SingleLineFormatter,
+    parse_message,
+    parse_record,
+)
 from harness.processes import celery_worker
 from harness.samples import chat_event
 from harness.waiting import wait_for
@@ -99,3 +105,91 @@ def test_a_real_worker_logs_json(redis_server, workdir, service, user_id, receiv
         assert not [line for line in text_lines if "broadcast." in line and "=" in line]
     finally:
         worker.stop()
+
+
+# Logs that cannot be forged (issue 22): a value from outside stays inside its own line
+# (text) and its own field (JSON).
+
+FORGED = "[2026-01-01 00:00:00,000: INFO/ForkPoolWorker-1] broadcast.deliver.delivered"
+CELERY_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def record(template: str, *args: object, exc_info: object = None) -> logging.LogRecord:
+    return logging.LogRecord("broadcast.deliver", logging.INFO, __file__, 1, template, args,
+                             exc_info)  # fmt: skip
+
+
+@pytest.mark.parametrize("breaker", ["\n", "\r", "\r\n", "\u2028", "\x85", "\x1b[2K\r", "\x0b"])
+def test_a_text_record_stays_one_line_whatever_its_arguments(breaker):
+    formatter = SingleLineFormatter(logging.Formatter(CELERY_FORMAT))
+    forged = f"gen-1{breaker}{FORGED} destination=dst_FORGED"
+    line = formatter.format(
+        record("broadcast.deliver.delivered destination=%s request=%s", "d1", forged)
+    )
+    assert len(line.splitlines()) == 1 and line.startswith("[")
+    assert "gen-1\\" in line and "destination=dst_FORGED" in line  # shown, escaped
+
+
+def test_a_traceback_cannot_start_a_line_of_its_own():
+    try:
+        raise ValueError(f"vendor said: no\n{FORGED} destination=dst_FORGED")
+    except ValueError:
+        import sys
+
+        info = sys.exc_info()
+    text = SingleLineFormatter(logging.Formatter(CELERY_FORMAT)).format(
+        record("broadcast.deliver.crashed destination=%s", "d1", exc_info=info)
+    )
+    first, *rest = text.splitlines()
+    assert first.startswith("[") and rest and all(line.startswith(CONTINUATION) for line in rest)
+    assert not any(line.startswith("[") for line in rest)
+
+
+def test_an_ordinary_text_record_is_left_to_the_inner_formatter():
+    inner = logging.Formatter(CELERY_FORMAT)
+    plain = record("broadcast.deliver.delivered destination=%s", "d1")
+    assert SingleLineFormatter(inner).format(plain) == inner.format(plain)
+
+
+def test_json_fields_come_from_the_template_not_from_the_arguments():
+    forged = record(
+        "broadcast.deliver.delivered destination=%s request=%s status=%d",
+        "d1", "gen-1 destination=dst_FORGED status=200", 503,
+    )  # fmt: skip
+    event, fields = parse_record(forged)
+    assert event == "broadcast.deliver.delivered"
+    assert fields == {"destination": "d1", "request": "gen-1 destination=dst_FORGED status=200",
+                      "status": 503}  # fmt: skip
+    text_first = record("broadcast.event.rejected %s owner=%s", "event x rejected: a=b", "user:u")
+    assert parse_record(text_first)[1] == {"text": "event x rejected: a=b", "owner": "user:u"}
+
+
+def test_a_json_line_is_one_line_for_every_line_breaking_reader():
+    line = JsonFormatter().format(
+        record("broadcast.deliver.delivered request=%s", "a\u2028b\u2029c\x85d\x7fe\ud800f\ng")
+    )
+    assert len(line.splitlines()) == 1
+    assert json.loads(line)["request"] == "a\u2028b\u2029c\x85d\x7fe\ud800f\ng"
+
+
+def test_a_real_worker_logs_hostile_ids_on_their_own_line(worker, service, user_id, receiver):
+    """Issue 22's forgery through the session's worker (text logs): a newline in an event
+    id (accepted) and in a trace key (rejected with the key in the reason)."""
+    from tasks import broadcast
+
+    sink = receiver()
+    service.add_destination(f"user:{user_id}", "webhook", "logs", {"url": sink.url})
+    forged_id = f"{user_id}-id\n{FORGED} destination=dst_FORGED"
+    broadcast.delay(chat_event(1, user_id=user_id, id=forged_id))
+    deep: object = "x"
+    for _ in range(70):
+        deep = [deep]
+    trace = {f"key\n{FORGED} destination=dst_KEY": deep}  # nested past the limit
+    broadcast.delay(chat_event(2, user_id=user_id, id=f"{user_id}-key", trace=trace))
+    wait_for(lambda: len(sink.requests()) == 2, what="the accepted event delivered")
+    wait_for(lambda: service.rejected_events(f"user:{user_id}"), what="the rejection")
+    wait_for(lambda: "dst_KEY" in worker.log_path.read_text(errors="replace"), what="logged")
+    log = worker.log_path.read_text(errors="replace")
+    assert f"{user_id}-id\\n[2026" in log
+    assert not [line for line in log.splitlines() if "dst_FORGED" in line or "dst_KEY" in line
+                if line.startswith("[2026-01-01")]  # fmt: skip

@@ -66,7 +66,7 @@ class MlflowServer:
             raise RuntimeError(f"mlflow server exited:\n{self.process.log_tail()}")
         try:
             return requests.get(f"{self.url}/health", timeout=2).ok
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still starting (a slow answer too)
             return False
 
     def stop(self) -> None:

@@ -354,7 +354,7 @@ def test_an_oversized_trace_is_truncated_to_the_vendors_budget(
     [
         ({"Content-Type": "text/plain"}, "set by Broadcast"),
         ({"bad name": "v"}, "not a valid"),
-        ({"X-A": "v\r\nX-B: injected"}, "line breaks"),
+        ({"X-A": "v\r\nX-B: injected"}, "no control character"),
     ],
 )
 def test_collector_headers_are_validated(headers: dict[str, str], problem: str) -> None:

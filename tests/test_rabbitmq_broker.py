@@ -17,19 +17,11 @@ from amqp.exceptions import PreconditionFailed
 from celery import Celery
 
 from harness.processes import ManagedProcess, celery_beat
-from harness.rabbitmq import RabbitMQServer
 from harness.receiver import ReceivedRequest, Reply
 from harness.samples import chat_event
 from harness.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def rabbitmq(workdir) -> Iterator[RabbitMQServer]:
-    server = RabbitMQServer(workdir)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ def echoes(request: ReceivedRequest) -> list[str]:
             f"?auth={quote(value, safe='')}&x=1",
             f"form auth={quote_plus(value)}",
             json.dumps({"error": {"header": value}}),
+            f"hex {value.encode().hex()} / {value.encode().hex().upper()}",
         ]
         scheme, _, token = value.partition(" ")
         if token:
@@ -58,7 +59,7 @@ def credential_forms(secrets: dict[str, Any], request_headers: dict[str, str]) -
     for value in filter(None, values):
         core = value.removeprefix("whsec_")
         forms |= {value, core, base64.b64encode(core.encode()).decode().rstrip("=")}
-        forms.add(quote(value, safe=""))
+        forms |= {quote(value, safe=""), core.encode().hex(), core.encode().hex().upper()}
     for name, value in request_headers.items():
         if name in (
             "authorization",
@@ -136,3 +137,11 @@ def test_derived_forms(text, secrets, kept):
 def test_ordinary_text_is_left_alone():
     text = "HTTP 400: invalid project_id 'proj_123' (see https://docs.example.com/errors)"
     assert redact(text, {"api_key": SECRET, "short": "abc"}) == text
+
+
+def test_hex_forms_of_a_secret_are_redacted():
+    raw = SECRET.encode()
+    text = f"echo {raw.hex()} and {raw.hex().upper()} and {b'Bearer '.hex()}{raw.hex()}"
+    redacted = redact(text, {"secret_key": SECRET})
+    assert raw.hex() not in redacted and raw.hex().upper() not in redacted
+    assert redacted.count(REDACTED) == 3

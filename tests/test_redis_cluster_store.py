@@ -112,6 +112,7 @@ def test_health_counters_and_delivery_log(store, owner):
 
 
 def test_rejected_events(store, owner):
+    store.set_enabled(owner, True)  # rejections are counted for owners that have settings
     store.record_rejected_event(owner, {"id": "gen-x", "owner": owner, "reason": "field 'model'"})
     assert store.rejected_count(owner) == 1
     assert store.rejected_events(owner)[0]["reason"] == "field 'model'"

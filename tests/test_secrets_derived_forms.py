@@ -78,7 +78,9 @@ class EchoingVendor:
             return Reply(200, b"" if request.method == "PUT" else b"{}")
         self.sent.append(request)
         echoed = {k: v for k, v in request.headers.items() if k not in PLAIN_HEADERS}
-        text = "; ".join(f"{k}={v} ({quote(v, safe='')})" for k, v in echoed.items())
+        text = "; ".join(
+            f"{k}={v} ({quote(v, safe='')}, hex {v.encode().hex()})" for k, v in echoed.items()
+        )
         if request.method == "PUT":  # S3 answers errors in XML
             body = f"<Error><Code>InvalidAccessKeyId</Code><Message>{text}</Message></Error>"
             return Reply(403, body.encode(), {"Content-Type": "application/xml"})

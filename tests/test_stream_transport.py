@@ -6,7 +6,7 @@ reads it and command counts are the test's.
 
 from __future__ import annotations
 
-import logging
+import hashlib
 import os
 import signal
 import subprocess
@@ -21,12 +21,12 @@ import pytest
 import redis as redis_py
 from kombu import Connection, Exchange, Queue
 
+from broadcast_broker.message_vetting import UNREADABLE_HEADER, UNREADABLE_SHA256_HEADER
 from broadcast_broker.stream_transport import (
     CONSUMER_REGISTRY,
     GROUP,
     HEARTBEAT_PREFIX,
     stream_key,
-    unreadable_key,
 )
 from broadcast_broker.topology import STREAM_TRANSPORT
 from harness.processes import RedisServer
@@ -314,22 +314,40 @@ def test_what_a_list_client_pushes_is_delivered(broker, queue_name):
     assert client.llen(queue_name) == 0 and client.xlen(stream_key(queue_name)) == 0
 
 
-def test_an_unreadable_entry_is_set_aside_and_the_queue_goes_on(broker, queue_name, caplog):
+def test_an_unreadable_entry_arrives_as_a_marked_stand_in_and_the_queue_goes_on(
+    broker, queue_name
+):
+    """What no envelope is (not zlib, nested past any recursion, a zlib bomb, headers that
+    are not an object, a body that is not base64) is delivered as a stand-in with no body
+    whose headers say why, with the entry's size and hash; acknowledging it removes the
+    entry, and the next message is delivered as usual."""
     url, client = broker
-    with connect(url, queue_name) as connection:
+    bomb = zlib.compress(b" " * (64 * 1024 * 1024), 9)  # 64 MiB of envelope
+    bad_entries = {
+        "not zlib": {b"z": b"\xff not zlib"},
+        "deep": {b"z": zlib.compress(b"[" * 100_000 + b"]" * 100_000)},
+        "bomb": {b"z": bomb},
+        "headers": {b"j": b'{"properties": {}, "headers": [1], "body": ""}'},
+        "base64": {b"j": b'{"properties": {"body_encoding": "base64"}, "body": "%%%"}'},
+        "no object": {b"j": b'"just a string"'},
+    }
+    with connect(url, queue_name, max_message_bytes=1024 * 1024) as connection:
         connection.default_channel.queue_declare(queue_name)
-        bad_id = client.xadd(stream_key(queue_name), {b"z": b"\xff not zlib"}).decode()
-        deep = zlib.compress(b"[" * 100_000 + b"]" * 100_000)  # nested past any recursion
-        deep_id = client.xadd(stream_key(queue_name), {b"z": deep}).decode()
+        for fields in bad_entries.values():
+            client.xadd(stream_key(queue_name), fields)
         publish(connection, queue_name, {"n": 2})
-        with caplog.at_level(logging.ERROR, logger="broadcast_broker.stream_transport"):
-            [message] = receive(connection, queue_name)
+        *stand_ins, message = receive(connection, queue_name, count=len(bad_entries) + 1)
         assert message.payload == {"n": 2}
+        reasons = []
+        for stand_in, fields in zip(stand_ins, bad_entries.values(), strict=True):
+            assert stand_in.body is None
+            reasons.append(stand_in.headers[UNREADABLE_HEADER])
+            digest = hashlib.sha256(b"".join(fields.values())).hexdigest()
+            assert stand_in.headers[UNREADABLE_SHA256_HEADER] == digest
+            stand_in.ack()
         message.ack()
-    [(_, kept), (_, kept_deep)] = client.xrange(unreadable_key(queue_name))
-    assert kept[b"entry"].decode() == bad_id and kept[b"z"] == b"\xff not zlib"
-    assert kept_deep[b"entry"].decode() == deep_id and b"RecursionError" in kept_deep[b"error"]
-    assert bad_id in caplog.text and unreadable_key(queue_name) in caplog.text
+    assert "inflates past the 1048576-byte limit" in reasons[2]
+    assert "headers are not an object" in reasons[3] and "not base64" in reasons[4]
     assert client.xlen(stream_key(queue_name)) == 0
 
 

@@ -325,3 +325,48 @@ def test_s3_refuses_a_rebinding_name_at_connect_time(receiver):
     check = put(s3_destination("https://rebind.test", policy))
     assert not check.ok and "blocked" in check.message and "non-public" in check.message
     assert sink.requests() == []
+
+
+# Test Connection never quotes what a private address answered (issue 22): with private
+# networks allowed, an owner could otherwise read an internal service through its errors.
+
+INTERNAL = b"internal-only: db_password=hunter2 " + b"x" * 400
+
+
+def test_test_connection_never_quotes_a_private_address(service, receiver):
+    from broadcast_interfaces.service import ConnectionTestFailed
+
+    state = {"reply": Reply(500, INTERNAL)}
+    sink = receiver(lambda _request: state["reply"])
+    owner = "user:ssrf" + sink.url.rsplit(":", 1)[1]
+    with pytest.raises(ConnectionTestFailed) as caught:
+        service.add_destination(owner, "webhook", "w", {"url": sink.url + "/hook"})
+    assert "hunter2" not in str(caught.value)
+    assert str(caught.value).endswith(
+        "HTTP 500 (a private address answered: its body is not shown)"
+    )
+    state["reply"] = Reply(200, b"{}")
+    view = service.add_destination(owner, "webhook", "w", {"url": sink.url + "/hook"})
+    state["reply"] = Reply(401, INTERNAL)
+    result = service.test_destination(view["id"])
+    assert not result["ok"] and "hunter2" not in result["message"]
+    assert "(HTTP 401 (a private address answered" in result["message"]
+    assert "hunter2" not in service.store.health(view["id"]).reason
+
+
+def test_a_public_address_answer_is_still_quoted():
+    from destinations.base import check_from_transport
+    from destinations.transport import TransportResult
+
+    public = TransportResult(500, 1.0, body=b"vendor says: bad span", private_peer=False)
+    assert check_from_transport(public, rejected_message="x").message == (
+        "HTTP 500: vendor says: bad span"
+    )
+    private = TransportResult(500, 1.0, body=b"vendor says: bad span", private_peer=True)
+    assert "bad span" not in check_from_transport(private, rejected_message="x").message
+
+
+def test_the_transport_marks_answers_from_private_addresses(receiver):
+    sink = receiver(lambda _request: Reply(200, b"ok"))
+    result = HttpTransport(LENIENT).send(HttpRequest("GET", sink.url + "/x", {}))
+    assert result.status_code == 200 and result.private_peer

@@ -11,8 +11,8 @@ task runs (celery/kombu#305, celery/celery#4354, #7950); it stores every message
   same command that hands it out: nothing is ever held only by a socket;
 - acknowledge is `XACK` + `XDEL`; requeue is a Lua script that copies the entry to the
   tail, marked redelivered, and drops the original, once;
-- a consuming worker refreshes a heartbeat every 5 s (`broadcast.consumer:NAME`, 15 s TTL)
-  from a thread of its own; every such worker, every 5 s, hands what a consumer whose
+- a consuming worker refreshes a heartbeat every 3 s (`broadcast.consumer:NAME`, 10 s TTL)
+  from a thread of its own; every such worker, every 3 s, hands what a consumer whose
   heartbeat expired (a killed worker) held back to the queue, the same way: a killed
   worker costs seconds, not the visibility timeout. A consumer that never registered a
   heartbeat (a worker of an earlier version, during a rolling upgrade) is not treated as
@@ -144,9 +144,9 @@ PRIORITY_YIELD_EVERY = 4
 FORGET_CONSUMERS_EVERY_SECONDS = 3600.0
 # Consumer liveness: a consuming worker refreshes its heartbeat this often, the heartbeat
 # lives this long, and every consuming worker looks for dead consumers this often. A
-# killed worker's messages are back on the queue within TTL + interval (20 s).
-HEARTBEAT_EVERY_SECONDS = 5.0
-HEARTBEAT_TTL_SECONDS = 15.0
+# killed worker's messages are back on the queue within TTL + interval (13 s).
+HEARTBEAT_EVERY_SECONDS = 3.0
+HEARTBEAT_TTL_SECONDS = 10.0
 CONSUMER_REGISTRY = "broadcast.consumers"
 # A pending entry of this consumer that it never received, idle this long, is requeued.
 UNKNOWN_IDLE_SECONDS = 5.0

@@ -270,10 +270,11 @@ local function unread(key, group, limit)
 end
 """
 
-# KEYS: backlog, slots, queued, retry. ARGV: token, group, now, lease seconds, batch size.
-# The run leaves. Returns {'continue', unread}: entries are unread or a retry is due (the
-# queued flag stays, for the task the caller sends next); or {'done', earliest retry due
-# or ''}: the slot is released, and the queued flag with the last slot.
+# KEYS: backlog, slots, queued, retry. ARGV: token, group, now, lease seconds, batch size,
+# waiting consumer. The run leaves. Returns {'continue', unread}: entries are unread or a
+# retry is due (the queued flag stays, for the task the caller sends next); or {'done',
+# earliest retry due or '', when a dead run's batch becomes claimable or ''}: the slot is
+# released, and the queued flag with the last slot.
 _FINISH = (
     _UNREAD
     + """
@@ -286,8 +287,24 @@ if waiting > 0 or (first[2] and tonumber(first[2]) <= now) then
   return {'continue', tostring(waiting)}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-return {'done', first[2] or ''}
+if redis.call('ZCARD', KEYS[2]) > 0 then return {'done', first[2] or '', ''} end
+redis.call('DEL', KEYS[3])
+-- No run is alive, yet entries are held by runs (not waiting): a dead run's batch. When
+-- its lease ends, someone must claim it: the caller sends a task for then.
+local orphan_at = ''
+local ok, summary = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[2])
+if ok and tonumber(summary[1]) > 0 then
+  for _, c in ipairs(summary[4]) do
+    if c[1] ~= ARGV[6] then
+      local lease_ms = tonumber(ARGV[4]) * 1000
+      for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[2], '-', '+', 10, c[1])) do
+        local at = now + math.max(lease_ms - tonumber(p[3]), 0) / 1000
+        if orphan_at == '' or at < orphan_at then orphan_at = at end
+      end
+    end
+  end
+end
+return {'done', first[2] or '', tostring(orphan_at)}
 """
 )
 
@@ -447,11 +464,14 @@ class Claim:
 class Finish:
     """How a run left. `go_on`: unread entries or a due retry remain (the queued flag is
     kept for the next task); `unread`: how many entries were never handed out; `next_retry`:
-    with nothing due now, when the earliest waiting retry falls due (None: none waits)."""
+    with nothing due now, when the earliest waiting retry falls due (None: none waits);
+    `orphans_at`: no run is alive but entries are held by one (its worker died): when the
+    first of them can be claimed (None: nothing held)."""
 
     go_on: bool
     unread: int = 0
     next_retry: float | None = None
+    orphans_at: float | None = None
 
 
 class Backlog:
@@ -722,18 +742,21 @@ class Backlog:
 
     def finish(self, destination_id: str, token: str, now: float, batch_size: int) -> Finish:
         """The run leaves: its slot is released; see `Finish` for what it must do next."""
-        verdict, detail = self._finish(
+        verdict, detail, *orphans = self._finish(
             keys=[
                 _key(destination_id, "backlog"),
                 _key(destination_id, "slots"),
                 _key(destination_id, "queued"),
                 _key(destination_id, "retry"),
             ],
-            args=[token, GROUP, repr(now), self.lease_seconds, batch_size],
+            args=[token, GROUP, repr(now), self.lease_seconds, batch_size, WAITING],
         )
         if verdict == b"continue":
             return Finish(go_on=True, unread=int(detail))
-        return Finish(go_on=False, next_retry=float(detail) if detail else None)
+        orphans_at = float(orphans[0]) if orphans and orphans[0] else None
+        return Finish(
+            go_on=False, next_retry=float(detail) if detail else None, orphans_at=orphans_at
+        )
 
     def make_due(self, destination_id: str, now: float) -> None:
         """Every waiting retry falls due now (the destination was resumed)."""

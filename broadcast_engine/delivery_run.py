@@ -194,6 +194,11 @@ class DeliveryRun:
         left = self.current.backlog.finish(destination_id, self.token, now, full)
         if not left.go_on:
             summary.next = "done"
+            if left.orphans_at is not None:
+                # A dead run's batch: a task claims it when its lease ends (not at beat's
+                # next sweep, which is only the safety net).
+                self._send_later(destination_id, left.orphans_at + 0.1)
+                summary.next = "done; a dead run's batch is claimed when its lease ends"
             return
         countdown = None
         if sent_since is not None and 0 < left.unread < full:

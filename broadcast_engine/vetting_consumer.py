@@ -8,8 +8,9 @@ the message (never acknowledged) stopped every worker after it. `VettingConsumer
 - `broadcast_broker.message_vetting.problem` names what Celery could not take (the transport's
   unreadable mark, headers, content type, size, decoding, the body's shape, the fields
   Celery reads); such a message is set aside;
-- anything Celery's own handler still raises for a message (not a broker connection
-  error, which must reach Celery's reconnect logic) sets the message aside too;
+- anything Celery's own handler still raises for a message sets the message aside too,
+  except a broker connection error (it reaches Celery's reconnect logic) and an error of
+  Redis or the network (the message is sound: it is requeued, never set aside);
 - Celery's own refusals (a body it cannot decode, including one whose compression
   inflates past the limit, an unknown task, an invalid one) are set aside the same way
   instead of being logged with the message body.
@@ -31,6 +32,7 @@ from typing import Any
 
 from celery import signals
 from celery.worker.consumer import Consumer
+from kombu.exceptions import OperationalError
 from redis import RedisError
 
 from broadcast_broker.bounded_compression import InflateRefused
@@ -53,6 +55,8 @@ logger = logging.getLogger("broadcast.broker")
 # decoded, so the event it carries is rejected naming the event and the limit; a larger
 # one is set aside unread (decoding it would cost several times its size).
 DECODED_BODY_FACTOR = 2
+# What says the infrastructure failed, not the message: such a message is requeued.
+INFRASTRUCTURE_ERRORS = (OperationalError, RedisError, OSError)
 
 
 class VettingConsumer(Consumer):
@@ -78,6 +82,18 @@ class VettingConsumer(Consumer):
                 return handle(message)
             except passes:
                 raise
+            except INFRASTRUCTURE_ERRORS as exc:
+                # Redis or the network failed (Celery publishes the task-received event as
+                # it reads a message): the message is sound, so it goes back to its queue,
+                # never aside (a requeue Redis cannot take now is made once it answers).
+                logger.warning(
+                    "broadcast.broker.requeued_on_error task_id=%s error=%s",
+                    _field(message, "id"),
+                    type(exc).__name__,
+                )
+                if not message.acknowledged:
+                    message.reject_log_error(logger, self.connection_errors, requeue=True)
+                return None
             except Exception as exc:  # boundary: one message must not stop the worker
                 return self.set_aside(message, f"{type(exc).__name__} while Celery read it")
 

@@ -249,6 +249,12 @@ class BigQueryDestination(HttpDestination):
             urls["service_account_json.token_uri"] = service_account_info(key)["token_uri"]
         return urls
 
+    def __init__(self, config: Mapping[str, Any], transport: HttpTransport) -> None:
+        super().__init__(config, transport)
+        # The request headers of this instance's batches: `deliver_batch` adds the access
+        # token it obtained for them (an instance serves one delivery run).
+        self._headers: dict[str, str] = {"Content-Type": "application/json"}
+
     def _table_url(self, suffix: str = "") -> str:
         base = self.config.get("endpoint") or DEFAULT_ENDPOINT
         path = "/bigquery/v2/projects/{}/datasets/{}/tables/{}".format(

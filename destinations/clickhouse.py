@@ -45,6 +45,7 @@ import orjson
 from marshmallow import ValidationError, fields, validate, validates
 
 from destinations.base import (
+    TRANSPORT_HEADERS,
     BatchLimits,
     ConfigSchema,
     ConnectionCheck,
@@ -77,9 +78,7 @@ from destinations.warehouse_schema import (
 
 MAX_ROWS_PER_INSERT = 1000
 MAX_INSERT_BYTES = 16 * 1024 * 1024
-RESERVED_HEADERS = frozenset(
-    {"content-type", "content-length", "authorization", "x-clickhouse-user", "x-clickhouse-key"}
-)
+RESERVED_HEADERS = TRANSPORT_HEADERS | {"authorization", "x-clickhouse-user", "x-clickhouse-key"}
 # Settings every insert carries (see the module table).
 INSERT_SETTINGS = {
     "async_insert": "1",

@@ -9,10 +9,12 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Task
+from celery.exceptions import Reject, Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from kombu.exceptions import OperationalError
 
 from settings.config import ConfigurationError
 
@@ -40,6 +42,18 @@ class BroadcastTask(Task):
             options["argsrepr"] = self.describe_args(*(args or ()), **(kwargs or {}))
             options.setdefault("kwargsrepr", "{}")
         return super().apply_async(args, kwargs, **options)
+
+    def retry_or_requeue(self, countdown: float) -> NoReturn:
+        """Retry this task after `countdown` seconds. When the retry cannot be sent (the
+        broker is down too), the message goes back to its queue instead: Celery's `retry`
+        turns a failed send into `Reject(requeue=False)`, which would acknowledge the only
+        copy of the message away."""
+        try:
+            raise self.retry(countdown=countdown, max_retries=None)
+        except Retry:
+            raise
+        except (Reject, OperationalError, OSError) as exc:
+            raise Reject(f"retry not sent ({type(exc).__name__}): requeued", requeue=True) from None
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any

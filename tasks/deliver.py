@@ -12,12 +12,11 @@ import logging
 from typing import Any
 
 import redis
-from celery import Task
 
 from broadcast_engine.backoff import STORE_RETRY
 from broadcast_engine.delivery_run import DeliveryRun, delivery_policy
 from broadcast_engine.runtime import runtime
-from tasks.app import broadcast_task
+from tasks.app import BroadcastTask, broadcast_task
 
 logger = logging.getLogger("broadcast.deliver")
 
@@ -27,7 +26,7 @@ logger = logging.getLogger("broadcast.deliver")
     max_retries=None,
     describe_args=lambda destination_id, *_, **__: str(destination_id),
 )
-def deliver(self: Task, destination_id: str) -> dict[str, Any]:
+def deliver(self: BroadcastTask, destination_id: str) -> dict[str, Any]:
     """Drain the destination's backlog; returns what this run did (shown by Flower)."""
     current = runtime()
     try:
@@ -41,5 +40,5 @@ def deliver(self: Task, destination_id: str) -> dict[str, Any]:
             type(exc).__name__,
             delay,
         )
-        raise self.retry(countdown=delay, max_retries=None) from None
+        self.retry_or_requeue(delay)
     return summary.shown()

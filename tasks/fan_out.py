@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
 from celery.exceptions import Reject
 
-from tasks.app import broadcast_task
+from tasks.app import BroadcastTask, broadcast_task
 
 
 def _describe_event(event: Any = None, *_: Any, **__: Any) -> str:
@@ -20,7 +19,9 @@ def _describe_event(event: Any = None, *_: Any, **__: Any) -> str:
 
 
 @broadcast_task(name="broadcast.fan_out", max_retries=None, describe_args=_describe_event)
-def fan_out(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> dict[str, Any]:
+def fan_out(
+    self: BroadcastTask, event: Any = None, *extra: Any, **unexpected: Any
+) -> dict[str, Any]:
     """Validate, store once, append to each eligible destination's backlog.
 
     An invalid event (or a message from another client with other arguments) is recorded
@@ -31,7 +32,6 @@ def fan_out(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> di
     when even the retry cannot be sent (the broker is down too) the message is requeued.
     A bug is recorded as a rejected event with its type, never lost silently.
     """
-    from kombu.exceptions import OperationalError
     from redis import RedisError
 
     from broadcast_engine.backoff import STORE_RETRY  # the worker's side
@@ -39,12 +39,8 @@ def fan_out(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> di
 
     try:
         intake = accept(event, extra, unexpected)
-    except RedisError as exc:
-        delay = STORE_RETRY.delay(self.request.retries)
-        try:
-            raise self.retry(countdown=delay, max_retries=None) from None
-        except (OperationalError, RedisError):
-            raise Reject(exc, requeue=True) from None
+    except RedisError:
+        self.retry_or_requeue(STORE_RETRY.delay(self.request.retries))
     except Exception as exc:  # boundary: a bug in validation or routing, recorded
         record_internal_error(event, exc)
         raise Reject(f"internal error: {type(exc).__name__}", requeue=False) from None

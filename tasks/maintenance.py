@@ -11,7 +11,7 @@ from celery import Task
 
 from broadcast_engine import housekeeping
 from broadcast_engine.runtime import runtime
-from tasks.app import broadcast_task
+from tasks.app import BroadcastTask, broadcast_task
 
 logger = logging.getLogger("broadcast.maintenance")
 
@@ -46,11 +46,11 @@ def flush_notifications(self: Task) -> None:
     max_retries=None,
     describe_args=lambda event, *_, **__: housekeeping.describe_notification(event),
 )
-def notify(self: Task, event: dict[str, Any]) -> None:
+def notify(self: BroadcastTask, event: dict[str, Any]) -> None:
     """POST one health event to its owner's URL; retried on the short tier."""
     delay = housekeeping.post_notification(runtime(), event, self.request.retries)
     if delay is not None:
-        raise self.retry(countdown=delay, max_retries=None)
+        self.retry_or_requeue(delay)
 
 
 @broadcast_task(name="broadcast.maintenance.trim_dead_letters")

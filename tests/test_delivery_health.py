@@ -363,7 +363,7 @@ def test_a_long_retry_after_waits_in_redis_not_in_the_broker(
     assert health.probe_at - time.time() > HOUR  # longer than any visibility timeout
     assert backlog(rt, destination_id) == 1
     # Nothing waits in the broker (no ETA message that Redis could hand out twice).
-    wait_for(lambda: unacknowledged(rt) == 0, what="no unacknowledged message")
+    wait_for(lambda: unacknowledged(rt) == 0, timeout=60, what="no unacknowledged message")
     assert not kicked(rt, destination_id)  # not due yet
 
     probe_now(rt, destination_id)

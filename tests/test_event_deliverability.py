@@ -46,9 +46,14 @@ def deliver_nowhere(trace: Trace) -> None:
             except (ItemRefused, PayloadTooLarge):
                 continue  # refused on its own, with a reason: a recorded outcome
             destination.batch_request([item.payload], CONTEXT)
-        else:
+        elif type_ == "s3":
             object_key(stored, config["path_template"], "p", config.get("object_name", "request"))
             object_body(stored, CONTEXT.destination_id)
+        else:  # the other SDK destinations (Firehose): their pure share of a batch
+            try:
+                destination.encode_item(stored, CONTEXT)
+            except (ItemRefused, PayloadTooLarge):
+                continue
 
 
 _extreme_numbers = st.sampled_from(

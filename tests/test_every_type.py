@@ -70,7 +70,7 @@ def test_every_type_takes_secret_headers_and_refuses_transport_ones(type_: str) 
     for name in ("Content-Length", "X-Test-Connection"):
         with pytest.raises(ValidationError, match="set by Broadcast"):
             schema.load({**base, "headers": {name: "1"}})
-    with pytest.raises(ValidationError, match="line breaks"):
+    with pytest.raises(ValidationError, match="no control character"):
         schema.load({**base, "headers": {"X-A": "v\r\nX-B: injected"}})
 
 

@@ -257,9 +257,9 @@ def prefork_worker(env: dict[str, str], workdir: Path, client: Celery, name: str
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
 def rig(request, redis_server, workdir) -> Iterator[Rig]:
-    from broadcast_engine.runtime import runtime
+    from broadcast_interfaces.service import settings_service
 
-    service = runtime().service
+    service = settings_service()
     if request.param == "redis":
         broker_url = redis_server.url.rsplit("/", 1)[0] + "/8"
         redis.Redis.from_url(broker_url).flushdb()

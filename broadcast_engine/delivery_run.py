@@ -60,6 +60,7 @@ from destinations.base import ConnectionCheck, DeliveryContext, DeliveryResult, 
 from destinations.outcomes import Outcome
 from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
+from settings.crypto import SecretsCorrupted
 from settings.models import Circuit, DestinationRecord, HealthRecord
 from settings.redaction import redact
 from settings.store import latency_bucket
@@ -67,6 +68,10 @@ from settings.store import latency_bucket
 logger = logging.getLogger("broadcast.deliver")
 
 LOG_REQUEST_IDS = 50
+SECRETS_UNREADABLE_REASON = (
+    "secrets unreadable: no key in BROADCAST_ENCRYPTION_KEYS opens this destination's "
+    "credentials (add back the key that sealed them)"
+)
 
 
 def delivery_policy(current: Runtime) -> DeliveryPolicy:
@@ -86,11 +91,18 @@ def delivery_policy(current: Runtime) -> DeliveryPolicy:
 def gather_seconds(unread: int, full: int, elapsed: float, cap: float) -> float | None:
     """How long a busy destination's next task waits in the broker so that its request
     carries a full batch: the time `full` traces take to arrive at the rate `unread` came
-    in during `elapsed`, at most `cap` (None: go at once)."""
-    if cap <= 0 or unread <= 0 or unread >= full:
+    in during `elapsed`, at most `cap`. None (go at once) unless traces queue up faster
+    than requests go out: fewer than `busy_from(full)` arrived meanwhile."""
+    if cap <= 0 or unread < busy_from(full) or unread >= full:
         return None
     rate = unread / max(elapsed, 1e-3)
     return min(cap, (full - unread) / rate)
+
+
+def busy_from(full: int) -> int:
+    """Unread traces after a run that mark a destination as busy: a twentieth of a full
+    batch, at least 2. Below it the next trace goes out at once (latency first)."""
+    return max(2, full // 20)
 
 
 def consumer_name() -> str:
@@ -153,7 +165,16 @@ class DeliveryRun:
             # Removed, or disabled: beat's sweep turns a disabled backlog into dead letters.
             summary.verdict = "disabled"
             return False
-        vendor = self._vendor(record)
+        try:
+            vendor = self._vendor(record)
+        except SecretsCorrupted:
+            # No configured key opens its credentials (a key dropped too early): nothing
+            # can be sent, and nothing is lost either. The destination pauses like one
+            # whose credentials were rejected, until the key is back and a check passes.
+            summary.verdict = "paused: secrets unreadable"
+            current.health.credentials_rejected(record, SECRETS_UNREADABLE_REASON, time.time())
+            backlog.hold(record.id, current.config.auth_failed_recheck_seconds)
+            return False
         limits = vendor.batch_limits if vendor is not None else None
         full = limits.max_items if limits is not None else 1
         consumer = consumer_name()

@@ -55,7 +55,9 @@ PLACEHOLDERS = {
     "input_file": "[file]",
     "video_url": "[video]",
 }
-MAX_REPORTED_FIELDS = 3
+# Every failing field is named (operators fix them all at once); past this many, a
+# pathological event's reason says how many more there were.
+MAX_REPORTED_FIELDS = 50
 DEFAULT_LIMITS = EventLimits()
 
 # Ranges that every serializer can carry (issue 22: values past them were accepted and

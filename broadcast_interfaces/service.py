@@ -30,7 +30,7 @@ from destinations.registry import UnknownDestinationType, destination_class
 from destinations.trace import Trace
 from destinations.transport import HttpTransport
 from destinations.url_guard import BlockedUrl, NetworkPolicy, check_url
-from settings.crypto import SecretBox
+from settings.crypto import SecretBox, SecretsCorrupted
 from settings.filter_rules import FilterRulesError
 from settings.filter_rules import validate as validate_filter_rules
 from settings.masking import MASK_PREFIX, is_mask_of, mask_secrets
@@ -40,6 +40,10 @@ from settings.redaction import redact
 from settings.store import SettingsStore, TooManyDestinations
 
 MAX_PER_TYPE = 5
+# The health shown for a destination whose secrets no configured key opens (a key was
+# dropped from BROADCAST_ENCRYPTION_KEYS too early), and its secret fields' value.
+SECRETS_UNREADABLE = "secrets_unreadable"
+UNREADABLE_SECRET = "(unreadable: no configured key opens it)"
 # A destination's config (secrets included) as JSON: far above any vendor's needs, far below
 # what would slow every fan-out and delivery that reads the record.
 MAX_CONFIG_BYTES = 64 * 1024
@@ -447,13 +451,23 @@ class SettingsService:
             state, next_attempt = "backing off: the vendor asked to slow down", health.backoff_until
         else:
             state, next_attempt = "sending", None
-        shown_health = health.status.value
-        if health.status is Health.HEALTHY and health.circuit is Circuit.OPEN:
+        shown_health, reason = health.status.value, self._redact(health.reason, record)
+        latest = self.store.attempts(record.id, 1)
+        if self._secrets(record) is None:
+            shown_health = SECRETS_UNREADABLE
+            reason = "no configured key opens its secrets: add the key that sealed them"
+        elif health.status is Health.HEALTHY and health.circuit is Circuit.OPEN:
             shown_health = "circuit_open"
         elif health.status is Health.HEALTHY and health.consecutive_failures:
             shown_health = "failing"
+        elif health.status is Health.HEALTHY and _all_dead_lettered(latest):
+            # The vendor answers, but refuses every trace of the latest batch (a 400 to a
+            # payload it cannot take): healthy would hide that traces are being lost.
+            shown_health = "failing"
+            reason = f"the latest traces were dead-lettered: {latest[0].get('error') or '-'}"
         return {
             "health": shown_health,
+            "health_reason": self._redact(reason, record),
             "delivery": state,
             "next_attempt": iso_or_none(next_attempt),
             "consecutive_failures": health.consecutive_failures,
@@ -470,21 +484,34 @@ class SettingsService:
         return {**record.config, **self.box.open(record.sealed_secrets)}
 
     def view(self, record: DestinationRecord) -> dict[str, Any]:
-        """The record as shown to people and dashboards: secrets masked, never decrypted out."""
+        """The record as shown to people and dashboards: secrets masked, never decrypted out.
+        A destination whose secrets no configured key opens shows the health
+        `secrets_unreadable` and its secret fields as unreadable; the rest stays readable."""
         data = asdict(record)
         data.pop("sealed_secrets")
         cls = self._destination_class(record.type)
-        data["config"] = {
-            **record.config,
-            **mask_secrets(self.box.open(record.sealed_secrets), cls.secret_fields()),
-        }
+        secrets = self._secrets(record)
+        shown = (
+            mask_secrets(secrets, cls.secret_fields())
+            if secrets is not None
+            else {name: UNREADABLE_SECRET for name in sorted(cls.secret_fields())}
+        )
+        data["config"] = {**record.config, **shown}
         data["api_keys"] = list(record.api_keys)
         data["exclude_api_keys"] = list(record.exclude_api_keys)
-        data["health"] = self.store.health(record.id).status.value
+        health = self.store.health(record.id).status.value
+        data["health"] = health if secrets is not None else SECRETS_UNREADABLE
         return data
 
+    def _secrets(self, record: DestinationRecord) -> dict[str, Any] | None:
+        """The record's secrets, or None when no configured key opens them."""
+        try:
+            return self.box.open(record.sealed_secrets)
+        except SecretsCorrupted:
+            return None
+
     def _redact(self, text: str, record: DestinationRecord) -> str:
-        return redact(text, self.box.open(record.sealed_secrets)) if text else text
+        return redact(text, self._secrets(record) or {}) if text else text
 
     # Internals
 
@@ -575,6 +602,11 @@ class SettingsService:
 
     def _now(self) -> str:
         return self.clock().isoformat()
+
+
+def _all_dead_lettered(latest: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the latest delivery-log entry dead-lettered every trace it carried."""
+    return bool(latest) and latest[0].get("next") == "dead-lettered"
 
 
 def _unmask(

@@ -6,11 +6,9 @@ shows; broker queue states read from Redis."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -20,13 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broadcast_engine.events import RejectReason
 from broadcast_interfaces.metrics import BroadcastCollector, Sources, cumulative, queue_depths
-from harness.processes import ManagedProcess, RedisServer, free_port
+from harness.metrics_server import MetricsServer
+from harness.processes import RedisServer, free_port
 from harness.receiver import ReceivedRequest, Reply
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings.models import Health
 
-BROADCAST = str(Path(sys.executable).parent / "broadcast")
 QUEUES = ("broadcast.fanout", "broadcast.deliver", "broadcast.maintenance")
 # Every family Broadcast exports, by the name its `# TYPE` line gives (a counter's with
 # `_total`); each is in every scrape.
@@ -61,34 +59,9 @@ FAMILIES = {
 }
 
 
-class MetricsServer:
-    """`broadcast metrics serve` in its own process, on `env`'s store and broker."""
-
-    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.url = f"{self.base}/metrics"
-        self.process = ManagedProcess(
-            name, [BROADCAST, "metrics", "serve", "--port", str(self.port)], env, workdir
-        )
-
-        def up() -> bool:
-            if not self.process.alive():
-                raise RuntimeError(f"metrics server exited:\n{self.process.log_tail()}")
-            try:
-                return requests.get(f"{self.base}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(up, timeout=30, what="the metrics server")
-
-    def stop(self) -> None:
-        self.process.stop()
-
-
 @pytest.fixture(scope="module")
 def metrics(redis_server, workdir) -> Iterator[MetricsServer]:
-    server = MetricsServer("metrics", dict(os.environ), workdir)
+    server = MetricsServer(os.environ, workdir)
     yield server
     server.stop()
 
@@ -96,7 +69,7 @@ def metrics(redis_server, workdir) -> Iterator[MetricsServer]:
 @pytest.fixture(scope="module")
 def metrics_by_type(redis_server, workdir) -> Iterator[MetricsServer]:
     env = {**os.environ, "BROADCAST_METRICS_PER_DESTINATION": "0"}
-    server = MetricsServer("metrics-by-type", env, workdir)
+    server = MetricsServer(env, workdir, "metrics-by-type")
     yield server
     server.stop()
 
@@ -106,7 +79,7 @@ def empty(workdir) -> Iterator[tuple[RedisServer, MetricsServer]]:
     """A Redis of its own with no destination and no worker, and a metrics server on it."""
     server = RedisServer(workdir, name="redis-metrics-empty")
     env = {**os.environ, "BROADCAST_BROKER_URL": server.url, "BROADCAST_STORE_URL": server.url}
-    metrics_server = MetricsServer("metrics-empty", env, workdir)
+    metrics_server = MetricsServer(env, workdir, "metrics-empty")
     yield server, metrics_server
     metrics_server.stop()
     server.stop()
@@ -360,7 +333,7 @@ def test_metrics_server_probes(metrics, workdir):
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     env = {**os.environ, "BROADCAST_BROKER_URL": dead, "BROADCAST_STORE_URL": dead}
-    server = MetricsServer("metrics-no-store", env, workdir)
+    server = MetricsServer(env, workdir, "metrics-no-store")
     try:
         assert requests.get(f"{server.base}/healthz", timeout=5).status_code == 200
         unready = requests.get(f"{server.base}/readyz", timeout=10)

@@ -10,7 +10,10 @@ destination and the trace's hold count (one per backlog), which also marks that 
 completed. A
 redelivered fan-out (its worker died, or the gateway sent the event twice) finds the
 trace: with a hold count there is nothing to do; without one, the earlier run died before
-the transaction, and the appends are made now.
+the transaction, and the appends are made now. What became of each event (fanned out,
+filtered, duplicate) is counted in the process and written about once a second
+(`broadcast_engine.event_tally`), not with a command per event; a rejection is counted by
+reason class in the write that records it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`GET /healthz` and `GET /readyz` for an orchestrator's HTTP probes of the management API.
 
 Outside the API's prefix, so they answer without a management key (broadcast_interfaces/
-api_guard.py checks keys under the prefix only) and count no failed key:
+api_guard.py checks keys under the prefix only) and count no failed key; and outside the
+OpenAPI document, which describes the dashboard's API, not the orchestrator's probes:
 
 - `/healthz`: the process serves requests (liveness): 200 `{"ok": true}`;
 - `/readyz`: the settings store answers too (readiness): 200 with the ping's time, or
@@ -24,14 +25,14 @@ from broadcast_interfaces.probes import Unhealthy, check_store
 
 def health_router(client: redis.Redis) -> APIRouter:
     """The two probe routes, reading the store through `client`."""
-    router = APIRouter(tags=["health"])
+    router = APIRouter(include_in_schema=False)
 
     @router.get("/healthz")
     def healthz() -> dict[str, Any]:
         """Liveness: the API process answers."""
         return {"ok": True}
 
-    @router.get("/readyz", responses={503: {"description": "the settings store is unreachable"}})
+    @router.get("/readyz")
     async def readyz() -> JSONResponse:
         """Readiness: the settings store answers a PING."""
         try:

@@ -44,3 +44,10 @@ def test_readyz_is_503_while_the_store_is_unreachable(workdir):
         }
     finally:
         server.stop()
+
+
+def test_probes_are_not_in_the_openapi_document(api):
+    """They are for orchestrators, not the dashboard's API (and take no input to fuzz)."""
+    paths = requests.get(f"{api.url}/openapi.json", timeout=5).json()["paths"]
+    assert "/healthz" not in paths and "/readyz" not in paths
+    assert "/api/v1/observability/destinations" in paths

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import socketserver
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -520,6 +521,12 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _ThreadingServerV6(_ThreadingServer):
+    """For an IPv6 host (`--host ::`)."""
+
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes and probes every few seconds are not worth a log line each."""
@@ -562,7 +569,8 @@ def serve(host: str, port: int) -> None:
 
     store = runtime().store
     app = wsgi_app(registry(), lambda: check_store(store.redis))
-    server = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
+    server_class = _ThreadingServerV6 if ":" in host else _ThreadingServer
+    server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
     logger.info("broadcast.metrics.serving host=%s port=%d", host, server.server_port)
     print(f"serving Prometheus metrics on http://{host}:{server.server_port}/metrics", flush=True)
     try:

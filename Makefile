@@ -1,5 +1,6 @@
-# `make demo` and `make test` do all their own set-up: redis-server (Debian package) and a
-# virtualenv with the project and its test extras.
+# `make demo` and `make test` do all their own set-up: redis-server, rabbitmq-server and
+# prometheus (for promtool; Debian packages) and a virtualenv with the project and its test
+# extras.
 VENV := .venv
 MLFLOW_VENV := .venv-mlflow
 # The warehouse engines the warehouse tests write to (tests/emulators/warehouses.py).
@@ -8,7 +9,7 @@ BIGQUERY_VENV := .venv-bigquery
 PY := $(VENV)/bin/python
 EXTRA_REQUIREMENTS := $(wildcard tests/requirements-*.txt)
 
-.PHONY: demo test bench lint setup redis-server rabbitmq-server wheel-smoke
+.PHONY: demo test bench lint setup redis-server rabbitmq-server promtool wheel-smoke
 
 demo: setup
 	$(PY) -m harness.demo
@@ -28,7 +29,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-setup: redis-server rabbitmq-server $(VENV)/.installed $(MLFLOW_VENV)/.installed \
+setup: redis-server rabbitmq-server promtool $(VENV)/.installed $(MLFLOW_VENV)/.installed \
 	$(WAREHOUSES_VENV)/.installed $(BIGQUERY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS) tests/nodeps-requirements.txt
@@ -63,6 +64,14 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server (Debian package) ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	}
+
+# promtool checks the shipped alert rules and dashboard queries (tests/test_observability_files.py).
+# Debian's `prometheus` package brings it; no Prometheus server is started.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing prometheus (Debian package, for promtool) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	}
 
 # RabbitMQ as the broker (tests/test_rabbitmq_broker.py); the tests start their own node.

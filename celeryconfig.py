@@ -108,6 +108,9 @@ task_track_started = True
 #   retains lagging traces, dead-letters what passed the horizon, enforces the bounds;
 # - credentials are re-validated every BROADCAST_REVALIDATE_SECONDS (6 h, spread +-10 %
 #   per destination), and every BROADCAST_AUTH_FAILED_RECHECK_SECONDS (15 min) while rejected.
+# A second beat on the same store stands by instead of doubling every job: beat sends
+# only while it holds a lock in Redis (broadcast_engine/beat_guard.py).
+beat_scheduler = "broadcast_engine.beat_guard:GuardedScheduler"
 beat_schedule = {
     "sweep-backlogs": {
         "task": "broadcast.maintenance.sweep",

@@ -52,6 +52,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 from time import monotonic
 from typing import Any
@@ -151,6 +152,8 @@ CONSUMER_REGISTRY = "broadcast.consumers"
 # A pending entry of this consumer that it never received, idle this long, is requeued.
 UNKNOWN_IDLE_SECONDS = 5.0
 HEARTBEAT_PREFIX = "broadcast.consumer:"
+# The value of a heartbeat written by a worker of an earlier version (it names no queue).
+LEGACY_HEARTBEAT = b"1"
 # The largest body the envelope may inflate to (a `max_message_bytes` transport option;
 # celeryconfig passes the event limit plus the envelope's margin, this is its default).
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 256 * 1024
@@ -200,6 +203,16 @@ def entry_fields(message: dict[str, Any]) -> dict[bytes, bytes]:
     envelope["properties"] = properties
     fields[ENVELOPE] = zlib.compress(wire_json.dumps(envelope).encode(), ENVELOPE_COMPRESSION_LEVEL)
     return fields
+
+
+@dataclass(frozen=True)
+class StreamQueueState:
+    """`consumers`: consumers of the queue's group with a live heartbeat (workers reading
+    it); `oldest_waiting_at`: unix seconds its oldest waiting entry was added (None:
+    nothing waits)."""
+
+    consumers: int
+    oldest_waiting_at: float | None
 
 
 class UnreadableEntry(ValueError):
@@ -602,6 +615,43 @@ class Channel(redis_transport.Channel):
         pending_count = pending["pending"] if isinstance(pending, dict) else 0
         return max(0, int(length) - pending_count) + sum(int(n) for n in lists)
 
+    def queue_state(self, queue: str) -> StreamQueueState:
+        """What the metrics read of a stream queue beside its size: how many workers read
+        it (their heartbeats name the queues they consume), and when its oldest waiting
+        entry (not handed out yet) was added: an entry id is the millisecond it was added
+        (a requeued entry is added again, so its age starts again). Items a list client
+        pushed, which the workers move in within a second, are not looked at."""
+        client = self._sync_client
+        key = stream_key(queue)
+        try:
+            groups = client.xinfo_groups(key)
+        except ResponseError:  # no stream yet: nothing was ever sent or read
+            return StreamQueueState(self._live_consumers(queue), oldest_waiting_at=None)
+        group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+        last = group["last-delivered-id"] if group is not None else b"0-0"
+        last = last if isinstance(last, bytes) else last.encode()
+        first = client.xrange(key, min=b"(" + last, count=1)
+        oldest = None
+        if first:
+            entry_id = first[0][0]
+            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            oldest = int(entry_id.split("-", 1)[0]) / 1000.0
+        return StreamQueueState(consumers=self._live_consumers(queue), oldest_waiting_at=oldest)
+
+    def _live_consumers(self, queue: str) -> int:
+        """Registered consumers whose heartbeat is alive and names `queue` (a heartbeat of
+        an earlier version names none: counted for every queue)."""
+        client = self._sync_client
+        names = client.hkeys(CONSUMER_REGISTRY)
+        if not names:
+            return 0
+        beats = client.mget([HEARTBEAT_PREFIX.encode() + name for name in names])
+        return sum(
+            1
+            for beat in beats
+            if beat is not None and (beat == LEGACY_HEARTBEAT or queue.encode() in beat.split(b","))
+        )
+
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         if self.is_stream(queue) and self._sync_client.exists(stream_key(queue)):
             return True
@@ -641,16 +691,20 @@ class Channel(redis_transport.Channel):
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         if self.is_stream(queue):
             self._ensure_group(queue)
-            self.start_heartbeat()
         consumer_tag = super().basic_consume(queue, *args, **kwargs)
         self._stream_consumption(self.active_queues)
+        if self.is_stream(queue):
+            self.start_heartbeat()  # its value names the queues consumed, this one now too
         return consumer_tag
 
     def start_heartbeat(self) -> None:
-        """Register this consumer and keep its heartbeat (once per process and channel)."""
+        """Register this consumer and keep its heartbeat (once per process and channel;
+        called again, the heartbeat is refreshed at once with the queues consumed now)."""
         if self._heartbeat is None or self._heartbeat.pid != os.getpid():
             self._heartbeat = Heartbeat(self)
             self._heartbeat.start()
+        else:
+            self._heartbeat.beat()
 
     def close(self) -> None:
         if self._heartbeat is not None and self._heartbeat.pid == os.getpid():
@@ -902,7 +956,7 @@ class Heartbeat:
         )
 
     def start(self) -> None:
-        self._beat()
+        self.beat()
         self._thread.start()
 
     def stop(self) -> None:
@@ -916,17 +970,21 @@ class Heartbeat:
         except (redis_errors.RedisError, OSError):
             pass  # the heartbeat expires on its own; nothing is held after a warm stop
 
-    def _beat(self) -> None:
+    def beat(self) -> None:
+        """Refresh the heartbeat; its value names the stream queues this channel consumes
+        (what `Channel.queue_state` counts)."""
         client = self.channel._sync_client
+        channel = self.channel
+        queues = ",".join(sorted(q for q in channel.active_queues if channel.is_stream(q)))
         with client.pipeline(transaction=False) as pipe:
-            pipe.set(self.key, "1", px=int(self.channel.heartbeat_ttl_seconds * 1000))
+            pipe.set(self.key, queues, px=int(self.channel.heartbeat_ttl_seconds * 1000))
             pipe.hset(CONSUMER_REGISTRY, self.channel.consumer_name, repr(time.time()))
             pipe.execute()
 
     def _run(self) -> None:
         while not self._stopped.wait(self.channel.heartbeat_every_seconds):
             try:
-                self._beat()
+                self.beat()
                 self.channel.qos.settle_kept()
                 self.channel.reclaim_unknown()
                 self.channel.reclaim()

@@ -41,7 +41,7 @@ from broadcast_engine import circuit_window
 from broadcast_engine.trace_store import Completion
 from settings import keys
 from settings.models import HealthRecord
-from settings.store import health_from
+from settings.store import health_from, request_bucket, status_class
 
 GROUP = "deliver"
 WAITING = "waiting"
@@ -160,15 +160,21 @@ redis.call('SET', KEYS[3], 'running', 'PX', math.ceil(lease * 1000))
 return #ids
 """
 
-# KEYS: backlog, counters, latency, log, dead, attempts, retry, the window's bucket now.
+# KEYS: backlog, counters, latency, log, dead, attempts, retry, the window's bucket now,
+#       requests.
 # ARGV: group, waiting consumer, log entry, log size, "fresh" when no entry was ever tried,
-#       "ok" to count a delivered attempt in the circuit's window (else "-"), unused, the
-#       bucket's TTL (ms); then per item: stream id, kind (d delivered / f dead
-#       letter / w wait after a failed attempt / g given back untried), request id, latency
-#       bucket, latency ms, letter JSON, due (unix seconds, for w and g).
+#       "ok" to count a delivered attempt in the circuit's window (else "-"), the batch's
+#       vendor requests ("CLASS|BOUND|MS" joined by spaces, or "-"), the bucket's TTL (ms);
+#       then per item: stream id, kind (d delivered / f dead letter / w wait after a failed
+#       attempt / g given back untried; D and F: a replayed entry delivered or
+#       dead-lettered again), request id, latency bucket, latency ms, letter JSON, due
+#       (unix seconds, for w and g).
 # Only entries still pending are settled, so an entry that two runs raced for (a run
 # slower than its lease) is counted once. Returns (delivered, dead-lettered) counted now,
 # then the request ids of the entries that ended now (each releases its trace once).
+# The vendor requests are counted with the batch (one HINCRBY per request and one for
+# their durations: per batch, not per trace), even when a raced duplicate settles nothing:
+# the request was made.
 _SETTLE = """
 local HEAD, SIZE = 8, 7
 local n = (#ARGV - HEAD) / SIZE
@@ -209,6 +215,7 @@ if #ending > 0 then
   call_with({'XDEL', KEYS[1]}, ending)
 end
 local delivered, failed, waited, buckets, latency_ms, ended = 0, 0, 0, {}, 0, {}
+local replay_delivered, replay_failed = 0, 0
 for i = 0, n - 1 do
   local b = HEAD + 1 + i * SIZE
   local id, kind, request = ARGV[b], ARGV[b + 1], ARGV[b + 2]
@@ -223,8 +230,10 @@ for i = 0, n - 1 do
       delivered = delivered + 1
       buckets[ARGV[b + 3]] = (buckets[ARGV[b + 3]] or 0) + 1
       latency_ms = latency_ms + tonumber(ARGV[b + 4])
-    elseif kind == 'f' then
-      failed = failed + 1
+    elseif kind == 'D' then
+      replay_delivered = replay_delivered + 1
+    elseif kind == 'f' or kind == 'F' then
+      if kind == 'f' then failed = failed + 1 else replay_failed = replay_failed + 1 end
       redis.call('XADD', KEYS[5], '*', 'letter', ARGV[b + 5])
     end
   end
@@ -240,6 +249,18 @@ if delivered > 0 then
 end
 if failed > 0 then redis.call('HINCRBY', KEYS[2], 'failed', failed) end
 if waited > 0 then redis.call('HINCRBY', KEYS[2], 'retried', waited) end
+if replay_delivered > 0 then
+  redis.call('HINCRBY', KEYS[2], 'replay_delivered', replay_delivered)
+end
+if replay_failed > 0 then redis.call('HINCRBY', KEYS[2], 'replay_failed', replay_failed) end
+if ARGV[7] ~= '-' then
+  local request_ms = 0
+  for class_bound, ms in string.gmatch(ARGV[7], '(%S+)|(%S+)') do
+    redis.call('HINCRBY', KEYS[9], class_bound, 1)
+    request_ms = request_ms + tonumber(ms)
+  end
+  redis.call('HINCRBY', KEYS[9], 'sum_ms', math.floor(request_ms + 0.5))
+end
 if ARGV[6] == 'ok' and redis.call('HINCRBY', KEYS[8], 'a', 1) == 1 then
   redis.call('PEXPIRE', KEYS[8], ARGV[8])  -- once per bucket: it expires past the window
 end
@@ -407,10 +428,13 @@ class Begin(StrEnum):
 
 @dataclass(frozen=True)
 class BacklogEntry:
+    """`replay`: appended by a replay of a dead letter (counted as a replay when it ends)."""
+
     id: str
     request_id: str
     accepted_at: float
     size: int
+    replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -422,6 +446,15 @@ class BacklogStats:
     in_flight: int
     bytes: int
     oldest_accepted_at: float | None
+
+
+@dataclass(frozen=True)
+class VendorRequest:
+    """One request a batch made to its vendor: its status code (None: no answer came)
+    and how long it took."""
+
+    status_code: int | None
+    duration_ms: float
 
 
 @dataclass(frozen=True)
@@ -511,13 +544,16 @@ class Backlog:
         size: int,
         *,
         kick: bool,
+        replay: bool = False,
     ) -> None:
         """Queue the append on `pipe`; with `kick`, also `SET NX` the queued flag, whose
-        result (True) tells the caller to send a deliver task."""
-        pipe.xadd(
-            _key(destination_id, "backlog"),
-            {"r": request_id, "a": f"{accepted_at:.3f}", "n": size},
-        )
+        result (True) tells the caller to send a deliver task. `replay`: the entry
+        replays a dead letter: it is marked so, and counted as `replayed`."""
+        fields: dict[str, Any] = {"r": request_id, "a": f"{accepted_at:.3f}", "n": size}
+        if replay:
+            fields["p"] = 1
+            pipe.hincrby(_key(destination_id, "counters"), "replayed", 1)
+        pipe.xadd(_key(destination_id, "backlog"), fields)
         if kick:
             self.queue_flag(pipe, destination_id)
 
@@ -693,11 +729,20 @@ class Backlog:
         fresh: bool = False,
         delivered_attempt: bool = False,
         window_seconds: float = 60.0,
+        requests: Sequence[VendorRequest] = (),
     ) -> Settled:
         """Apply settlements and the delivery-log entry atomically; returns what was
         counted now (a raced duplicate counts nothing). `fresh`: every entry came new
         from the stream, so none has failed attempts on record to forget.
-        `delivered_attempt`: the request got through, one attempt for the circuit's window."""
+        `delivered_attempt`: the request got through, one attempt for the circuit's window.
+        `requests`: the vendor requests the batch made, counted by status class and
+        duration. A replayed entry that ends is counted as `replay_delivered` or
+        `replay_failed`, never as `delivered` or `failed`: those count each trace once."""
+        made = " ".join(
+            f"{status_class(r.status_code)}|{request_bucket(r.duration_ms / 1000.0)}|"
+            f"{r.duration_ms:.3f}"
+            for r in requests
+        )
         args: list[Any] = [
             GROUP,
             WAITING,
@@ -705,13 +750,16 @@ class Backlog:
             self.log_size,
             "fresh" if fresh else "-",
             "ok" if delivered_attempt else "-",
-            "-",
+            made or "-",
             circuit_window.ttl_ms(window_seconds),
         ]
         for item in settlements:
+            kind = item.kind
+            if item.entry.replay and kind in ("d", "f"):
+                kind = kind.upper()
             args += [
                 item.entry.id,
-                item.kind,
+                kind,
                 item.entry.request_id,
                 item.latency_bucket or "-",
                 f"{item.latency_ms:.3f}",
@@ -728,6 +776,7 @@ class Backlog:
                 _key(destination_id, "attempts"),
                 _key(destination_id, "retry"),
                 circuit_window.current_key(destination_id, now),
+                _key(destination_id, "requests"),
             ],
             args=args,
         )
@@ -776,20 +825,25 @@ class Backlog:
             pipe.xrevrange(key, count=20)
             pipe.xpending(key, GROUP) if self._has_group(key) else pipe.echo("")
             depth, first, recent, pending = pipe.execute()
-        oldest = _entry(*first[0]).accepted_at if first else None
-        sizes = [_entry(*item).size for item in recent]
-        mean = sum(sizes) / len(sizes) if sizes else 0.0
-        in_flight = 0
-        if isinstance(pending, dict) and pending.get("pending"):
-            for consumer in pending.get("consumers") or []:
-                if consumer["name"] not in (WAITING.encode(), WAITING):
-                    in_flight += int(consumer["pending"])
-        return BacklogStats(
-            depth=int(depth),
-            in_flight=in_flight,
-            bytes=int(mean * depth),
-            oldest_accepted_at=oldest,
-        )
+        return _stats(depth, first, recent, pending)
+
+    def stats_many(self, destination_ids: Sequence[str]) -> dict[str, BacklogStats]:
+        """`stats` of many destinations in one round trip (the metrics scrape)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for destination_id in destination_ids:
+                key = _key(destination_id, "backlog")
+                pipe.xlen(key)
+                pipe.xrange(key, count=1)
+                pipe.xrevrange(key, count=20)
+                pipe.xpending(key, GROUP)  # an error reply when the group does not exist
+            replies = pipe.execute(raise_on_error=False)
+        out: dict[str, BacklogStats] = {}
+        for index, destination_id in enumerate(destination_ids):
+            depth, first, recent, pending = replies[4 * index : 4 * index + 4]
+            if isinstance(depth, Exception) or isinstance(first, Exception):
+                raise depth if isinstance(depth, Exception) else first  # not a stream
+            out[destination_id] = _stats(depth, first, recent, pending)
+        return out
 
     def needs_task(self, destination_id: str, now: float) -> bool:
         """Work is due and no task is queued or working on it (the sweep then kicks one)."""
@@ -827,6 +881,25 @@ class Backlog:
             return False
 
 
+def _stats(depth: int, first: Any, recent: Any, pending: Any) -> BacklogStats:
+    """`BacklogStats` from the replies of XLEN, XRANGE 1, XREVRANGE 20 and the XPENDING
+    summary (anything else when the group does not exist yet)."""
+    oldest = _entry(*first[0]).accepted_at if first else None
+    sizes = [_entry(*item).size for item in recent]
+    mean = sum(sizes) / len(sizes) if sizes else 0.0
+    in_flight = 0
+    if isinstance(pending, dict) and pending.get("pending"):
+        for consumer in pending.get("consumers") or []:
+            if consumer["name"] not in (WAITING.encode(), WAITING):
+                in_flight += int(consumer["pending"])
+    return BacklogStats(
+        depth=int(depth),
+        in_flight=in_flight,
+        bytes=int(mean * depth),
+        oldest_accepted_at=oldest,
+    )
+
+
 def _key(destination_id: str, part: str) -> str:
     return keys.destination_part(destination_id, part)
 
@@ -839,4 +912,5 @@ def _entry(entry_id: bytes | str, fields: Any) -> BacklogEntry:
         request_id=fields[b"r"].decode(),
         accepted_at=float(fields[b"a"]),
         size=int(fields[b"n"]),
+        replay=b"p" in fields,
     )

@@ -155,7 +155,13 @@ def _dead_letter(
             ),
         )
     current.traces.release(record.owner, [e.request_id for e in entries])
-    current.store.count(record.id, "failed", len(entries))
+    # A replayed entry dead-lettered again is counted as a replay: `failed` counts each
+    # trace once.
+    replays = sum(entry.replay for entry in entries)
+    if replays < len(entries):
+        current.store.count(record.id, "failed", len(entries) - replays)
+    if replays:
+        current.store.count(record.id, "replay_failed", replays)
     last = reason if isinstance(reason, str) else next(iter(reason.values()))
     current.health.dead_lettered(record, len(entries), last, now)
     _log(current, record, entries, now, outcome="failed", error=last, next_step="dead-lettered")

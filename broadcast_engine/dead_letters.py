@@ -113,6 +113,14 @@ class DeadLetters:
     def count(self, destination_id: str) -> int:
         return int(self.redis.xlen(keys.destination_part(destination_id, "dead")))
 
+    def counts(self, destination_ids: list[str]) -> dict[str, int]:
+        """Letters kept (within the retention) per destination, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for destination_id in destination_ids:
+                pipe.xlen(keys.destination_part(destination_id, "dead"))
+            replies = pipe.execute()
+        return {d: int(n) for d, n in zip(destination_ids, replies, strict=True)}
+
     def mark_replayed(self, destination_id: str, letter_id: str, now: float) -> None:
         self.redis.hset(keys.destination_part(destination_id, "replayed"), letter_id, repr(now))
 

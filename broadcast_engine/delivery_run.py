@@ -41,7 +41,14 @@ import redis
 from kombu.exceptions import OperationalError
 
 from broadcast_broker.task_client import DELIVER_TASK
-from broadcast_engine.backlog import BacklogEntry, Begin, ClaimKind, Settled, Settlement
+from broadcast_engine.backlog import (
+    BacklogEntry,
+    Begin,
+    ClaimKind,
+    Settled,
+    Settlement,
+    VendorRequest,
+)
 from broadcast_engine.backoff import SETTLE_RETRY
 from broadcast_engine.dead_letters import letter_json
 from broadcast_engine.delivery_policy import (
@@ -365,7 +372,9 @@ class DeliveryRun:
             )
         log_entry = self._log_entry(entries, results, items, decision, now, secrets)
         through = batch_failure(results) is None and any(r.attempted for r in results)
-        settled = self._settle_through_outage(record, settlements, log_entry, fresh, through, now)
+        settled = self._settle_through_outage(
+            record, settlements, log_entry, fresh, through, now, vendor_requests(results)
+        )
         self._release_traces(record, settled.ended)
         self._apply(record, health, decision, now)
         if dead_reasons:
@@ -392,6 +401,7 @@ class DeliveryRun:
         fresh: bool,
         through: bool,
         now: float,
+        requests: Sequence[VendorRequest],
     ) -> Settled:
         """Settle the batch the vendor answered, retrying while the store is unreachable
         (a restart, a failover) for up to `settle_patience_seconds` (at most half the claim
@@ -414,6 +424,7 @@ class DeliveryRun:
                     fresh=fresh,
                     delivered_attempt=through,
                     window_seconds=config.circuit_window_seconds,
+                    requests=requests,
                 )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 wait = SETTLE_RETRY.delay(attempt)
@@ -577,6 +588,19 @@ class DeliveryRun:
             entry["next"],
             entry["error"],
         )
+
+
+def vendor_requests(results: Sequence[DeliveryResult]) -> list[VendorRequest]:
+    """The requests a batch made, read from its results: the traces a batched request
+    carried share its status and duration, so each distinct (status, duration) among the
+    attempted results is one request. A result with neither (refused before sending: too
+    large, a bug, an unknown type) made no request."""
+    made = {
+        (r.status_code, r.duration_ms)
+        for r in results
+        if r.attempted and (r.status_code is not None or r.duration_ms > 0)
+    }
+    return [VendorRequest(status, duration) for status, duration in sorted(made, key=str)]
 
 
 def _internal(reason: str) -> DeliveryResult:

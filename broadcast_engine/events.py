@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -85,12 +86,26 @@ _OWNER_ID = validate.Regexp(
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+class RejectReason(StrEnum):
+    """Why an event was rejected, as a class few enough for a metric label
+    (`broadcast_events_rejected_total{reason=...}`); the full reason names the field."""
+
+    NOT_AN_OBJECT = "not_an_object"  # the event is no JSON object
+    LIMITS = "limits"  # past a documented limit (depth, size, messages, string length)
+    SCHEMA = "schema"  # a field missing, of the wrong type or out of range
+    ARGUMENTS = "arguments"  # the task was sent other arguments than the one event
+    INTERNAL_ERROR = "internal_error"  # a bug met the event (logged with its traceback)
+
+
 class InvalidEvent(ValueError):
     """The event cannot become a trace. Never retried: the same bytes fail the same way."""
 
-    def __init__(self, event_id: str | None, reason: str) -> None:
+    def __init__(
+        self, event_id: str | None, reason: str, kind: RejectReason = RejectReason.SCHEMA
+    ) -> None:
         self.event_id = event_id
         self.reason = reason
+        self.kind = kind
         label = f"event {event_id}" if event_id else "event (no id)"
         super().__init__(f"{label} rejected: {reason}")
 
@@ -209,14 +224,18 @@ def build_trace(event: Any, limits: EventLimits = DEFAULT_LIMITS) -> Trace:
     """
     event_id = event_id_of(event)
     if not isinstance(event, Mapping):
-        raise InvalidEvent(None, f"the event must be a JSON object, not {type(event).__name__}")
+        raise InvalidEvent(
+            None,
+            f"the event must be a JSON object, not {type(event).__name__}",
+            RejectReason.NOT_AN_OBJECT,
+        )
     cut_reason = marker_reason(event)
     if cut_reason is not None:
-        raise InvalidEvent(event_id, cut_reason)
+        raise InvalidEvent(event_id, cut_reason, RejectReason.LIMITS)
     try:
         check_event(event, limits)
     except LimitExceeded as exc:
-        raise InvalidEvent(event_id, str(exc)) from None
+        raise InvalidEvent(event_id, str(exc), RejectReason.LIMITS) from None
     try:
         data = _SCHEMA.load(without_lone_surrogates(event))
     except ValidationError as exc:

@@ -10,7 +10,10 @@ destination and the trace's hold count (one per backlog), which also marks that 
 completed. A
 redelivered fan-out (its worker died, or the gateway sent the event twice) finds the
 trace: with a hold count there is nothing to do; without one, the earlier run died before
-the transaction, and the appends are made now.
+the transaction, and the appends are made now. What became of each event (fanned out,
+filtered, duplicate) is counted in the process and written about once a second
+(`broadcast_engine.event_tally`), not with a command per event; a rejection is counted by
+reason class in the write that records it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from kombu.exceptions import OperationalError
 
 from broadcast_broker.task_client import DELIVER_TASK
 from broadcast_engine.eligibility import Decision, decide
-from broadcast_engine.events import InvalidEvent, build_trace, event_id_of
+from broadcast_engine.event_tally import tally
+from broadcast_engine.events import InvalidEvent, RejectReason, build_trace, event_id_of
 from broadcast_engine.owner_cache import OwnerCache
 from broadcast_engine.runtime import runtime
 from broadcast_engine.trace_store import Written
@@ -74,7 +78,11 @@ def accept(
     current = runtime()
     try:
         if extra or unexpected:
-            raise InvalidEvent(event_id_of(event), "the task takes exactly one argument, the event")
+            raise InvalidEvent(
+                event_id_of(event),
+                "the task takes exactly one argument, the event",
+                RejectReason.ARGUMENTS,
+            )
         trace = build_trace(event, _limits())
     except InvalidEvent as exc:
         _reject(event, exc)
@@ -95,6 +103,7 @@ def accept(
     if not intake.appended:
         if intake.skipped:
             current.store.count_many(intake.skipped.items())
+        tally().add("filtered")
         return intake
     written, stored = current.traces.claim(trace)
     if written is Written.COMPLETE:
@@ -102,6 +111,7 @@ def accept(
             "broadcast.fan_out.duplicate request=%s owner=%s", trace.request_id, trace.owner
         )
         intake.duplicate = True
+        tally().add("duplicate")
         return intake
     if intake.skipped:
         current.store.count_many(intake.skipped.items())
@@ -114,6 +124,7 @@ def accept(
     )
     for destination_id in to_kick:
         _kick(destination_id)
+    tally().add("fanned_out")
     logger.info(
         "broadcast.fan_out.accepted request=%s owner=%s destinations=%d skipped=%d",
         trace.request_id,
@@ -141,7 +152,12 @@ def record_internal_error(event: Any, exc: Exception) -> None:
     """A bug met this event: log it with its traceback and record it as rejected, so it
     is listed (`broadcast rejected`) instead of vanishing."""
     logger.exception("broadcast.fan_out.internal_error event=%s", event_id_of(event))
-    _reject(event, InvalidEvent(event_id_of(event), f"internal error: {type(exc).__name__}"))
+    _reject(
+        event,
+        InvalidEvent(
+            event_id_of(event), f"internal error: {type(exc).__name__}", RejectReason.INTERNAL_ERROR
+        ),
+    )
 
 
 def _reject(event: Any, exc: InvalidEvent) -> None:
@@ -155,6 +171,7 @@ def _reject(event: Any, exc: InvalidEvent) -> None:
             "reason": exc.reason,
             "at": datetime.now(UTC).isoformat(),
         },
+        reason_class=exc.kind.value,
     )
 
 

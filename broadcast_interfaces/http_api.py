@@ -31,6 +31,7 @@ from broadcast_engine.dead_letters import DeadLetter
 from broadcast_interfaces.api_guard import STATE_KEY, RequestGuard
 from broadcast_interfaces.auth_throttle import AuthThrottle
 from broadcast_interfaces.body_limits import BodyLimits
+from broadcast_interfaces.health_routes import health_router
 from broadcast_interfaces.http_schemas import (
     DestinationCreate,
     DestinationUpdate,
@@ -94,6 +95,7 @@ def create_app(
         description=__doc__,
     )
     _install_error_handlers(app)
+    app.include_router(health_router(service.store.redis))
     app.add_middleware(
         RequestGuard,
         prefix=PREFIX,

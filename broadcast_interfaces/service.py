@@ -433,7 +433,13 @@ class SettingsService:
         stored = self.traces.restore(trace)
         with self.store.redis.pipeline(transaction=False) as pipe:
             self.backlog.append(
-                pipe, record.id, trace.request_id, self.clock().timestamp(), stored.size, kick=False
+                pipe,
+                record.id,
+                trace.request_id,
+                self.clock().timestamp(),
+                stored.size,
+                kick=False,
+                replay=True,
             )
             pipe.execute()
         self.kick(record.id)

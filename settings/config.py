@@ -98,6 +98,10 @@ class BroadcastConfig:
     api_max_body_bytes: int = 64 * 1024
     api_auth_failures: int = 10
     api_auth_window_seconds: float = 60.0
+    # `broadcast metrics serve`: a series per destination (labels destination, type,
+    # owner), or, off, one per destination type (docs/production.md, "Metrics": what
+    # 100k destinations cost either way).
+    metrics_per_destination: bool = True
 
 
 # Setting name -> environment variable.
@@ -141,6 +145,7 @@ ENVIRONMENT = {
     "api_max_body_bytes": "BROADCAST_API_MAX_BODY_BYTES",
     "api_auth_failures": "BROADCAST_API_AUTH_FAILURES",
     "api_auth_window_seconds": "BROADCAST_API_AUTH_WINDOW_SECONDS",
+    "metrics_per_destination": "BROADCAST_METRICS_PER_DESTINATION",
 }
 
 

@@ -20,6 +20,7 @@ of their own and are only ever touched alone.
 | `bc:{d:ID}:health` | hash | `HealthRecord` fields |
 | `bc:{d:ID}:counters` | hash | delivered, retried, failed, dropped_overflow, filtered_by_key, ... |
 | `bc:{d:ID}:latency` | hash | delivery latency histogram: bucket upper bound (s) -> count |
+| `bc:{d:ID}:requests` | hash | vendor requests: `CLASS|BOUND` -> count, `sum_ms` (durations) |
 | `bc:{d:ID}:log` | list | the latest delivery attempts, newest first, capped |
 | `bc:{d:ID}:backlog` | stream | (request id, accepted at, trace bytes) waiting for delivery |
 | `bc:{d:ID}:queued` | string | set while a deliver task for the destination is queued |
@@ -36,14 +37,21 @@ of their own and are only ever touched alone.
 | `bc:checks:due` | sorted set | destination id -> next credential re-validation |
 | `bc:notify:outbox` | list | owner events waiting to be posted |
 | `bc:rejected` | list | the latest rejected events (id, owner, reason), capped |
+| `bc:rejected:counts` | hash | reason class -> events rejected, ever |
+| `bc:events:counts` | hash | `fanned_out`, `filtered`, `duplicate` -> events, ever (see below) |
 | `bc:{o:OWNER}:rejected` | list | the owner's latest rejected events, capped, expiring when idle |
 | `bc:unreadable:QUEUE` | stream | messages of QUEUE no worker could read: reason, size, sha256 |
 | `bc:unreadable:counts` | hash | QUEUE -> unreadable messages set aside, ever |
 | `bc:heartbeat:beat` | string | when beat's sweep last ran (unix seconds) |
+| `bc:beat:lock` | string | the beat that may send the periodic tasks (its token), expiring |
 | `bc:{mkeys}:by_hash` | hash | SHA-256 of a management API key -> its key id |
 | `bc:{mkeys}:key:ID` | hash | a management key's `owner`, `name`, `created_at`, `hash` |
 | `bc:{mkeys}:owner:OWNER` | set | an owner's management key ids |
 | `bc:{apiauth}:failures:ADDRESS` | string | failed API key attempts of a client address, expiring |
+
+`bc:events:counts` is written by each worker process about once a second, with what it
+counted since (broadcast_engine/event_tally.py): a counter per event would be a Redis
+command more per event.
 """
 
 from __future__ import annotations
@@ -55,14 +63,18 @@ DESTINATIONS = f"{PREFIX}destinations"
 CHECKS_DUE = f"{PREFIX}checks:due"
 NOTIFY_OUTBOX = f"{PREFIX}notify:outbox"
 REJECTED = f"{PREFIX}rejected"
+REJECTED_COUNTS = f"{PREFIX}rejected:counts"
+EVENT_COUNTS = f"{PREFIX}events:counts"
 UNREADABLE_COUNTS = f"{PREFIX}unreadable:counts"
 BEAT_HEARTBEAT = f"{PREFIX}heartbeat:beat"
+BEAT_LOCK = f"{PREFIX}beat:lock"
 
 # The parts of a destination's key space, deleted with the destination.
 DESTINATION_PARTS = (
     "health",
     "counters",
     "latency",
+    "requests",
     "log",
     "backlog",
     "queued",

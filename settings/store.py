@@ -44,9 +44,22 @@ COUNTERS = (
     "sampled_out",
     "skipped_disabled",
     "skipped_owner_disabled",
+    # Replays, apart from the traces' own outcomes: dead letters queued again, and how
+    # those ended (delivered, or dead-lettered again).
+    "replayed",
+    "replay_delivered",
+    "replay_failed",
 )
 # Upper bounds (seconds) of the delivery latency histogram (accepted -> vendor answered).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+# Upper bounds (seconds) of the vendor request duration histogram (one HTTP request).
+REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A vendor request's status class: its status code's hundred, or `error` when no answer
+# came (timeout, connection refused or reset, TLS).
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
+# What fan-out did with events (`bc:events:counts`, broadcast_engine/event_tally.py); the
+# rejected ones are counted by reason class in `bc:rejected:counts`.
+EVENT_OUTCOMES = ("fanned_out", "filtered", "duplicate")
 
 # KEYS: owner's destination index, owner hash. ARGV: id, type, max per type.
 # Counts the owner's destinations of that type and adds this one only below the limit.
@@ -70,12 +83,44 @@ class LatencyHistogram:
     count: int
 
 
+@dataclass(frozen=True)
+class RequestStats:
+    """A destination's vendor requests: how many per status class, and their durations
+    (`duration.buckets` per bucket, not cumulative, the last bound `inf`)."""
+
+    by_class: dict[str, int]
+    duration: LatencyHistogram
+
+
 def latency_bucket(seconds: float) -> str:
     """The histogram bucket (its upper bound, as stored) a latency falls into."""
-    for bound in LATENCY_BUCKETS:
-        if seconds <= bound:
+    return _bucket(seconds, LATENCY_BUCKETS)
+
+
+def request_bucket(seconds: float) -> str:
+    """The request duration bucket (its upper bound, as stored) a duration falls into."""
+    return _bucket(seconds, REQUEST_BUCKETS)
+
+
+def status_class(status_code: int | None) -> str:
+    """`2xx`... for an HTTP status, `error` when there was none (no answer)."""
+    if status_code is None or not 100 <= status_code <= 599:
+        return "error"
+    return f"{status_code // 100}xx"
+
+
+def _bucket(value: float, bounds: tuple[float, ...]) -> str:
+    for bound in bounds:
+        if value <= bound:
             return repr(bound)
     return "inf"
+
+
+def _histogram(raw: Mapping[str, int], bounds: tuple[float, ...], sum_ms: int) -> LatencyHistogram:
+    """A histogram from per-bucket counts keyed by the bound as stored (`repr`, `inf`)."""
+    names = [*(repr(b) for b in bounds), "inf"]
+    buckets = tuple((float(name), raw.get(name, 0)) for name in names)
+    return LatencyHistogram(buckets, sum_ms / 1000.0, sum(count for _, count in buckets))
 
 
 class TooManyDestinations(ValueError):
@@ -245,17 +290,62 @@ class SettingsStore:
         return values
 
     def latency_histogram(self, destination_id: str) -> LatencyHistogram:
-        raw = {
-            k.decode(): int(v)
-            for k, v in self.redis.hgetall(keys.destination_part(destination_id, "latency")).items()
+        return self.latency_histograms([destination_id])[destination_id]
+
+    # Many destinations at once, one round trip each (the metrics scrape)
+
+    def counters_many(self, destination_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """`counters` of each destination."""
+        raw = self._hgetall_parts(destination_ids, "counters")
+        return {
+            destination_id: {**dict.fromkeys(COUNTERS, 0), **values}
+            for destination_id, values in raw.items()
         }
-        bounds = [*(repr(b) for b in LATENCY_BUCKETS), "inf"]
-        buckets = tuple((float(bound), raw.get(bound, 0)) for bound in bounds)
-        return LatencyHistogram(
-            buckets=buckets,
-            sum_seconds=raw.get("sum_ms", 0) / 1000.0,
-            count=sum(count for _, count in buckets),
-        )
+
+    def latency_histograms(self, destination_ids: Iterable[str]) -> dict[str, LatencyHistogram]:
+        """The delivery latency histogram of each destination."""
+        return {
+            destination_id: _histogram(raw, LATENCY_BUCKETS, raw.get("sum_ms", 0))
+            for destination_id, raw in self._hgetall_parts(destination_ids, "latency").items()
+        }
+
+    def request_stats(self, destination_ids: Iterable[str]) -> dict[str, RequestStats]:
+        """Vendor requests of each destination, by status class, and their durations
+        (written by the backlog's settle script, once per batch)."""
+        out: dict[str, RequestStats] = {}
+        for destination_id, raw in self._hgetall_parts(destination_ids, "requests").items():
+            by_class = dict.fromkeys(STATUS_CLASSES, 0)
+            by_bucket: dict[str, int] = {}
+            for name, count in raw.items():
+                klass, separator, bound = name.partition("|")
+                if separator:
+                    by_class[klass] = by_class.get(klass, 0) + count
+                    by_bucket[bound] = by_bucket.get(bound, 0) + count
+            duration = _histogram(by_bucket, REQUEST_BUCKETS, raw.get("sum_ms", 0))
+            out[destination_id] = RequestStats(by_class, duration)
+        return out
+
+    def _hgetall_parts(
+        self, destination_ids: Iterable[str], part: str
+    ) -> dict[str, dict[str, int]]:
+        ids = list(destination_ids)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for destination_id in ids:
+                pipe.hgetall(keys.destination_part(destination_id, part))
+            replies = pipe.execute()
+        return {
+            destination_id: {k.decode(): int(v) for k, v in reply.items()}
+            for destination_id, reply in zip(ids, replies, strict=True)
+        }
+
+    def event_counts(self) -> dict[str, int]:
+        """What fan-out did with events, ever (`EVENT_OUTCOMES`)."""
+        raw = self.redis.hgetall(keys.EVENT_COUNTS)
+        return {**dict.fromkeys(EVENT_OUTCOMES, 0), **{k.decode(): int(v) for k, v in raw.items()}}
+
+    def rejected_counts(self) -> dict[str, int]:
+        """Events rejected, ever, by reason class (`broadcast_engine.events.RejectReason`)."""
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(keys.REJECTED_COUNTS).items()}
 
     def record_attempt(self, destination_id: str, entry: Mapping[str, Any]) -> None:
         key = keys.destination_part(destination_id, "log")
@@ -270,11 +360,14 @@ class SettingsStore:
         )
         return [json.loads(item) for item in raw]
 
-    def record_rejected_event(self, owner: str | None, entry: Mapping[str, Any]) -> None:
+    def record_rejected_event(
+        self, owner: str | None, entry: Mapping[str, Any], *, reason_class: str = "invalid"
+    ) -> None:
         """Keep a rejected event in the latest of all owners and, when `owner` is a
         possible owner id, in the owner's own list; count it for an owner that has
-        settings. The JSON escapes every non-ASCII character, so no string in `entry`
-        (a lone surrogate included) can fail to encode. Raises only `redis.RedisError`."""
+        settings, and under `reason_class` for all (the metrics). The JSON escapes every
+        non-ASCII character, so no string in `entry` (a lone surrogate included) can fail
+        to encode. Raises only `redis.RedisError`."""
         text = json.dumps(entry, sort_keys=True)
         owned = owner is not None and OWNER_PATTERN.match(owner) is not None
         known = owned and bool(self.redis.sismember(keys.OWNERS, owner))
@@ -288,6 +381,7 @@ class SettingsStore:
                 pipe.hincrby(keys.owner(owner), "rejected_events", 1)
             pipe.lpush(keys.REJECTED, text)
             pipe.ltrim(keys.REJECTED, 0, REJECTED_LOG_SIZE - 1)
+            pipe.hincrby(keys.REJECTED_COUNTS, reason_class, 1)
             pipe.execute()
 
     def rejected_events(self, owner: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

@@ -427,3 +427,31 @@ def test_beat_sends_again_once_the_broker_is_back(tmp_path: Path) -> None:
         assert client.xlen(stream_key(DELIVER_QUEUE)) == 2
     finally:
         server.stop()
+
+
+def test_queue_state_counts_the_consumers_reading_a_queue_and_its_oldest_waiting_message(
+    broker, queue_name
+):
+    """What `broadcast metrics serve` reads: a consumer's heartbeat names the queues it
+    reads, and the oldest message not handed out is as old as its entry id says."""
+    url, client = broker
+    other = f"{queue_name}.other"
+    with connect(url, queue_name) as connection:
+        channel = connection.default_channel
+        publish(connection, queue_name, {"n": 1})
+        sent_at = time.time()
+        state = channel.queue_state(queue_name)
+        assert state.consumers == 0
+        assert state.oldest_waiting_at is not None
+        assert sent_at - 5 < state.oldest_waiting_at <= sent_at + 0.01
+        [message] = receive(connection, queue_name)  # handed out: nothing waits now
+        with connection.Consumer(declared(queue_name), callbacks=[lambda *_: None]):
+            state = channel.queue_state(queue_name)
+            assert state.consumers == 1 and state.oldest_waiting_at is None
+            assert channel.queue_state(other).consumers == 0  # it does not read that one
+        message.ack()
+    # A worker of an earlier version wrote "1": it is taken to read every queue.
+    client.hset(CONSUMER_REGISTRY, "old:1:x", "0")
+    client.set(HEARTBEAT_PREFIX + "old:1:x", "1", px=5000)
+    with connect(url, queue_name) as connection:
+        assert connection.default_channel.queue_state(other).consumers == 1

@@ -570,7 +570,7 @@ class DeliveryRun:
             "rejected": [redact(text, secrets) for text in rejected],
             "notes": notes,
             "items": dict(list(items.items())[:LOG_REQUEST_IDS]),
-            "next": _describe_next(decision, items),
+            "next": _describe_next(decision, items, len(entries)),
         }
 
     def _log(
@@ -607,14 +607,16 @@ def _internal(reason: str) -> DeliveryResult:
     return DeliveryResult(Outcome.PERMANENT, None, 0.0, error=reason)
 
 
-def _describe_next(decision: DestinationDecision, items: dict[str, str]) -> str:
+def _describe_next(decision: DestinationDecision, items: dict[str, str], traces: int) -> str:
+    """What happens next, for the delivery log. `dead-lettered` only when every one of the
+    batch's `traces` was (a batch whose vendor refused one row of four delivered three)."""
     until = decision.wait_until
     at = datetime.fromtimestamp(until, UTC).isoformat() if until else "later"
     if decision.action is DestinationAction.RETRY_BATCH:
         return f"batch retry at {at}"
     if decision.keeps_sending:
         dead = sum(text.startswith(ItemAction.DEAD_LETTER.value) for text in items.values())
-        return "dead-lettered" if dead and dead == len(items) else "-"
+        return "dead-lettered" if dead and dead == traces else "-"
     return {
         DestinationAction.BACK_OFF: f"retry at {at}",
         DestinationAction.OPEN_CIRCUIT: f"circuit opened; probe at {at}",

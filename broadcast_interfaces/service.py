@@ -44,6 +44,9 @@ MAX_PER_TYPE = 5
 # dropped from BROADCAST_ENCRYPTION_KEYS too early), and its secret fields' value.
 SECRETS_UNREADABLE = "secrets_unreadable"
 UNREADABLE_SECRET = "(unreadable: no configured key opens it)"
+# `status` reads `failing` when the newest delivery-log entries (at most LOSING_LOOKBACK)
+# dead-lettered at least LOSING_AT_LEAST traces with nothing delivered in between.
+LOSING_LOOKBACK, LOSING_AT_LEAST = 20, 2
 # A destination's config (secrets included) as JSON: far above any vendor's needs, far below
 # what would slow every fan-out and delivery that reads the record.
 MAX_CONFIG_BYTES = 64 * 1024
@@ -458,7 +461,7 @@ class SettingsService:
         else:
             state, next_attempt = "sending", None
         shown_health, reason = health.status.value, self._redact(health.reason, record)
-        latest = self.store.attempts(record.id, 1)
+        latest = self.store.attempts(record.id, LOSING_LOOKBACK)
         if self._secrets(record) is None:
             shown_health = SECRETS_UNREADABLE
             reason = "no configured key opens its secrets: add the key that sealed them"
@@ -466,9 +469,10 @@ class SettingsService:
             shown_health = "circuit_open"
         elif health.status is Health.HEALTHY and health.consecutive_failures:
             shown_health = "failing"
-        elif health.status is Health.HEALTHY and _all_dead_lettered(latest):
-            # The vendor answers, but refuses every trace of the latest batch (a 400 to a
-            # payload it cannot take): healthy would hide that traces are being lost.
+        elif health.status is Health.HEALTHY and _losing_every_trace(latest):
+            # The vendor answers, but refuses every trace lately (a 400 to a payload it
+            # cannot take): healthy would hide that traces are being lost. One refused
+            # trace among delivered ones is the trace's fault, not the destination's.
             shown_health = "failing"
             reason = f"the latest traces were dead-lettered: {latest[0].get('error') or '-'}"
         return {
@@ -610,9 +614,15 @@ class SettingsService:
         return self.clock().isoformat()
 
 
-def _all_dead_lettered(latest: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether the latest delivery-log entry dead-lettered every trace it carried."""
-    return bool(latest) and latest[0].get("next") == "dead-lettered"
+def _losing_every_trace(latest: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the newest delivery-log entries (newest first) dead-lettered every trace
+    they carried, at least `LOSING_AT_LEAST` traces in all, with nothing delivered since."""
+    lost = 0
+    for entry in latest:
+        if entry.get("next") != "dead-lettered":
+            break
+        lost += int(entry.get("traces") or 1)
+    return lost >= LOSING_AT_LEAST
 
 
 def _unmask(

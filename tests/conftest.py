@@ -7,12 +7,14 @@ throwaway Redis.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from destinations.transport import HttpTransport
 from destinations.url_guard import NetworkPolicy
@@ -102,11 +104,16 @@ def store(service):
 
 
 @pytest.fixture
-def user_id(service) -> str:
-    """A fresh user with Broadcast enabled; its owner is `user:<id>`."""
+def user_id(service) -> Iterator[str]:
+    """A fresh user with Broadcast enabled; its owner is `user:<id>`. Its destinations are
+    removed after the test: the session's worker would otherwise go on probing a vendor
+    whose receiver is gone, and the next test would see that traffic as its own."""
     uid = f"u{uuid.uuid4().hex[:12]}"
     service.set_enabled(f"user:{uid}", True)
-    return uid
+    yield uid
+    with contextlib.suppress(redis.RedisError):  # a test may leave Redis stopped
+        for view in service.list_destinations(f"user:{uid}"):
+            service.remove_destination(view["id"])
 
 
 @pytest.fixture

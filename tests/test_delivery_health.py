@@ -167,9 +167,10 @@ def test_outage_opens_the_circuit_the_backlog_waits_and_recovers_exactly_once(
     sweep(rt, time.time())
     wait_for(lambda: vendor.unique() == 31, what="every waiting trace at the vendor")
     assert sorted(vendor.accepted.values()) == [1] * 31  # each exactly once
-    assert rt.store.health(flaky).circuit is Circuit.CLOSED
-    counters = rt.store.counters(flaky)
+    # The vendor has them before the run settles them: the counters follow.
+    counters = wait_for(lambda: (c := rt.store.counters(flaky))["delivered"] == 31 and c)
     assert (counters["delivered"], counters["failed"], counters["dropped_overflow"]) == (31, 0, 0)
+    assert rt.store.health(flaky).circuit is Circuit.CLOSED
     kinds = [e["type"] for e in service.events(owner)]
     assert kinds.count("destination.circuit_opened") == 1
     assert kinds.count("destination.circuit_closed") == 1
@@ -196,7 +197,7 @@ def test_rejected_credentials_wait_until_updated(worker, service, user_id, recei
     wait_for(lambda: vendor.unique() == 5, what="the backlog to drain after recovery")
     assert sorted(vendor.accepted.values()) == [1] * 5
     assert service.events(owner)[0]["type"] == "destination.recovered"
-    assert rt.store.counters(destination_id)["delivered"] == 5
+    wait_for(lambda: rt.store.counters(destination_id)["delivered"] == 5)  # settled after
 
 
 def test_credentials_never_fixed_disable_dead_letter_and_notify(

@@ -9,7 +9,7 @@ BIGQUERY_VENV := .venv-bigquery
 PY := $(VENV)/bin/python
 EXTRA_REQUIREMENTS := $(wildcard tests/requirements-*.txt)
 
-.PHONY: demo test bench lint setup redis-server rabbitmq-server promtool wheel-smoke
+.PHONY: demo test bench lint typecheck setup redis-server rabbitmq-server promtool wheel-smoke
 
 demo: setup
 	$(PY) -m harness.demo
@@ -28,6 +28,11 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+
+# Types: mypy over every application package ([tool.mypy] in pyproject.toml: standard mode,
+# strict for destinations/ and broadcast_engine/).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 setup: redis-server rabbitmq-server promtool $(VENV)/.installed $(MLFLOW_VENV)/.installed \
 	$(WAREHOUSES_VENV)/.installed $(BIGQUERY_VENV)/.installed

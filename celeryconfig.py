@@ -63,7 +63,7 @@ task_default_routing_key = FANOUT_QUEUE
 # On the stream transport a sender declares nothing (Celery would check its declaration
 # cache on every `.delay()`): XADD creates the stream, and the workers' consumer group
 # reads it from its first entry, whenever the group is created.
-_declare = {"declare": []} if broker_transport == STREAM_TRANSPORT else {}
+_declare: dict[str, list[Queue]] = {"declare": []} if broker_transport == STREAM_TRANSPORT else {}
 task_routes = {
     "broadcast.fan_out": {"queue": FANOUT_QUEUE, **_declare},
     "broadcast.deliver": {"queue": DELIVER_QUEUE, **_declare},

@@ -19,7 +19,7 @@ import bz2
 import lzma
 import zlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from kombu import compression
 
@@ -37,9 +37,12 @@ class InflateRefused(ValueError):
 class _Streaming(Protocol):
     """bz2's and lzma's decompressor objects."""
 
-    eof: bool
-    needs_input: bool
-    unused_data: bytes
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def needs_input(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
 
     def decompress(self, data: bytes | memoryview, max_length: int = -1) -> bytes: ...
 
@@ -68,7 +71,8 @@ def _inflate_zlib(data: memoryview, limit: int) -> bytes:
     # `unconsumed_tail` on every call, which for a whole bomb would be the whole input.
     decompressor = zlib.decompressobj(_ZLIB_OR_GZIP)
     out = bytearray()
-    offset, pending = 0, data[:0]
+    offset = 0
+    pending: memoryview | bytes = data[:0]
     try:
         while not decompressor.eof:
             if not pending and offset < len(data):
@@ -130,7 +134,10 @@ def register_bounded_decompression(limit: int) -> None:
     nothing inflates unbounded. kombu's encoders are kept: compressing is the sender's cost.
     """
     for content_type in compression.encoders():
-        encoder, _ = compression.get_encoder(content_type)
+        # kombu answers (encoder, content type); celery-types' stub says the encoder alone.
+        encoder, _ = cast(
+            tuple[Callable[[bytes], bytes], str], compression.get_encoder(content_type)
+        )
         method = METHODS.get(content_type)
         compression.register(encoder, _decoder(method, content_type, limit), content_type)
 

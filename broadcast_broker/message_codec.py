@@ -162,13 +162,13 @@ def _too_deep(value: Any, max_depth: int) -> bool:
 def _arguments(body: Any) -> tuple[list[Any] | None, dict[str, Any]]:
     """The (args, kwargs) of a protocol 2 or protocol 1 task message body, else (None, {})."""
     if isinstance(body, list) and len(body) == 3 and isinstance(body[0], list | tuple):
-        if isinstance(body[0], tuple):
-            body[0] = list(body[0])
+        args = body[0] if isinstance(body[0], list) else list(body[0])
+        body[0] = args
         kwargs = body[1] if isinstance(body[1], dict) else {}
-        return body[0], kwargs
+        return args, kwargs
     if isinstance(body, dict) and isinstance(body.get("args"), list):
-        kwargs = body.get("kwargs") if isinstance(body.get("kwargs"), dict) else {}
-        return body["args"], kwargs
+        given = body.get("kwargs")
+        return body["args"], given if isinstance(given, dict) else {}
     return None, {}
 
 

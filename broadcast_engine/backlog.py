@@ -41,6 +41,7 @@ from broadcast_engine import circuit_window
 from broadcast_engine.trace_store import Completion
 from settings import keys
 from settings.models import HealthRecord
+from settings.redis_commands import RedisClient
 from settings.store import health_from, request_bucket, status_class
 
 GROUP = "deliver"
@@ -509,7 +510,7 @@ class Finish:
 
 class Backlog:
     def __init__(
-        self, client: redis.Redis, *, max_in_flight: int, lease_seconds: float, log_size: int
+        self, client: RedisClient, *, max_in_flight: int, lease_seconds: float, log_size: int
     ) -> None:
         self.redis = client
         self.max_in_flight = max_in_flight
@@ -600,8 +601,8 @@ class Backlog:
                 completion.value,
                 completion.ttl_ms,
                 int(self.lease_seconds * 1000),
-            ]
-            + ["1" if kick else "0" for _destination_id, kick in destinations],
+                *("1" if kick else "0" for _destination_id, kick in destinations),
+            ],
         )
         return [d for (d, _kick), set_now in zip(destinations, set_flags, strict=True) if set_now]
 
@@ -703,8 +704,14 @@ class Backlog:
                     _key(destination_id, "slots"),
                     _key(destination_id, "queued"),
                 ],
-                args=[GROUP, consumer, token, repr(now), self.lease_seconds]
-                + [entry.id for entry in entries],
+                args=[
+                    GROUP,
+                    consumer,
+                    token,
+                    repr(now),
+                    self.lease_seconds,
+                    *(entry.id for entry in entries),
+                ],
             )
         )
 

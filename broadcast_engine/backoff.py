@@ -36,7 +36,8 @@ class Backoff:
 
     def ceiling(self, attempt: int) -> float:
         """The longest wait after `attempt` earlier failures (0: the first retry)."""
-        return min(self.cap_seconds, self.base_seconds * 2 ** max(attempt, 0))
+        factor: int = 2 ** max(attempt, 0)  # int ** int is typed Any (a negative power is a float)
+        return min(self.cap_seconds, self.base_seconds * factor)
 
     def delay(
         self, attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None

@@ -26,6 +26,7 @@ from celery.beat import PersistentScheduler
 
 from broadcast_engine.runtime import runtime
 from settings import keys
+from settings.redis_commands import RedisClient
 
 logger = logging.getLogger("broadcast.beat")
 
@@ -51,7 +52,7 @@ return 0
 class BeatLock:
     """The lock that lets one beat send. `token` names this beat (host, pid, a random part)."""
 
-    def __init__(self, client: redis.Redis, *, lock_seconds: float = LOCK_SECONDS) -> None:
+    def __init__(self, client: RedisClient, *, lock_seconds: float = LOCK_SECONDS) -> None:
         self.redis = client
         self.lock_seconds = lock_seconds
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -11,13 +11,13 @@ delivers once, and the letter stays listed (marked replayed) until retention dro
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from settings import keys
+from settings.redis_commands import RedisClient
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,16 @@ def letter_json(
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis, *, retention_seconds: float) -> None:
+    def __init__(self, client: RedisClient, *, retention_seconds: float) -> None:
         self.redis = client
         self.retention_seconds = retention_seconds
 
     def add(self, destination_id: str, letter: str) -> str:
         """Append a letter made by `letter_json` (outside a batch: the sweep, a disable)."""
-        return self.redis.xadd(keys.destination_part(destination_id, "dead"), {"letter": letter})
+        entry_id = self.redis.xadd(
+            keys.destination_part(destination_id, "dead"), {"letter": letter}
+        )
+        return entry_id.decode()
 
     def list(
         self,
@@ -113,7 +116,7 @@ class DeadLetters:
     def count(self, destination_id: str) -> int:
         return int(self.redis.xlen(keys.destination_part(destination_id, "dead")))
 
-    def counts(self, destination_ids: list[str]) -> dict[str, int]:
+    def counts(self, destination_ids: builtins.list[str]) -> dict[str, int]:
         """Letters kept (within the retention) per destination, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             for destination_id in destination_ids:

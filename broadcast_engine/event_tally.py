@@ -28,6 +28,7 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 
 from broadcast_engine.runtime import runtime
 from settings import keys
+from settings.redis_commands import RedisClient
 from settings.store import EVENT_OUTCOMES
 
 logger = logging.getLogger("broadcast.fan_out")
@@ -42,7 +43,7 @@ class EventTally:
     prefork child starts its own: threads do not survive a fork)."""
 
     def __init__(
-        self, client: Callable[[], redis.Redis], *, flush_seconds: float = FLUSH_SECONDS
+        self, client: Callable[[], RedisClient], *, flush_seconds: float = FLUSH_SECONDS
     ) -> None:
         self._client = client
         self._flush_seconds = flush_seconds

@@ -24,8 +24,6 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import redis
-
 from broadcast_engine import circuit_window
 from broadcast_engine.delivery_policy import WindowCounts
 from broadcast_engine.notifications import Notifications
@@ -35,6 +33,7 @@ from settings import keys
 from settings.config import BroadcastConfig
 from settings.models import Circuit, DestinationRecord, Health, HealthRecord
 from settings.moments import iso, unix
+from settings.redis_commands import RedisClient
 from settings.store import SettingsStore
 
 # Checks of healthy destinations are spread over +-10 % of the interval, so destinations
@@ -316,7 +315,7 @@ class HealthKeeper:
     # Internals
 
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> RedisClient:
         return self.store.redis
 
     def _set(

@@ -16,16 +16,15 @@ import json
 import secrets
 from typing import Any
 
-import redis
-
 from settings import keys
 from settings.crypto import SecretBox
+from settings.redis_commands import RedisClient
 
 EVENT_LOG_SIZE = 500
 
 
 class Notifications:
-    def __init__(self, client: redis.Redis, box: SecretBox) -> None:
+    def __init__(self, client: RedisClient, box: SecretBox) -> None:
         self.redis = client
         self.box = box
 

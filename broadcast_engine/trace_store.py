@@ -36,6 +36,7 @@ import redis
 from destinations.json_body import compact_json
 from destinations.trace import Trace
 from settings import keys
+from settings.redis_commands import RedisClient
 
 COMPRESS_FROM_BYTES = 1024
 RAW, ZLIB = b"j", b"z"
@@ -76,7 +77,8 @@ def decode(blob: bytes) -> dict[str, Any]:
         raise ValueError("not a stored trace")
     if codec == ZLIB:
         body = zlib.decompress(body)
-    return orjson.loads(body)
+    trace: dict[str, Any] = orjson.loads(body)  # `encode` wrote a JSON object
+    return trace
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class Completion:
 
 class TraceStore:
     def __init__(
-        self, client: redis.Redis, *, lifetime_seconds: float, keep_after_seconds: float
+        self, client: RedisClient, *, lifetime_seconds: float, keep_after_seconds: float
     ) -> None:
         self.redis = client
         self.lifetime_seconds = lifetime_seconds

@@ -17,11 +17,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import redis
-
 from broadcast_broker.topology import TASK_QUEUES
 from settings import keys
 from settings.printable import escape_controls
+from settings.redis_commands import RedisClient
 
 # Entries kept per queue (trimmed exactly: setting a message aside is rare, and a cap that
 # holds is what keeps one queue's flood from growing without bound).
@@ -34,9 +33,10 @@ _MAX_TEXT = {"reason": 500, "task": 256, "task_id": 256, "content_type": 100}
 
 @dataclass(frozen=True)
 class UnreadableMessage:
-    """One message set aside: `size` and `sha256` are of its bytes as received."""
+    """One message set aside: `size` and `sha256` are of its bytes as received. `queue`
+    is None when the message does not say which queue it came from."""
 
-    queue: str
+    queue: str | None
     reason: str
     size: int
     sha256: str
@@ -48,7 +48,7 @@ class UnreadableMessage:
 class UnreadableMessages:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         queues: Sequence[str] = TASK_QUEUES,
         max_entries: int = MAX_ENTRIES_PER_QUEUE,

@@ -62,6 +62,11 @@ INFRASTRUCTURE_ERRORS = (OperationalError, RedisError, OSError)
 class VettingConsumer(Consumer):
     """Celery's consumer with every task message vetted first (see the module docstring)."""
 
+    # Set by Celery's `Consumer.__init__` from the broker connection (celery-types omits
+    # them): what a failing connection or channel raises.
+    connection_errors: tuple[type[BaseException], ...]
+    channel_errors: tuple[type[BaseException], ...]
+
     @cached_property
     def vetting_limits(self) -> VettingLimits:
         from broadcast_engine.runtime import runtime

@@ -172,8 +172,9 @@ class Destination(ABC):
     slug: ClassVar[str]
     display_name: ClassVar[str]
     config_schema: ClassVar[type[ConfigSchema]]
-    # One trace per vendor request unless the vendor class says more.
-    batch_limits: ClassVar[BatchLimits] = BatchLimits()
+    # One trace per vendor request unless the vendor class says more; an instance may set
+    # its own from its config (a webhook's `batch_size`, Langfuse's legacy ingestion).
+    batch_limits: BatchLimits = BatchLimits()
 
     def __init__(self, config: Mapping[str, Any], transport: HttpTransport) -> None:
         self.config = config
@@ -259,6 +260,7 @@ class HttpDestination(Destination):
         self, payloads: Sequence[Any], context: DeliveryContext
     ) -> HttpRequest:
         """Pure: the request carrying `payloads` (never more than `batch_limits` allows)."""
+        request: HttpRequest
         (request,) = payloads  # without batching, the item is the whole request
         return request
 

@@ -56,7 +56,13 @@ from destinations.json_body import compact_json, json_text
 from destinations.outcomes import Outcome
 from destinations.registry import register
 from destinations.trace import Trace
-from destinations.transport import HttpRequest, HttpTransport, TransportResult, join_url
+from destinations.transport import (
+    HeaderTransport,
+    HttpRequest,
+    HttpTransport,
+    TransportResult,
+    join_url,
+)
 from destinations.warehouse_schema import (
     BIGQUERY,
     DEFAULT_BIGQUERY_TABLE,
@@ -171,7 +177,7 @@ class _Tokens:
         self._lock = threading.Lock()
         self._credentials: dict[str, Any] = {}
 
-    def token(self, key_text: str, transport: HttpTransport) -> str:
+    def token(self, key_text: str, transport: HttpTransport | HeaderTransport) -> str:
         """Raises google.auth.exceptions.RefreshError / TransportError."""
         from google.oauth2 import service_account
 
@@ -186,7 +192,8 @@ class _Tokens:
             credentials.refresh(_google_request(transport))
             with self._lock:
                 self._credentials[fingerprint] = credentials
-        return credentials.token
+        token: str = credentials.token
+        return token
 
     def forget(self, key_text: str) -> None:
         """Drop the key's token: BigQuery refused it (401) before its stated expiry (revoked,
@@ -200,7 +207,7 @@ class _Tokens:
 _TOKENS = _Tokens()
 
 
-def _google_request(transport: HttpTransport) -> Any:
+def _google_request(transport: HttpTransport | HeaderTransport) -> Any:
     """google-auth's transport interface over ours (guarded, pinned, never raising)."""
     import google.auth.exceptions
     import google.auth.transport
@@ -222,7 +229,15 @@ def _google_request(transport: HttpTransport) -> Any:
             return self._result.body
 
     class Request(google.auth.transport.Request):
-        def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **_kw):
+        def __call__(
+            self,
+            url: str,
+            method: str = "GET",
+            body: bytes | str | None = None,
+            headers: Mapping[str, str] | None = None,
+            timeout: float | None = None,
+            **_kw: Any,
+        ) -> Response:
             data = body.encode() if isinstance(body, str) else (body or b"")
             result = transport.send(HttpRequest(method, url, dict(headers or {}), data))
             if result.status_code is None:

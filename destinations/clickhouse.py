@@ -173,7 +173,8 @@ class ClickHouseDestination(HttpDestination):
         return headers
 
     def _url(self, params: Mapping[str, str]) -> str:
-        return self.config["host"].rstrip("/") + "/?" + urlencode(params)
+        host: str = self.config["host"]
+        return host.rstrip("/") + "/?" + urlencode(params)
 
     def _table(self) -> str:
         return clickhouse_table(self.config["table"], self.config["database"])

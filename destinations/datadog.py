@@ -426,7 +426,8 @@ def _arguments(raw: str) -> dict[str, Any]:
 
 
 def _tool_definition(tool: dict[str, Any]) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    nested = tool.get("function")
+    function: dict[str, Any] = nested if isinstance(nested, dict) else tool
     return {
         "name": str(function.get("name", "")),
         "description": str(function.get("description", "")),

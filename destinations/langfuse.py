@@ -269,7 +269,8 @@ class LangfuseDestination(OtlpDestination):
 
     @property
     def legacy(self) -> bool:
-        return self.config.get("ingestion", OTEL) == LEGACY
+        ingestion: str = self.config.get("ingestion", OTEL)
+        return ingestion == LEGACY
 
     # -- ingestion: otel ------------------------------------------------------------------
 

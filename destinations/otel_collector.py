@@ -47,7 +47,8 @@ class OtelCollectorDestination(OtlpDestination):
     config_schema = OtelCollectorConfig
 
     def traces_url(self) -> str:
-        return self.config["endpoint"]
+        endpoint: str = self.config["endpoint"]
+        return endpoint
 
     def auth_headers(self) -> dict[str, str]:
         return dict(self.config.get("headers") or {})

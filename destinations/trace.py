@@ -147,6 +147,7 @@ class Trace:
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-safe dict for task messages (datetimes as ISO 8601 strings)."""
+        wire: dict[str, Any]
         try:
             # orjson walks the dataclasses in C and writes datetimes as `isoformat()` does;
             # `dataclasses.asdict` deep-copies in Python, a fifth of fan-out's own time.

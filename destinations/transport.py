@@ -73,7 +73,7 @@ class _GuardedAdapter(HTTPAdapter):
         self._policy = policy
         super().__init__(pool_connections=32, pool_maxsize=pool_maxsize, max_retries=0)
 
-    def init_poolmanager(self, *args, **kwargs) -> None:
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         http_pool = type(
             "GuardedHTTPConnectionPool",

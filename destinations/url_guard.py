@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from urllib3.connection import HTTPConnection
+
 # Cloud metadata endpoints that are not already covered by link-local (169.254.0.0/16).
 _METADATA_ADDRESSES = frozenset(
     {
@@ -47,7 +49,9 @@ _ISATAP_IDS = (0x00005EFE, 0x02005EFE)
 
 def system_resolver(host: str, port: int) -> list[str]:
     """The addresses `host` resolves to, through the operating system."""
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    # An IPv4 or IPv6 socket address starts with the address text (typeshed's union also
+    # has the (int, bytes) of address families getaddrinfo never answers here).
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,9 @@ def _is_isatap(ip: ipaddress.IPv6Address) -> bool:
     return (int(ip) >> 32) & 0xFFFFFFFF in _ISATAP_IDS
 
 
-def pinned_connection_class(base: type, policy: NetworkPolicy) -> type:
+def pinned_connection_class(
+    base: type[HTTPConnection], policy: NetworkPolicy
+) -> type[HTTPConnection]:
     """A subclass of the urllib3 connection class `base` that resolves its host through
     `policy`, checks the address and connects to exactly that address.
 
@@ -154,15 +160,20 @@ def pinned_connection_class(base: type, policy: NetworkPolicy) -> type:
     socket went to (the transport keeps private addresses' answers out of error texts).
     """
 
+    # mypy takes no class whose base is a variable; `base` is urllib3's HTTP or HTTPS
+    # connection class, chosen by the caller.
     class PinnedConnection(base):  # type: ignore[misc, valid-type]
         pinned_address: str | None = None
+        # The host urllib3 connects to (its `host` setter sets it; it declares no type).
+        _dns_host: str
 
-        def _new_conn(self):  # urllib3's hook that opens the socket
+        def _new_conn(self) -> socket.socket:  # urllib3's hook that opens the socket
             hostname = self._dns_host
             self._dns_host = resolve_public_address(hostname, self.port, policy)
             self.pinned_address = self._dns_host
             try:
-                return super()._new_conn()
+                opened: socket.socket = super()._new_conn()
+                return opened
             finally:
                 self._dns_host = hostname
 

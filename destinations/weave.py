@@ -54,7 +54,7 @@ class WeaveConfig(ConfigSchema):
 def weave_attributes(trace: Trace, span: PlannedSpan) -> dict[str, Any]:
     """Pure: the GenAI dialect plus Weave's call keys (see the module table)."""
     values: dict[str, Any] = genai_attributes(trace, span)
-    ours = {
+    ours: dict[str, str | dict[str, float] | None] = {
         "user_id": trace.end_user,
         "session_id": trace.session_id,
         "openrouter_trace_id": trace.metadata.trace_id,

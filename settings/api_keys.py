@@ -14,10 +14,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import redis
-
 from settings import keys
 from settings.models import OWNER_PATTERN
+from settings.redis_commands import RedisClient
 
 TOKEN_PREFIX = "bmk_"
 MAX_NAME_LENGTH = 100
@@ -48,7 +47,7 @@ def token_hash(token: str) -> str:
 
 
 class ManagementKeys:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.redis = client
 
     def create(self, owner: str, name: str = "") -> CreatedKey:

@@ -21,6 +21,7 @@ import redis
 
 from settings import keys
 from settings.crypto import SecretBox
+from settings.redis_commands import RedisClient, RedisPipeline
 from settings.store import SettingsStore
 
 logger = logging.getLogger("broadcast.keys")
@@ -67,24 +68,26 @@ def rotate_all(store: SettingsStore, box: SecretBox) -> RotationReport:
 
 
 class _Token(Protocol):
-    """How to find and replace the sealed token in one kind of record."""
+    """How to find and replace the sealed token in one kind of record. `read` runs after
+    the WATCH (through any connection: a write after the WATCH fails the EXEC all the
+    same); `write` is queued in the transaction."""
 
-    def read(self, pipe: redis.client.Pipeline, key: str) -> tuple[object, str] | None: ...
+    def read(self, client: RedisClient, key: str) -> tuple[object, str] | None: ...
 
-    def write(self, pipe: redis.client.Pipeline, key: str, record: object, token: str) -> None: ...
+    def write(self, pipe: RedisPipeline, key: str, record: object, token: str) -> None: ...
 
 
 class _DestinationToken:
     """The destination record is a JSON string; only `sealed_secrets` changes."""
 
-    def read(self, pipe: redis.client.Pipeline, key: str) -> tuple[object, str] | None:
-        raw = pipe.get(key)
+    def read(self, client: RedisClient, key: str) -> tuple[object, str] | None:
+        raw = client.get(key)
         if raw is None:
             return None
         data = json.loads(raw)
         return data, data.get("sealed_secrets") or ""
 
-    def write(self, pipe: redis.client.Pipeline, key: str, record: object, token: str) -> None:
+    def write(self, pipe: RedisPipeline, key: str, record: object, token: str) -> None:
         data = dict(record)  # type: ignore[call-overload]
         data["sealed_secrets"] = token
         pipe.set(key, json.dumps(data, sort_keys=True))
@@ -93,11 +96,11 @@ class _DestinationToken:
 class _NotificationToken:
     """The notify hash's `sealed_secret` field (empty when the owner set no secret)."""
 
-    def read(self, pipe: redis.client.Pipeline, key: str) -> tuple[object, str] | None:
-        raw = pipe.hget(key, "sealed_secret")
+    def read(self, client: RedisClient, key: str) -> tuple[object, str] | None:
+        raw = client.hget(key, "sealed_secret")
         return (None, raw.decode()) if raw else None
 
-    def write(self, pipe: redis.client.Pipeline, key: str, record: object, token: str) -> None:
+    def write(self, pipe: RedisPipeline, key: str, record: object, token: str) -> None:
         pipe.hset(key, "sealed_secret", token)
 
 
@@ -105,14 +108,14 @@ _destination_token = _DestinationToken()
 _notification_token = _NotificationToken()
 
 
-def _reseal(client: redis.Redis, key: str, box: SecretBox, kind: _Token) -> bool | None:
+def _reseal(client: RedisClient, key: str, box: SecretBox, kind: _Token) -> bool | None:
     """Re-seal the token at `key`: True if re-sealed, False if already current, None if
     there is nothing sealed there (or the record was removed meanwhile)."""
     with client.pipeline() as pipe:
         while True:
             try:
                 pipe.watch(key)
-                found = kind.read(pipe, key)
+                found = kind.read(client, key)
                 if found is None or not found[1]:
                     return None
                 record, token = found

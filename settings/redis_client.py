@@ -15,16 +15,17 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from settings.config import ConfigurationError
+from settings.redis_commands import RedisClient, typed_client
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
-def connect(url: str) -> redis.Redis | RedisCluster:
+def connect(url: str) -> RedisClient:
     """A client for `url`. Raises `ConfigurationError` for a malformed cluster URL (the
     message never repeats the password)."""
     scheme, _, rest = url.partition("://")
     if scheme not in CLUSTER_SCHEMES:
-        return redis.Redis.from_url(url)
+        return typed_client(redis.Redis.from_url(url))
     auth, _, location = rest.rpartition("@")
     hosts = location.split("/", 1)[0].split("?", 1)[0]
     nodes = []
@@ -36,9 +37,11 @@ def connect(url: str) -> redis.Redis | RedisCluster:
             )
         nodes.append(ClusterNode(name, int(port)))
     username, _, password = auth.partition(":")
-    return RedisCluster(
-        startup_nodes=nodes,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        ssl=scheme == "rediss+cluster",
+    return typed_client(
+        RedisCluster(
+            startup_nodes=nodes,
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            ssl=scheme == "rediss+cluster",
+        )
     )

@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import redis
-
 from settings import keys
 from settings.models import (
     OWNER_PATTERN,
@@ -25,6 +23,7 @@ from settings.models import (
     OwnerSnapshot,
     Route,
 )
+from settings.redis_commands import RedisClient
 
 # Rejected events: the latest of all owners together (the operator's view), and the latest
 # of each owner on its own, so one owner's flood never erases another's. An owner's list
@@ -130,7 +129,7 @@ class TooManyDestinations(ValueError):
 class SettingsStore:
     """All reads and writes of broadcast settings. Thread-safe (redis-py pools connections)."""
 
-    def __init__(self, client: redis.Redis, *, delivery_log_size: int = 200) -> None:
+    def __init__(self, client: RedisClient, *, delivery_log_size: int = 200) -> None:
         self.redis = client
         self.delivery_log_size = delivery_log_size
         self._add = client.register_script(_ADD_DESTINATION)
@@ -369,16 +368,16 @@ class SettingsStore:
         non-ASCII character, so no string in `entry` (a lone surrogate included) can fail
         to encode. Raises only `redis.RedisError`."""
         text = json.dumps(entry, sort_keys=True)
-        owned = owner is not None and OWNER_PATTERN.match(owner) is not None
-        known = owned and bool(self.redis.sismember(keys.OWNERS, owner))
+        owned = owner if owner is not None and OWNER_PATTERN.match(owner) is not None else None
+        known = owned is not None and bool(self.redis.sismember(keys.OWNERS, owned))
         with self.redis.pipeline(transaction=False) as pipe:
-            if owned:
-                key = keys.owner_part(owner, "rejected")
+            if owned is not None:
+                key = keys.owner_part(owned, "rejected")
                 pipe.lpush(key, text)
                 pipe.ltrim(key, 0, REJECTED_PER_OWNER - 1)
                 pipe.expire(key, REJECTED_OWNER_TTL_SECONDS)
-            if known:
-                pipe.hincrby(keys.owner(owner), "rejected_events", 1)
+            if owned is not None and known:
+                pipe.hincrby(keys.owner(owned), "rejected_events", 1)
             pipe.lpush(keys.REJECTED, text)
             pipe.ltrim(keys.REJECTED, 0, REJECTED_LOG_SIZE - 1)
             pipe.hincrby(keys.REJECTED_COUNTS, reason_class, 1)

@@ -24,10 +24,10 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -43,6 +43,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from destinations.json_body import compact_json, json_text
 from destinations.otlp.spans import SCOPE_NAME, SCOPE_VERSION, Export, SpanEvent, SpanRecord
+
+_Message = TypeVar("_Message", bound=Message)
 
 AttributeValue = str | bool | int | float | list[str] | list[int] | list[float] | list[bool]
 
@@ -287,7 +289,7 @@ def gzipped(body: bytes) -> bytes:
     return gzip.compress(body, compresslevel=6, mtime=0)
 
 
-def _parse_json_message(body: bytes, message: Any) -> Any:
+def _parse_json_message(body: bytes, message: _Message) -> _Message:
     try:
         document = json.loads(body)
         if not isinstance(document, dict):

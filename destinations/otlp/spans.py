@@ -99,11 +99,11 @@ class SpanRecord(NamedTuple):
     span_id: str
     parent_span_id: str | None
     name: str
-    kind: int
+    kind: Span.SpanKind.ValueType
     start_time_unix_nano: int
     end_time_unix_nano: int
     attributes: Mapping[str, Any]
-    status_code: int
+    status_code: Status.StatusCode.ValueType
     status_message: str = ""
     events: tuple[SpanEvent, ...] = ()
 
@@ -256,7 +256,7 @@ def error_type(trace: Trace) -> str:
     return trace.error.code if trace.error and trace.error.code else "_OTHER"
 
 
-def _status(trace: Trace) -> tuple[int, str]:
+def _status(trace: Trace) -> tuple[Status.StatusCode.ValueType, str]:
     if trace.is_error:
         return Status.STATUS_CODE_ERROR, error_message(trace)
     return Status.STATUS_CODE_OK, ""

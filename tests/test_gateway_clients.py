@@ -1,0 +1,209 @@
+"""Gateways in other languages and stock clients, on both brokers (docs/gateway.md).
+
+- The spec's example message is what a stock Python Celery client writes (captured from
+  Redis), and the spec's minimal message, pushed by hand, is delivered.
+- Stock celery-node (examples/node, installed by `make setup`) sends N events on Redis and
+  on RabbitMQ; a stock Python Celery client (no `declare=[]`) sends N on RabbitMQ. A real
+  worker fans them out and each of the N reaches a real receiver exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from harness.processes import ManagedProcess, celery_worker
+from harness.receiver import ReceivedRequest
+from harness.samples import chat_event
+from harness.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "docs" / "gateway.md"
+NODE_EXAMPLE = ROOT / "examples" / "node"
+N = 20
+# A database of the test Redis no worker reads: what a client writes there stays put.
+CAPTURE_DB = 15
+
+
+def spec_block(name: str) -> Any:
+    """The JSON block that follows `<!-- spec:NAME -->` in docs/gateway.md."""
+    match = re.search(rf"<!-- spec:{name} -->\s*```json\n(.*?)```", SPEC.read_text(), re.S)
+    assert match, f"docs/gateway.md has no block spec:{name}"
+    return json.loads(match.group(1))
+
+
+def decoded_body(message: dict[str, Any]) -> Any:
+    assert message["properties"]["body_encoding"] == "base64"
+    return json.loads(base64.b64decode(message["body"]))
+
+
+def request_ids(sink, path: str) -> list[str]:
+    def rid(request: ReceivedRequest) -> str | None:
+        if request.headers.get("x-test-connection"):
+            return None
+        return json.loads(request.body)["data"]["requestId"]
+
+    return [r for r in map(rid, sink.requests(path)) if r is not None]
+
+
+def add_hook(service, user_id: str, url: str) -> str:
+    return service.add_destination(f"user:{user_id}", "webhook", "gw", {"url": url})["id"]
+
+
+def events(user_id: str, tag: str, count: int = N) -> list[dict[str, Any]]:
+    return [chat_event(i, user_id=user_id, id=f"{user_id}-{tag}{i}") for i in range(count)]
+
+
+def assert_each_arrives_once(service, destination_id: str, sink, sent: list[dict]) -> None:
+    expected = sorted(event["id"] for event in sent)
+    wait_for(
+        lambda: service.store.counters(destination_id)["delivered"] >= len(expected),
+        timeout=45,
+        what=f"{len(expected)} deliveries",
+    )
+    assert sorted(request_ids(sink, "/in")) == expected
+    assert service.store.counters(destination_id)["delivered"] == len(expected)
+
+
+def node_send(broker_url: str, sent: list[dict[str, Any]]) -> None:
+    """Run the Node example (stock celery-node) with `sent` on its standard input."""
+    node = shutil.which("node")
+    if node is None or not (NODE_EXAMPLE / "node_modules" / "celery-node").is_dir():
+        pytest.fail("the Node example is not installed: run `make setup` (node, npm ci)")
+    done = subprocess.run(
+        [node, str(NODE_EXAMPLE / "send.js"), broker_url],
+        input="".join(json.dumps(event) + "\n" for event in sent),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"sent {len(sent)}", done.stdout
+
+
+# --- the envelope, as the spec states it
+
+
+def test_the_spec_example_is_what_python_celery_writes(redis_server):
+    example = spec_block("redis-message")
+    url = f"redis://127.0.0.1:{redis_server.port}/{CAPTURE_DB}"
+    client = Celery("gateway", broker=url, set_as_current=False)
+    store = redis.Redis(port=redis_server.port, db=CAPTURE_DB)
+    store.delete("broadcast.fanout")
+    try:
+        event = decoded_body(example)[0][0]
+        client.send_task("broadcast.fan_out", args=[event], queue="broadcast.fanout")
+        [raw] = store.lrange("broadcast.fanout", 0, -1)
+    finally:
+        client.close()
+        store.flushdb()
+    captured = json.loads(raw)
+
+    assert captured.keys() == example.keys()
+    assert captured["headers"].keys() == example["headers"].keys()
+    assert captured["properties"].keys() == example["properties"].keys()
+    for key in ("content-type", "content-encoding"):
+        assert captured[key] == example[key]
+    for key in ("body_encoding", "delivery_mode", "delivery_info", "priority"):
+        assert captured["properties"][key] == example["properties"][key]
+    for key in ("lang", "task", "retries", "timelimit", "eta", "expires", "kwargsrepr"):
+        assert captured["headers"][key] == example["headers"][key]
+    # The ids: the task id is the root id and the correlation id, in both.
+    for message in (captured, example):
+        task_id = message["headers"]["id"]
+        assert uuid.UUID(task_id)
+        assert message["headers"]["root_id"] == task_id
+        assert message["properties"]["correlation_id"] == task_id
+    assert decoded_body(captured) == decoded_body(example)
+
+
+def test_the_spec_minimal_message_pushed_by_hand_is_delivered(
+    worker, redis_server, service, user_id, receiver
+):
+    """What a gateway without a Celery library writes: the spec's minimal message, LPUSHed."""
+    sink = receiver()
+    destination_id = add_hook(service, user_id, sink.url + "/in")
+    message = spec_block("redis-minimal")
+    [event] = events(user_id, "raw", count=1)
+    task_id = str(uuid.uuid4())
+    message["headers"]["id"] = task_id
+    message["properties"]["delivery_tag"] = str(uuid.uuid4())
+    body = [[event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    message["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    redis.Redis(port=redis_server.port).lpush("broadcast.fanout", json.dumps(message))
+    assert_each_arrives_once(service, destination_id, sink, [event])
+
+
+# --- stock celery-node, both brokers
+
+
+def test_celery_node_on_redis(worker, redis_server, service, user_id, receiver):
+    sink = receiver()
+    destination_id = add_hook(service, user_id, sink.url + "/in")
+    sent = events(user_id, "nr")
+    node_send(os.environ["BROADCAST_BROKER_URL"], sent)
+    assert_each_arrives_once(service, destination_id, sink, sent)
+
+
+@pytest.fixture(scope="module")
+def amqp_worker(rabbitmq, redis_server, workdir) -> Iterator[ManagedProcess]:
+    """A worker on the RabbitMQ node's `broadcast` vhost (default queue type quorum)."""
+    env = {**os.environ, "BROADCAST_BROKER_URL": rabbitmq.url}
+    process = celery_worker(env, workdir, name="gwamqp", concurrency=4)
+    yield process
+    process.stop()
+
+
+def test_celery_node_on_rabbitmq(amqp_worker, rabbitmq, service, user_id, receiver):
+    sink = receiver()
+    destination_id = add_hook(service, user_id, sink.url + "/in")
+    sent = events(user_id, "na")
+    node_send(rabbitmq.url, sent)
+    assert_each_arrives_once(service, destination_id, sink, sent)
+
+
+def test_stock_python_celery_on_rabbitmq(amqp_worker, rabbitmq, service, user_id, receiver):
+    """No `declare=[]`: the client declares its direct exchange, the queue and the binding
+    before publishing, and the declarations are equivalent to the workers'."""
+    sink = receiver()
+    destination_id = add_hook(service, user_id, sink.url + "/in")
+    sent = events(user_id, "pa")
+    client = Celery("gateway", broker=rabbitmq.url, set_as_current=False)
+    try:
+        for event in sent:
+            client.send_task("broadcast.fan_out", args=[event], queue="broadcast.fanout")
+    finally:
+        client.close()
+    assert_each_arrives_once(service, destination_id, sink, sent)
+
+
+def test_without_the_vhost_default_a_stock_declaration_is_refused(rabbitmq):
+    """Why the vhost matters: in `/` (no default queue type) the same stock declaration of
+    a quorum queue is refused, which is what celery-node crashed on."""
+    from amqp.exceptions import PreconditionFailed
+    from kombu import Connection
+
+    name = f"bc-test.{uuid.uuid4().hex[:8]}"
+    with Connection(rabbitmq.plain_url) as connection:
+        connection.channel().queue_declare(name, durable=True, auto_delete=False,
+                                           arguments={"x-queue-type": "quorum"})  # fmt: skip
+        try:
+            with pytest.raises(PreconditionFailed, match="x-queue-type"):
+                connection.channel().queue_declare(name, durable=True, auto_delete=False)
+        finally:
+            connection.channel().queue_delete(name)

@@ -24,7 +24,7 @@ import pytest
 import redis
 from celery import Celery
 
-from harness.processes import ManagedProcess, celery_worker
+from harness.processes import ManagedProcess, RedisServer, celery_worker
 from harness.receiver import ReceivedRequest
 from harness.samples import chat_event
 from harness.waiting import wait_for
@@ -79,12 +79,12 @@ def assert_each_arrives_once(service, destination_id: str, sink, sent: list[dict
     assert service.store.counters(destination_id)["delivered"] == len(expected)
 
 
-def node_send(broker_url: str, sent: list[dict[str, Any]]) -> None:
+def run_node_example(broker_url: str, sent: list[dict[str, Any]]) -> subprocess.CompletedProcess:
     """Run the Node example (stock celery-node) with `sent` on its standard input."""
     node = shutil.which("node")
     if node is None or not (NODE_EXAMPLE / "node_modules" / "celery-node").is_dir():
         pytest.fail("the Node example is not installed: run `make setup` (node, npm ci)")
-    done = subprocess.run(
+    return subprocess.run(
         [node, str(NODE_EXAMPLE / "send.js"), broker_url],
         input="".join(json.dumps(event) + "\n" for event in sent),
         capture_output=True,
@@ -92,6 +92,10 @@ def node_send(broker_url: str, sent: list[dict[str, Any]]) -> None:
         timeout=60,
         check=False,
     )
+
+
+def node_send(broker_url: str, sent: list[dict[str, Any]]) -> None:
+    done = run_node_example(broker_url, sent)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"sent {len(sent)}", done.stdout
 
@@ -207,3 +211,43 @@ def test_without_the_vhost_default_a_stock_declaration_is_refused(rabbitmq):
                 connection.channel().queue_declare(name, durable=True, auto_delete=False)
         finally:
             connection.channel().queue_delete(name)
+
+
+# --- a broker that refuses writes
+
+
+@pytest.fixture
+def full_redis(workdir) -> Iterator[RedisServer]:
+    """A Redis past its `maxmemory` (1 byte) with `noeviction`: every write is refused."""
+    server = RedisServer(workdir, name=f"full-{uuid.uuid4().hex[:6]}",
+                         extra_args=["--maxmemory-policy", "noeviction"])  # fmt: skip
+    redis.Redis(port=server.port).config_set("maxmemory", 1)
+    yield server
+    server.stop()
+
+
+def test_a_full_redis_raises_in_python_and_is_reported_by_the_node_example(full_redis):
+    """What docs/gateway.md says a gateway sees when Redis refuses writes."""
+    from kombu.exceptions import OperationalError
+
+    [event] = events("full", "oom", count=1)
+    client = Celery("gateway", broker=full_redis.url, set_as_current=False)
+    try:
+        with pytest.raises(OperationalError, match="maxmemory"):
+            client.send_task("broadcast.fan_out", args=[event], queue="broadcast.fanout")
+    finally:
+        client.close()
+    # Inside the worker's environment (`broadcast.delay`): the stream transport's XADD.
+    from broadcast_broker.task_client import TaskSender
+
+    sender = TaskSender(full_redis.url)
+    try:
+        with pytest.raises(OperationalError, match="maxmemory"):
+            sender.send("broadcast.fan_out", [event])
+    finally:
+        sender.celery.close()
+    done = run_node_example(full_redis.url, [event, event])
+    assert done.returncode == 1
+    assert done.stdout.strip() == "sent 2"
+    refusals = [line for line in done.stderr.splitlines() if "broadcast.send_failed" in line]
+    assert len(refusals) == 2 and all("OOM" in line for line in refusals), done.stderr

@@ -5,7 +5,8 @@
 // BROKER_URL is the workers' BROADCAST_BROKER_URL: redis://host:6379/0, or
 // amqp://user:password@host:5672/vhost (a vhost whose default queue type is quorum,
 // docs/production.md). Each line of standard input is one finished-request event (JSON);
-// each becomes one task message on the queue `broadcast.fanout`. Prints the number sent.
+// each becomes one task message on the queue `broadcast.fanout`. Prints the number sent;
+// exits 1 when the broker refused any (e.g. Redis at maxmemory: docs/gateway.md).
 //
 // In a real gateway the client lives as long as the process and `send` is called once
 // per finished request; nothing waits for Broadcast.
@@ -17,6 +18,15 @@ const celery = require("celery-node");
 
 const TASK = "broadcast.fan_out";
 const QUEUE = "broadcast.fanout";
+
+// celery-node drops the promise of each publish, so a refused write (Redis at maxmemory,
+// a RabbitMQ channel error) surfaces only as an unhandled rejection, which by default
+// kills the process. A gateway counts and logs it instead, and goes on serving.
+let failed = 0;
+process.on("unhandledRejection", (error) => {
+  failed += 1;
+  console.error(`broadcast.send_failed error=${JSON.stringify(String(error))}`);
+});
 
 async function main() {
   const brokerUrl = process.argv[2];
@@ -48,7 +58,9 @@ async function main() {
     await new Promise((resolve) => setImmediate(resolve));
   }
   await client.disconnect();
+  await new Promise((resolve) => setImmediate(resolve)); // the last rejections, if any
   console.log(`sent ${sent}`);
+  if (failed > 0) process.exitCode = 1;
 }
 
 main().catch((error) => {

@@ -9,7 +9,7 @@ BIGQUERY_VENV := .venv-bigquery
 PY := $(VENV)/bin/python
 EXTRA_REQUIREMENTS := $(wildcard tests/requirements-*.txt)
 
-.PHONY: demo test bench lint setup redis-server rabbitmq-server promtool wheel-smoke node-example
+.PHONY: demo test bench lint setup redis-server rabbitmq-server promtool wheel-smoke node-example go
 
 demo: setup
 	$(PY) -m harness.demo
@@ -29,7 +29,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-setup: redis-server rabbitmq-server promtool node-example $(VENV)/.installed $(MLFLOW_VENV)/.installed \
+setup: redis-server rabbitmq-server promtool node-example go $(VENV)/.installed $(MLFLOW_VENV)/.installed \
 	$(WAREHOUSES_VENV)/.installed $(BIGQUERY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS) tests/nodeps-requirements.txt
@@ -93,3 +93,11 @@ $(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXA
 	}
 	cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The Go gateway example (examples/go: standard library only, nothing to download) is built
+# by tests/test_gateway_clients.py with Debian's Go toolchain.
+go:
+	@command -v go >/dev/null 2>&1 || { \
+		echo "installing golang-go (Debian package) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; \
+	}

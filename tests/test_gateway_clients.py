@@ -3,8 +3,10 @@
 - The spec's example message is what a stock Python Celery client writes (captured from
   Redis), and the spec's minimal message, pushed by hand, is delivered.
 - Stock celery-node (examples/node, installed by `make setup`) sends N events on Redis and
-  on RabbitMQ; a stock Python Celery client (no `declare=[]`) sends N on RabbitMQ. A real
+  on RabbitMQ; a stock Python Celery client (no `declare=[]`) sends N on RabbitMQ; the Go
+  example (examples/go, standard library only) writes the spec's message on Redis. A real
   worker fans them out and each of the N reaches a real receiver exactly once.
+- A Redis at `maxmemory` refuses writes: what each client then does.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "docs" / "gateway.md"
 NODE_EXAMPLE = ROOT / "examples" / "node"
+GO_EXAMPLE = ROOT / "examples" / "go"
 N = 20
 # A database of the test Redis no worker reads: what a client writes there stays put.
 CAPTURE_DB = 15
@@ -153,6 +156,40 @@ def test_the_spec_minimal_message_pushed_by_hand_is_delivered(
     assert_each_arrives_once(service, destination_id, sink, [event])
 
 
+@pytest.fixture(scope="module")
+def go_gateway(workdir) -> Path:
+    """The Go example, built once (no module to download: standard library only)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("Go is not installed: run `make setup` (Debian's golang-go)")
+    binary = workdir / "go-gateway"
+    env = {**os.environ, "GOPROXY": "off", "GOFLAGS": "-buildvcs=false"}
+    done = subprocess.run([go, "build", "-o", str(binary), "."], cwd=GO_EXAMPLE, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return binary
+
+
+def run_go_example(binary: Path, broker_url: str, sent: list[dict]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(binary), broker_url],
+        input="".join(json.dumps(event) + "\n" for event in sent),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_go_example_on_redis(go_gateway, worker, service, user_id, receiver):
+    sink = receiver()
+    destination_id = add_hook(service, user_id, sink.url + "/in")
+    sent = events(user_id, "gr")
+    done = run_go_example(go_gateway, os.environ["BROADCAST_BROKER_URL"], sent)
+    assert (done.returncode, done.stdout.strip()) == (0, f"sent {N}"), done.stderr
+    assert_each_arrives_once(service, destination_id, sink, sent)
+
+
 # --- stock celery-node, both brokers
 
 
@@ -226,7 +263,7 @@ def full_redis(workdir) -> Iterator[RedisServer]:
     server.stop()
 
 
-def test_a_full_redis_raises_in_python_and_is_reported_by_the_node_example(full_redis):
+def test_a_full_redis_raises_in_python_and_is_reported_by_the_examples(full_redis, go_gateway):
     """What docs/gateway.md says a gateway sees when Redis refuses writes."""
     from kombu.exceptions import OperationalError
 
@@ -251,3 +288,6 @@ def test_a_full_redis_raises_in_python_and_is_reported_by_the_node_example(full_
     assert done.stdout.strip() == "sent 2"
     refusals = [line for line in done.stderr.splitlines() if "broadcast.send_failed" in line]
     assert len(refusals) == 2 and all("OOM" in line for line in refusals), done.stderr
+    done = run_go_example(go_gateway, full_redis.url, [event])
+    assert (done.returncode, done.stdout.strip()) == (1, "sent 0")
+    assert "broadcast.send_failed" in done.stderr and "OOM" in done.stderr, done.stderr

@@ -291,3 +291,54 @@ def test_a_full_redis_raises_in_python_and_is_reported_by_the_examples(full_redi
     done = run_go_example(go_gateway, full_redis.url, [event])
     assert (done.returncode, done.stdout.strip()) == (1, "sent 0")
     assert "broadcast.send_failed" in done.stderr and "OOM" in done.stderr, done.stderr
+
+
+# --- the upgrade from the topic exchange (docs/production.md, "Upgrades")
+
+
+def test_the_documented_exchange_swap_keeps_the_queue_and_its_messages(rabbitmq):
+    """The earlier topology in a vhost of its own (`/`): a quorum `broadcast.fanout` bound
+    to a topic exchange, one message waiting. The script docs/production.md gives swaps the
+    exchange for a direct one; the message stays and the new exchange routes to the queue."""
+    import sys
+
+    from amqp.exceptions import PreconditionFailed
+    from kombu import Connection
+
+    doc = (ROOT / "docs" / "production.md").read_text()
+    match = re.search(r"<!-- upgrade:swap-fanout-exchange -->\s*```python\n(.*?)```", doc, re.S)
+    assert match, "docs/production.md has no upgrade:swap-fanout-exchange block"
+    queue = "broadcast.fanout"
+
+    def waiting(connection) -> int:
+        return connection.channel().queue_declare(queue, passive=True).message_count
+
+    with Connection(rabbitmq.plain_url) as connection:
+        channel = connection.channel()
+        channel.exchange_declare(queue, "topic", durable=True, auto_delete=False)
+        channel.queue_declare(queue, durable=True, auto_delete=False,
+                              arguments={"x-queue-type": "quorum"})  # fmt: skip
+        channel.queue_bind(queue, queue, queue)
+        try:
+            producer = connection.Producer()
+            producer.publish({"n": 1}, exchange=queue, routing_key=queue, declare=[])
+            wait_for(lambda: waiting(connection) == 1, timeout=10, what="the first message")
+
+            env = {**os.environ, "BROADCAST_BROKER_URL": rabbitmq.plain_url}
+            script = [sys.executable, "-c", match.group(1)]
+            done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60,
+                                  check=False)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+
+            assert waiting(connection) == 1
+            connection.channel().exchange_declare(queue, "direct", durable=True,
+                                                  auto_delete=False)  # fmt: skip
+            with pytest.raises(PreconditionFailed, match="type"):
+                connection.channel().exchange_declare(queue, "topic", durable=True,
+                                                      auto_delete=False)  # fmt: skip
+            connection.Producer().publish({"n": 2}, exchange=queue, routing_key=queue,
+                                          declare=[])  # fmt: skip
+            wait_for(lambda: waiting(connection) == 2, timeout=10, what="the second message")
+        finally:
+            connection.channel().queue_delete(queue)
+            connection.channel().exchange_delete(queue)

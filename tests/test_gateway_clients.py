@@ -342,3 +342,49 @@ def test_the_documented_exchange_swap_keeps_the_queue_and_its_messages(rabbitmq)
         finally:
             connection.channel().queue_delete(queue)
             connection.channel().exchange_delete(queue)
+
+
+# --- what the direct exchange changes: a fan-out retry is held by the worker
+
+
+def test_a_fan_out_retry_on_rabbitmq_is_held_by_the_worker_and_delivered_once(
+    rabbitmq, workdir, receiver
+):
+    """`broadcast.fanout` is on a direct exchange, so Celery's native delayed delivery does
+    not carry its countdowns: a fan-out retry (the store unreachable) is a message the
+    worker holds until due. It runs, and the event is delivered once. A vhost and a store
+    of the test's own keep the session's workers out."""
+    from broadcast_engine.runtime import Runtime
+    from broadcast_interfaces.service import settings_service
+    from settings.config import load_config
+
+    vhost = f"retry-{uuid.uuid4().hex[:6]}"
+    rabbitmq.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    rabbitmq.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    broker_url = rabbitmq.url.rsplit("/", 1)[0] + f"/{vhost}"
+    store = RedisServer(workdir, name=f"retry-store-{vhost}")
+    env = {**os.environ, "BROADCAST_BROKER_URL": broker_url, "BROADCAST_STORE_URL": store.url}
+    service = settings_service(Runtime(load_config(environ=env)))
+    sink = receiver()
+    owner = f"user:{vhost}"
+    service.set_enabled(owner, True)
+    destination_id = service.add_destination(owner, "webhook", "gw", {"url": sink.url + "/in"})[
+        "id"
+    ]
+    worker = celery_worker(env, workdir, name=vhost, concurrency=2)
+    client = Celery("gateway", broker=broker_url, set_as_current=False)
+    try:
+        store.stop()
+        [event] = events(vhost, "rt", count=1)
+        client.send_task("broadcast.fan_out", args=[event], queue="broadcast.fanout")
+        wait_for(lambda: "retry: Retry in" in worker.log_path.read_text(), timeout=30,
+                 what="fan-out to retry while the store is down")  # fmt: skip
+        store.start()
+        wait_for(lambda: service.store.counters(destination_id)["delivered"] == 1, timeout=45,
+                 what="the retried fan-out to be delivered")  # fmt: skip
+        assert request_ids(sink, "/in") == [event["id"]]
+    finally:
+        client.close()
+        worker.stop()
+        store.stop()
+        rabbitmq.ctl("delete_vhost", vhost)

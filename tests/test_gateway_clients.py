@@ -383,6 +383,9 @@ def test_a_fan_out_retry_on_rabbitmq_is_held_by_the_worker_and_delivered_once(
         wait_for(lambda: service.store.counters(destination_id)["delivered"] == 1, timeout=45,
                  what="the retried fan-out to be delivered")  # fmt: skip
         assert request_ids(sink, "/in") == [event["id"]]
+        # Celery says so when it sends the retry: no native delayed delivery on a direct
+        # exchange (the countdown is then kept by the worker that receives it).
+        assert "Direct exchanges are not supported" in worker.log_path.read_text()
     finally:
         client.close()
         worker.stop()

@@ -13,7 +13,7 @@ queue's (406 PRECONDITION_FAILED), so for `broadcast.fanout`:
   held by the worker until due, at most STORE_RETRY's 30 s cap);
 - the queue is quorum, and a declaration without `x-queue-type` is equivalent only in a
   virtual host whose default queue type is quorum (`rabbitmqctl add_vhost VHOST
-  --default-queue-type quorum`, RabbitMQ 3.10.7 and later): RabbitMQ adds the vhost's
+  --default-queue-type quorum`, tested on RabbitMQ 3.10.8): RabbitMQ adds the vhost's
   type to the declaration before comparing it.
 """
 

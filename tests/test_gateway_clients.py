@@ -239,6 +239,10 @@ def test_without_the_vhost_default_a_stock_declaration_is_refused(rabbitmq):
     from amqp.exceptions import PreconditionFailed
     from kombu import Connection
 
+    # The check docs/production.md gives: `broadcast` has the default, `/` has none.
+    listed = rabbitmq.ctl("list_vhosts", "--no-table-headers", "name", "default_queue_type")
+    vhosts = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+    assert vhosts["broadcast"] == "quorum" and vhosts["/"] != "quorum", listed
     name = f"bc-test.{uuid.uuid4().hex[:8]}"
     with Connection(rabbitmq.plain_url) as connection:
         connection.channel().queue_declare(name, durable=True, auto_delete=False,

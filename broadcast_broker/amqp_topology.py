@@ -3,9 +3,10 @@ declaration of the gateway-facing queue is equivalent (docs/gateway.md, docs/pro
 
 A stock Celery client declares the queue it publishes to before it publishes: Python
 Celery declares a direct exchange named after the queue, the queue (durable, no
-arguments) and their binding; celery-node declares the queue the same way and publishes
-through the default exchange. RabbitMQ refuses a declaration that differs from the
-queue's (406 PRECONDITION_FAILED), so for `broadcast.fanout`:
+arguments) and their binding; celery-node declares the queue the same way. Both then
+publish through the default exchange, straight to the queue. RabbitMQ refuses a
+declaration that differs from the queue's (406 PRECONDITION_FAILED), so for
+`broadcast.fanout`:
 
 - its exchange is `direct`, as Python Celery declares it (the worker-facing queues keep
   topic exchanges, which Celery's native delayed delivery needs for countdowns on quorum

@@ -139,6 +139,46 @@ def test_the_spec_example_is_what_python_celery_writes(redis_server):
     assert decoded_body(captured) == decoded_body(example)
 
 
+def test_on_rabbitmq_python_celery_sends_the_body_as_json_with_the_spec_properties(rabbitmq):
+    """The spec's RabbitMQ section, against what a stock client publishes (captured from a
+    queue of the test's own in `/`, where no worker reads)."""
+    from amqp.exceptions import PreconditionFailed
+    from kombu import Connection
+
+    queue = f"bc-capture.{uuid.uuid4().hex[:8]}"
+    [event] = events("capture", "am", count=1)
+    client = Celery("gateway", broker=rabbitmq.plain_url, set_as_current=False)
+    try:
+        client.send_task("broadcast.fan_out", args=[event], queue=queue)
+    finally:
+        client.close()
+    with Connection(rabbitmq.plain_url) as connection:
+        channel = connection.channel()
+        try:
+            message = wait_for(lambda: channel.basic_get(queue, no_ack=True), timeout=10,
+                               what="the published message")  # fmt: skip
+            # It declared a direct exchange named after the queue (a topic one is refused).
+            with pytest.raises(PreconditionFailed, match="type"):
+                connection.channel().exchange_declare(queue, "topic", durable=True,
+                                                      auto_delete=False)  # fmt: skip
+        finally:
+            connection.channel().queue_delete(queue)
+            connection.channel().exchange_delete(queue)
+    properties = message.properties
+    assert (properties["content_type"], properties["content_encoding"]) == (
+        "application/json",
+        "utf-8",
+    )
+    assert properties["delivery_mode"] == 2
+    headers = properties["application_headers"]
+    assert (headers["task"], headers["lang"]) == ("broadcast.fan_out", "py")
+    assert headers["root_id"] == headers["id"] == properties["correlation_id"]
+    # Published through the default exchange, straight to the queue (as celery-node does).
+    assert (message.delivery_info["exchange"], message.delivery_info["routing_key"]) == ("", queue)
+    assert json.loads(message.body) == [[event], {}, {"callbacks": None, "errbacks": None,
+                                                      "chain": None, "chord": None}]  # fmt: skip
+
+
 def test_the_spec_minimal_message_pushed_by_hand_is_delivered(
     worker, redis_server, service, user_id, receiver
 ):

@@ -9,7 +9,7 @@ BIGQUERY_VENV := .venv-bigquery
 PY := $(VENV)/bin/python
 EXTRA_REQUIREMENTS := $(wildcard tests/requirements-*.txt)
 
-.PHONY: demo test bench lint typecheck setup redis-server rabbitmq-server promtool wheel-smoke
+.PHONY: demo test bench lint typecheck setup redis-server rabbitmq-server promtool wheel-smoke node-example go
 
 demo: setup
 	$(PY) -m harness.demo
@@ -29,12 +29,16 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+<<<<<<< HEAD
 # Types: mypy over every application package ([tool.mypy] in pyproject.toml: standard mode,
 # strict for destinations/ and broadcast_engine/).
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 setup: redis-server rabbitmq-server promtool $(VENV)/.installed $(MLFLOW_VENV)/.installed \
+=======
+setup: redis-server rabbitmq-server promtool node-example go $(VENV)/.installed $(MLFLOW_VENV)/.installed \
+>>>>>>> gateway
 	$(WAREHOUSES_VENV)/.installed $(BIGQUERY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS) tests/nodeps-requirements.txt
@@ -84,4 +88,25 @@ rabbitmq-server:
 	@command -v rabbitmq-server >/dev/null 2>&1 || test -x /usr/sbin/rabbitmq-server || { \
 		echo "installing rabbitmq-server (Debian package) ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
+	}
+
+# The Node gateway example (docs/gateway.md; tests/test_gateway_clients.py runs it): stock
+# celery-node from the committed package-lock.json. Node and npm are Debian packages.
+NODE_EXAMPLE := examples/node
+node-example: $(NODE_EXAMPLE)/node_modules/.installed
+
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing nodejs and npm (Debian packages) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	}
+	cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The Go gateway example (examples/go: standard library only, nothing to download) is built
+# by tests/test_gateway_clients.py with Debian's Go toolchain.
+go:
+	@command -v go >/dev/null 2>&1 || { \
+		echo "installing golang-go (Debian package) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; \
 	}

@@ -6,6 +6,7 @@ local Redis as the default.
 
 from kombu import Exchange, Queue
 
+from broadcast_broker.amqp_topology import amqp_task_queues
 from broadcast_broker.bounded_compression import register_bounded_decompression
 from broadcast_broker.message_codec import message_bytes_limit, register_codec
 from broadcast_broker.topology import (
@@ -136,18 +137,11 @@ beat_schedule = {
 # queues go through Celery's native delayed delivery, which routes through topic exchanges:
 # with a direct exchange Celery only warns and the worker would hold the message unacked.
 # Celery turns global QoS off by itself for quorum queues (worker_detect_quorum_queues).
-# Gateways publish without declaring (`declare=[]`), so their default classic declaration
-# never conflicts with these queues.
+# The gateway-facing `broadcast.fanout` is bound to a direct exchange, as a stock client
+# declares it, and a stock client's declaration of the queue is equivalent in a vhost
+# whose default queue type is quorum (broadcast_broker/amqp_topology.py, docs/gateway.md).
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 if broker_url.startswith(AMQP_SCHEMES):
-    task_queues = tuple(
-        Queue(
-            name,
-            Exchange(name, type="topic"),
-            routing_key=name,
-            queue_arguments={"x-queue-type": "quorum"},
-        )
-        for name in TASK_QUEUES
-    )
+    task_queues = amqp_task_queues()
     task_default_exchange_type = "topic"
     task_default_queue_type = "quorum"

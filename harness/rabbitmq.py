@@ -3,7 +3,9 @@
 Everything the node writes (database, logs, Erlang cookie) lives in the scratch
 directory; it has its own node name, AMQP port, distribution port and epmd port, so it
 neither touches nor collides with a system RabbitMQ. Start-up takes a few seconds; the
-constructor polls until an AMQP connection succeeds.
+constructor polls until an AMQP connection succeeds, then creates the virtual host
+Broadcast runs in, as docs/production.md says to: default queue type quorum, so a stock
+client's declaration of a quorum queue is equivalent to it (docs/gateway.md).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from harness.waiting import wait_for
 # Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user through `su`, which
 # drops the environment; the real script below runs as whoever starts it.
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+CTL = SERVER.with_name("rabbitmqctl")
+VHOST = "broadcast"
 
 
 class RabbitMQServer:
-    """`RabbitMQServer(workdir)` runs a node; `.url` is its `amqp://` URL; `.stop()`."""
+    """`RabbitMQServer(workdir)` runs a node; `.url` is the `amqp://` URL of its `broadcast`
+    vhost (default queue type quorum), `.plain_url` that of `/` (none); `.stop()`."""
 
     def __init__(self, workdir: Path, *, start_timeout: float = 90.0) -> None:
         binary = SERVER if SERVER.exists() else shutil.which("rabbitmq-server")
@@ -41,7 +46,8 @@ class RabbitMQServer:
         self.port = free_port()
         self.epmd_port = free_port()
         self.node = f"broadcast-test-{os.getpid()}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.plain_url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/{VHOST}"
         self.env = {
             **os.environ,
             "HOME": str(base / "home"),
@@ -60,12 +66,31 @@ class RabbitMQServer:
         }
         self.process = ManagedProcess("rabbitmq", [str(binary)], self.env, workdir)
         wait_for(self._accepts, timeout=start_timeout, interval=0.5, what="RabbitMQ to accept")
+        self.ctl("add_vhost", VHOST, "--default-queue-type", "quorum")
+        self.ctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+
+    def ctl(self, *args: str) -> str:
+        """Run `rabbitmqctl` against this node; its output. Raises when it fails."""
+        binary = CTL if CTL.exists() else shutil.which("rabbitmqctl")
+        if binary is None:
+            raise RuntimeError("rabbitmqctl is not installed (apt-get install rabbitmq-server)")
+        done = subprocess.run(
+            [str(binary), "-n", self.node, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+        return done.stdout
 
     def _accepts(self) -> bool:
         if not self.process.alive():
             raise RuntimeError(f"rabbitmq-server exited:\n{self.process.log_tail()}")
         try:
-            with Connection(self.url, connect_timeout=1) as connection:
+            with Connection(self.plain_url, connect_timeout=1) as connection:
                 connection.ensure_connection(max_retries=1)
             return True
         except (OSError, OperationalError, AMQPError):  # refused, or the node still booting

@@ -208,8 +208,10 @@ class AmqpSender:
         self.client.send_task("broadcast.fan_out", args=[event], queue=QUEUE, declare=[])
 
     def _connect(self) -> None:
-        self.connection = amqp.Connection(host=self.url.split("@")[1].split("/")[0],
-                                          userid="guest", password="guest")  # fmt: skip
+        # The URL's vhost (the harness's `broadcast`), where the workers read.
+        address, _, vhost = self.url.split("@")[1].partition("/")
+        self.connection = amqp.Connection(host=address, userid="guest", password="guest",
+                                          virtual_host=vhost or "/")  # fmt: skip
         self.connection.connect()
         self.channel = self.connection.channel()
 

@@ -80,12 +80,18 @@ def test_queues_are_quorum_queues_and_a_delivery_arrives(
         assert [request_id(r) for r in sink.requests("/in")] == [None, f"{user_id}-a1"]
         with gateway.connection_for_write() as connection:
             for queue in ("broadcast.fanout", "broadcast.deliver", "broadcast.maintenance"):
-                # Redeclaring succeeds only with the arguments the queue has: quorum.
-                channel = connection.channel()
-                channel.queue_declare(queue, durable=True, auto_delete=False,
-                                      arguments={"x-queue-type": "quorum"})  # fmt: skip
-                with pytest.raises(PreconditionFailed):
-                    connection.channel().queue_declare(queue, durable=True, auto_delete=False)
+                # The queue is quorum: a classic declaration is refused, while one without a
+                # type (a stock client's) is equivalent in a vhost whose default is quorum.
+                for queue_type in ("quorum", "classic", None):
+                    arguments = {"x-queue-type": queue_type} if queue_type else None
+                    channel = connection.channel()
+                    if queue_type == "classic":
+                        with pytest.raises(PreconditionFailed):
+                            channel.queue_declare(queue, durable=True, auto_delete=False,
+                                                  arguments=arguments)  # fmt: skip
+                    else:
+                        channel.queue_declare(queue, durable=True, auto_delete=False,
+                                              arguments=arguments)  # fmt: skip
     finally:
         worker.stop()
 

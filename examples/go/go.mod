@@ -1,0 +1,3 @@
+module broadcast-gateway-example
+
+go 1.19

@@ -612,10 +612,11 @@ class DeliveryRun:
         """One line per vendor request: who, where, which task, how long, what became of
         it and which traces it carried (`logged_request_ids`). Deliveries log at INFO."""
         log = logger.info if entry["outcome"] == "delivered" else logger.warning
+        # The event name is part of the template (outcomes are our own words), so the
+        # JSON format reads it and each field from the template, not from the values.
         log(
-            "broadcast.deliver.%s destination=%s type=%s owner=%s task=%s traces=%d "
-            "requests=%s status=%s duration_ms=%s next=%s error=%s",
-            entry["outcome"],
+            f"broadcast.deliver.{entry['outcome']} destination=%s type=%s owner=%s task=%s "
+            "traces=%d requests=%s status=%s duration_ms=%s next=%s error=%s",
             record.id,
             record.type,
             record.owner,

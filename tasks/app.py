@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any, NoReturn
 
 from celery import Celery, Task
@@ -20,7 +21,21 @@ from settings.config import ConfigurationError
 
 logger = logging.getLogger("broadcast")
 
-app = Celery("broadcast")
+
+class BroadcastCelery(Celery):
+    """Celery, whose worker and beat programs print JSON lines when asked
+    (`tasks.process_output`, loaded by those commands only)."""
+
+    @cached_property
+    def Worker(self) -> Any:
+        return self.subclass_with_self("tasks.process_output:BroadcastWorker")
+
+    @cached_property
+    def Beat(self) -> Any:
+        return self.subclass_with_self("tasks.process_output:BroadcastBeat")
+
+
+app = BroadcastCelery("broadcast")
 app.config_from_object("celeryconfig")
 
 

@@ -244,3 +244,26 @@ def test_a_real_worker_logs_hostile_ids_on_their_own_line(worker, service, user_
     assert f"{user_id}-id\\n[2026" in log
     assert not [line for line in log.splitlines() if "dst_FORGED" in line or "dst_KEY" in line
                 if line.startswith("[2026-01-01")]  # fmt: skip
+
+
+def test_the_api_server_logs_json_when_asked(redis_server, workdir):
+    """`broadcast serve` with `BROADCAST_LOG_FORMAT=json`: its own lines and uvicorn's
+    (start, access log, shutdown) are JSON objects, one per line."""
+    import requests
+
+    from harness.api_server import ApiServer
+
+    server = ApiServer(dict(os.environ, BROADCAST_LOG_FORMAT="json"), workdir)
+    try:
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+        wait_for(
+            lambda: "/healthz" in server.process.log_path.read_text(errors="replace"),
+            what="the access log line",
+        )
+    finally:
+        server.stop()
+    lines = [x for x in server.process.log_path.read_text(errors="replace").splitlines() if x]
+    assert lines and all(_is_json_object(line) for line in lines), lines
+    documents = [json.loads(line) for line in lines]
+    assert any(d.get("event") == "broadcast.api.starting" for d in documents)
+    assert any(d["logger"] == "uvicorn.access" and "/healthz" in d["message"] for d in documents)

@@ -186,3 +186,33 @@ def test_beats_housekeeping_does_not_crowd_flowers_task_list(
     housekeeping = [t for t in listed if t["name"].startswith("broadcast.maintenance.")]
     assert len(listed) >= 2 * sent  # this test's fan-out and deliver tasks at least
     assert len(housekeeping) <= 0.10 * len(listed), (len(housekeeping), len(listed))
+
+
+def test_a_failed_circuit_probe_is_a_failure(flower, service, user_id, receiver):
+    """A vendor that is down opens the circuit; the probe that follows fails: both runs
+    show FAILURE with the reason, neither SUCCESS."""
+    from tasks import broadcast
+
+    sink = receiver(lambda r: Reply(200) if r.headers.get("x-test-connection") else Reply(503))
+    destination = service.add_destination(f"user:{user_id}", "webhook", "down", {"url": sink.url})[
+        "id"
+    ]
+    for n in range(10):
+        broadcast.delay(chat_event(n, user_id=user_id, id=f"{user_id}-down{n}"))
+
+    def runs(reason: str) -> list[dict]:
+        answer = requests.get(
+            f"{flower}/api/tasks", params={"taskname": "broadcast.deliver"}, timeout=10
+        )
+        return [
+            task
+            for task in answer.json().values()
+            if destination in (task.get("args") or "") and reason in (task.get("exception") or "")
+        ]
+
+    probe = wait_for(
+        lambda: runs("circuit probe failed"), timeout=90, what="the failed probe's run"
+    )[0]
+    assert probe["state"] == "FAILURE" and probe["traceback"] is None
+    assert "'destination_type': 'webhook'" in probe["result"]
+    assert runs("circuit opened")[0]["state"] == "FAILURE"

@@ -615,8 +615,9 @@ class DeliveryRun:
         # The event name is part of the template (outcomes are our own words), so the
         # JSON format reads it and each field from the template, not from the values.
         log(
-            f"broadcast.deliver.{entry['outcome']} destination=%s type=%s owner=%s task=%s "
-            "traces=%d requests=%s status=%s duration_ms=%s next=%s error=%s",
+            f"broadcast.deliver.{entry['outcome']} outcome=%s destination=%s type=%s owner=%s "
+            "task=%s traces=%d requests=%s status=%s duration_ms=%s next=%s error=%s",
+            entry["outcome"],
             record.id,
             record.type,
             record.owner,

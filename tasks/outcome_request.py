@@ -31,6 +31,14 @@ from tasks.final_state import REJECTED, FinalState
 class OutcomeRequest(Request):
     """Celery's request, plus `FinalState`'s task event (see the module's docstring)."""
 
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded":
+            # A retried task keeps its id: without this, Flower would show the success
+            # with the exception of its last retry (`Retry(...)`) beside it.
+            fields.setdefault("exception", None)
+            fields.setdefault("traceback", None)
+        super().send_event(type, **fields)
+
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> None:

@@ -216,3 +216,20 @@ def test_a_failed_circuit_probe_is_a_failure(flower, service, user_id, receiver)
     assert probe["state"] == "FAILURE" and probe["traceback"] is None
     assert "'destination_type': 'webhook'" in probe["result"]
     assert runs("circuit opened")[0]["state"] == "FAILURE"
+
+
+def test_a_retried_task_that_succeeds_shows_no_exception(flower, service, user_id, receiver):
+    """A task retried (same id) and then successful: Flower shows SUCCESS with its
+    retries, not the last retry's `Retry(...)` as its exception."""
+    from tasks.maintenance import notify
+
+    answers = iter([503, 503])
+    sink = receiver(lambda _r: Reply(next(answers, 200)))
+    owner = f"user:{user_id}"
+    service.set_notification_target(owner, sink.url)
+    event = {"id": f"evt_{user_id}", "type": "destination.recovered", "owner": owner}
+    sent = notify.apply_async(args=[event])
+    task = flower_task(flower, sent.id, "SUCCESS")
+    assert len(sink.requests()) == 3
+    assert task["retries"] == 2
+    assert task["exception"] is None and task["traceback"] is None

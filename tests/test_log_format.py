@@ -71,8 +71,8 @@ def test_an_unknown_format_is_a_start_up_error():
 
 
 JSON_DELIVERY_FIELDS = {
-    "destination", "type", "owner", "task", "traces", "requests", "status", "duration_ms",
-    "next", "error",
+    "outcome", "destination", "type", "owner", "task", "traces", "requests", "status",
+    "duration_ms", "next", "error",
 }  # fmt: skip
 
 
@@ -136,6 +136,7 @@ def test_every_line_a_json_worker_and_beat_write_is_json(workdir):
     line = delivered[0]
     assert JSON_DELIVERY_FIELDS <= set(line), line
     assert line["level"] == "INFO" and line["destination"] == destination
+    assert line["event"] == "broadcast.deliver.delivered" and line["outcome"] == "delivered"
     assert line["type"] == "webhook" and line["owner"] == "user:ujson"
     assert line["requests"] == "jl-1" and line["traces"] == 1 and line["status"] == 200
     assert isinstance(line["duration_ms"], float | int) and line["task"]

@@ -29,16 +29,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-<<<<<<< HEAD
 # Types: mypy over every application package ([tool.mypy] in pyproject.toml: standard mode,
 # strict for destinations/ and broadcast_engine/).
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-setup: redis-server rabbitmq-server promtool $(VENV)/.installed $(MLFLOW_VENV)/.installed \
-=======
 setup: redis-server rabbitmq-server promtool node-example go $(VENV)/.installed $(MLFLOW_VENV)/.installed \
->>>>>>> gateway
 	$(WAREHOUSES_VENV)/.installed $(BIGQUERY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(EXTRA_REQUIREMENTS) tests/nodeps-requirements.txt

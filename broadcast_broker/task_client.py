@@ -23,6 +23,16 @@ CHECK_DESTINATION_TASK = "broadcast.maintenance.check_destination"
 NOTIFY_TASK = "broadcast.maintenance.notify"
 
 
+def describe_delivery(
+    destination_id: str, destination_type: str, request_id: str | None = None
+) -> str:
+    """A deliver message's `argsrepr` (what Flower shows as its arguments): the
+    destination, its type and, when one trace's fan-out sent it, that request id. Ids
+    only, never credentials; the message's real argument stays the destination id."""
+    described = f"{destination_id} ({destination_type})"
+    return f"{described} for {request_id}" if request_id is not None else described
+
+
 def task_client(broker_url: str) -> Celery:
     """A Celery client configured like the workers (queues, routes, codec), on `broker_url`."""
     client = Celery("broadcast", set_as_current=False)

@@ -26,6 +26,7 @@ the trace it concerns, never a dead worker or a lost trace.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import socket
@@ -40,7 +41,7 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
-from broadcast_broker.task_client import DELIVER_TASK
+from broadcast_broker.task_client import DELIVER_TASK, describe_delivery
 from broadcast_engine.backlog import (
     BacklogEntry,
     Begin,
@@ -75,6 +76,8 @@ from settings.store import latency_bucket
 logger = logging.getLogger("broadcast.deliver")
 
 LOG_REQUEST_IDS = 50
+# A log line names its batch's request ids up to this many; past it, their digest.
+LOG_LINE_REQUEST_IDS = 20
 SECRETS_UNREADABLE_REASON = (
     "secrets unreadable: no key in BROADCAST_ENCRYPTION_KEYS opens this destination's "
     "credentials (add back the key that sealed them)"
@@ -119,19 +122,33 @@ def consumer_name() -> str:
 
 @dataclass
 class RunSummary:
-    """What a run did (Flower shows it as the task's result): its verdict, the kind of
-    batch it claimed, each trace's fate, and what follows."""
+    """What a run did (Flower shows it as the task's result, so a trace can be followed
+    from `fan_out` to its vendor): its verdict, the destination's type, the kind of batch
+    it claimed and the request ids it carried, each trace's fate, and what follows.
+    `failure`: why the run is a failure although it ran (every trace of its batch
+    dead-lettered, a circuit probe that failed, credentials rejected); None otherwise."""
 
     verdict: str
+    destination_type: str = ""
     batch: str = ""
-    traces: int = 0
+    request_ids: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     next: str = "-"
+    failure: str | None = None
 
     def shown(self) -> dict[str, Any]:
         shown: dict[str, Any] = {"run": self.verdict}
+        if self.destination_type:
+            shown["destination_type"] = self.destination_type
         if self.batch:
-            shown.update(batch=self.batch, traces=self.traces, **self.outcomes)
+            shown.update(
+                batch=self.batch,
+                traces=len(self.request_ids),
+                request_ids=self.request_ids[:LOG_REQUEST_IDS],
+                delivered=self.outcomes[ItemAction.DELIVERED.value],
+                dead_lettered=self.outcomes[ItemAction.DEAD_LETTER.value],
+                waiting=self.outcomes[ItemAction.WAIT.value],
+            )
         shown["next"] = self.next
         return shown
 
@@ -142,6 +159,8 @@ class DeliveryRun:
     policy: DeliveryPolicy
     destination_id: str
     token: str
+    # Known once the run read its destination; names the tasks it sends (Flower).
+    destination_type: str = field(default="", init=False)
 
     def run(self) -> RunSummary:
         backlog, config = self.current.backlog, self.current.config
@@ -172,6 +191,7 @@ class DeliveryRun:
             # Removed, or disabled: beat's sweep turns a disabled backlog into dead letters.
             summary.verdict = "disabled"
             return False
+        summary.destination_type = self.destination_type = record.type
         try:
             vendor = self._vendor(record)
         except SecretsCorrupted:
@@ -195,7 +215,7 @@ class DeliveryRun:
         if not entries:
             self._leave(record.id, full, summary, sent_since=None)
             return True
-        summary.batch, summary.traces = claim.kind.value, len(entries)
+        summary.batch, summary.request_ids = claim.kind.value, [e.request_id for e in entries]
         if claim.kind is ClaimKind.NEW and len(entries) == full > 1:
             current.kick(record.id, force=True)  # a full batch: more may wait for a helper
         with current.leases.held(record.id, self.token, consumer, entries):
@@ -243,7 +263,9 @@ class DeliveryRun:
         if countdown is not None and not tasks.subsecond_countdowns:
             countdown = None  # a whole second is worth more than the traces it gathers
         try:
-            tasks.send(DELIVER_TASK, (destination_id,), countdown=countdown)
+            tasks.send(
+                DELIVER_TASK, (destination_id,), argsrepr=self._described(), countdown=countdown
+            )
         except OperationalError as exc:  # the flag expires, then fan-out or beat sends one
             logger.warning(
                 "broadcast.deliver.next_task_failed destination=%s error=%s",
@@ -259,13 +281,23 @@ class DeliveryRun:
         if wait > self.current.config.retry_cap_seconds:
             return
         try:
-            self.current.tasks.send(DELIVER_TASK, (destination_id,), countdown=max(wait, 0.0))
+            self.current.tasks.send(
+                DELIVER_TASK,
+                (destination_id,),
+                argsrepr=self._described(),
+                countdown=max(wait, 0.0),
+            )
         except OperationalError as exc:
             logger.warning(
                 "broadcast.deliver.retry_task_failed destination=%s error=%s",
                 destination_id,
                 type(exc).__name__,
             )
+
+    def _described(self) -> str | None:
+        if not self.destination_type:
+            return None
+        return describe_delivery(self.destination_id, self.destination_type)
 
     def _split_retries(
         self, destination_id: str, entries: list[BacklogEntry], full: int, now: float
@@ -379,6 +411,7 @@ class DeliveryRun:
         self._apply(record, health, decision, now)
         if dead_reasons:
             current.health.dead_lettered(record, len(dead_reasons), dead_reasons[-1], now)
+        summary.failure = _run_failure(decision, probe, dead_reasons, len(entries))
         self._log(record, entries, log_entry)
         return decision
 
@@ -576,18 +609,54 @@ class DeliveryRun:
     def _log(
         self, record: DestinationRecord, entries: Sequence[BacklogEntry], entry: dict[str, Any]
     ) -> None:
+        """One line per vendor request: who, where, which task, how long, what became of
+        it and which traces it carried (`logged_request_ids`). Deliveries log at INFO."""
         log = logger.info if entry["outcome"] == "delivered" else logger.warning
+        # The event name is part of the template (outcomes are our own words), so the
+        # JSON format reads it and each field from the template, not from the values.
         log(
-            "broadcast.deliver.%s destination=%s traces=%d first_request=%s status=%s next=%s "
-            "error=%s",
+            f"broadcast.deliver.{entry['outcome']} outcome=%s destination=%s type=%s owner=%s "
+            "task=%s traces=%d requests=%s status=%s duration_ms=%s next=%s error=%s",
             entry["outcome"],
             record.id,
+            record.type,
+            record.owner,
+            self.token,
             len(entries),
-            entries[0].request_id,
+            logged_request_ids([e.request_id for e in entries]),
             entry["status_code"],
+            entry["duration_ms"],
             entry["next"],
             entry["error"],
         )
+
+
+def logged_request_ids(request_ids: Sequence[str]) -> str:
+    """A batch's request ids for its log line: all of them, comma-separated, up to
+    `LOG_LINE_REQUEST_IDS`; past that `sha256:` and the first 16 hex digits of the
+    SHA-256 of the ids joined by newlines (the line's `traces` gives their count; the
+    delivery log lists the first `LOG_REQUEST_IDS`)."""
+    if len(request_ids) <= LOG_LINE_REQUEST_IDS:
+        return ",".join(request_ids)
+    digest = hashlib.sha256("\n".join(request_ids).encode("utf-8", "surrogatepass"))
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def _run_failure(
+    decision: DestinationDecision, probe: bool, dead_reasons: Sequence[str], traces: int
+) -> str | None:
+    """Why a run that sent a batch of `traces` failed (Flower: FAILURE), or None: every
+    trace dead-lettered (`dead_reasons`: one per dead letter), a circuit probe that
+    failed, a circuit that opened, credentials rejected."""
+    if dead_reasons and len(dead_reasons) == traces:
+        return f"every trace dead-lettered: {dead_reasons[-1]}"
+    if probe and decision.action is DestinationAction.STAY_OPEN:
+        return f"circuit probe failed: {decision.reason}"
+    if decision.action is DestinationAction.PAUSE:
+        return f"credentials rejected: {decision.reason}"
+    if decision.action is DestinationAction.OPEN_CIRCUIT:
+        return f"circuit opened: {decision.reason}"
+    return None
 
 
 def vendor_requests(results: Sequence[DeliveryResult]) -> list[VendorRequest]:

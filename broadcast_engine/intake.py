@@ -28,7 +28,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from broadcast_broker.task_client import DELIVER_TASK
+from broadcast_broker.task_client import DELIVER_TASK, describe_delivery
 from broadcast_engine.eligibility import Decision, decide
 from broadcast_engine.event_tally import tally
 from broadcast_engine.events import InvalidEvent, RejectReason, build_trace, event_id_of
@@ -90,6 +90,7 @@ def accept(
     intake = Intake(trace.request_id)
     snapshot = _owner_cache().snapshot(trace.owner)
     kick: list[str] = []
+    types = {route.id: route.type for route in snapshot.routes}
     for route in snapshot.routes:
         decision = decide(route, trace) if snapshot.enabled else Decision.OWNER_DISABLED
         if decision is Decision.ELIGIBLE:
@@ -123,7 +124,7 @@ def accept(
         completion=current.traces.completion(stored, len(intake.appended)),
     )
     for destination_id in to_kick:
-        _kick(destination_id)
+        _kick(destination_id, types[destination_id], trace.request_id)
     tally().add("fanned_out")
     logger.info(
         "broadcast.fan_out.accepted request=%s owner=%s destinations=%d skipped=%d",
@@ -135,11 +136,13 @@ def accept(
     return intake
 
 
-def _kick(destination_id: str) -> None:
-    """Send the destination's deliver task. The event is already safe in its backlog: if
-    the broker cannot take the task now, beat's sweep sends one once the flag expires."""
+def _kick(destination_id: str, destination_type: str, request_id: str) -> None:
+    """Send the destination's deliver task, described (Flower) by its type and the
+    request that sent it. The event is already safe in its backlog: if the broker cannot
+    take the task now, beat's sweep sends one once the flag expires."""
+    argsrepr = describe_delivery(destination_id, destination_type, request_id)
     try:
-        runtime().tasks.send(DELIVER_TASK, (destination_id,))
+        runtime().tasks.send(DELIVER_TASK, (destination_id,), argsrepr=argsrepr)
     except OperationalError as exc:
         logger.warning(
             "broadcast.fan_out.kick_failed destination=%s error=%s",

@@ -414,6 +414,9 @@ def serve(service: SettingsService, host: str, port: int, config: BroadcastConfi
     body limit and key throttling of `config`."""
     import uvicorn
 
+    from broadcast_interfaces.log_format import api_log_config
+
+    log_config = api_log_config(config.log_format)  # BROADCAST_LOG_FORMAT, from the first line
     client = service.store.redis
     app = create_app(
         service,
@@ -426,4 +429,4 @@ def serve(service: SettingsService, host: str, port: int, config: BroadcastConfi
         limits=BodyLimits(PREFIX, configuration=config.api_max_body_bytes),
     )
     logger.info("broadcast.api.starting host=%s port=%d", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import logging.config
 import re
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -168,3 +170,64 @@ def install(logger: logging.Logger, log_format: str) -> None:
             handler.setFormatter(JsonFormatter())
         elif not isinstance(handler.formatter, SingleLineFormatter):
             handler.setFormatter(SingleLineFormatter(handler.formatter or logging.Formatter()))
+
+
+def json_before_setup() -> None:
+    """`BROADCAST_LOG_FORMAT=json` from a process's first line: a JSON handler on the
+    root logger (stderr) and Python warnings routed into logging, for what a process
+    says before its logging is set up (Celery's SecurityWarning is warned before the
+    worker configures logging). Celery replaces the root's handlers when it sets up its
+    own, and `install` puts the JSON formatter on those."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def json_line(
+    template: str, *args: object, name: str = "broadcast", level: int = logging.INFO
+) -> str:
+    """One JSON log line for text a library prints instead of logging (a banner, a
+    shutdown notice), to be written where it would have printed it."""
+    record = logging.LogRecord(name, level, __file__, 0, template, args, None)
+    return JsonFormatter().format(record)
+
+
+def api_log_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
+    """The API server's logging (`broadcast serve`), for `uvicorn.run(log_config=...)`:
+    uvicorn's loggers and Broadcast's own write `log_format` lines to stderr at `level`,
+    Python warnings included. Applied here at once too, so the lines before uvicorn
+    starts are formatted alike."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {log_format!r}")
+    formatter = f"{__name__}.{'JsonFormatter' if log_format == 'json' else 'text_formatter'}"
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "broadcast",
+        "stream": "ext://sys.stderr",
+    }
+    config: dict[str, Any] = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"broadcast": {"()": formatter}},
+        "handlers": {"broadcast": handler},
+        "root": {"handlers": ["broadcast"], "level": level},
+        "loggers": {
+            name: {"handlers": [], "level": level, "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)
+    return config
+
+
+def text_formatter() -> logging.Formatter:
+    """The text format outside Celery: a timestamp, the level, the logger, the message;
+    one line per record."""
+    return SingleLineFormatter(
+        logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    )

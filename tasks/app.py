@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any, NoReturn
 
 from celery import Celery, Task
@@ -20,7 +21,21 @@ from settings.config import ConfigurationError
 
 logger = logging.getLogger("broadcast")
 
-app = Celery("broadcast")
+
+class BroadcastCelery(Celery):
+    """Celery, whose worker and beat programs print JSON lines when asked
+    (`tasks.process_output`, loaded by those commands only)."""
+
+    @cached_property
+    def Worker(self) -> Any:
+        return self.subclass_with_self("tasks.process_output:BroadcastWorker")
+
+    @cached_property
+    def Beat(self) -> Any:
+        return self.subclass_with_self("tasks.process_output:BroadcastBeat")
+
+
+app = BroadcastCelery("broadcast")
 app.config_from_object("celeryconfig")
 
 
@@ -34,6 +49,8 @@ class BroadcastTask(Task):
     """
 
     describe_args: Callable[..., str] | None = None
+    # Sends the task event of a `FinalState` (REJECTED, or FAILURE without a traceback).
+    Request = "tasks.outcome_request:OutcomeRequest"
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
@@ -68,12 +85,15 @@ def broadcast_task(
     name: str,
     max_retries: int | None = 0,
     describe_args: Callable[..., str] | None = None,
+    send_events: bool = True,
 ) -> Callable[[Callable[..., Any]], Task]:
     """Register a bound task with the project's defaults (acks late, no result).
 
     Queues come from `task_routes` in celeryconfig.py, the one place that routes tasks;
     time limits come from celeryconfig.py too. `describe_args(*args, **kwargs)` says how
     the task's arguments appear in messages and Flower (see `BroadcastTask`).
+    `send_events=False`: the worker sends no task event for it, so Flower does not list
+    it (beat's frequent housekeeping, which would crowd out the tasks that carry traces).
     """
 
     def decorate(function: Callable[..., Any]) -> Task:
@@ -85,6 +105,7 @@ def broadcast_task(
             "reject_on_worker_lost": True,
             "ignore_result": True,
             "max_retries": max_retries,
+            "send_events": send_events,
             "describe_args": staticmethod(describe_args) if describe_args else None,
         }
         return app.task(**options)(function)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.exceptions import Reject
-
 from tasks.app import BroadcastTask, broadcast_task
+from tasks.final_state import REJECTED, FinalState
 
 
 def _describe_event(event: Any = None, *_: Any, **__: Any) -> str:
@@ -25,8 +24,9 @@ def fan_out(
     """Validate, store once, append to each eligible destination's backlog.
 
     An invalid event (or a message from another client with other arguments) is recorded
-    once with its reason and rejected: Flower shows it REJECTED, and it is never retried
-    (the same bytes would fail the same way). The message is the event's only copy until
+    once with its reason and ends REJECTED (`FinalState`: Flower shows the reason, no
+    traceback); its message is acknowledged and never retried (the same bytes would fail
+    the same way). The message is the event's only copy until
     its trace is stored, so nothing else may acknowledge it away: an unreachable store
     retries the task (a retry after a partial run is recognised, see `broadcast_engine.intake`), and
     when even the retry cannot be sent (the broker is down too) the message is requeued.
@@ -43,9 +43,9 @@ def fan_out(
         self.retry_or_requeue(STORE_RETRY.delay(self.request.retries))
     except Exception as exc:  # boundary: a bug in validation or routing, recorded
         record_internal_error(event, exc)
-        raise Reject(f"internal error: {type(exc).__name__}", requeue=False) from None
+        raise FinalState(REJECTED, f"internal error: {type(exc).__name__}") from None
     if intake.rejected is not None:
-        raise Reject(intake.rejected, requeue=False)
+        raise FinalState(REJECTED, intake.rejected)
     return intake.shown()
 
 

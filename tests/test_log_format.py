@@ -15,7 +15,8 @@ from broadcast_interfaces.log_format import (
     parse_message,
     parse_record,
 )
-from harness.processes import celery_worker
+from harness.processes import RedisServer, celery_beat, celery_worker
+from harness.receiver import Receiver, Reply
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings.config import ConfigurationError, load_config
@@ -69,42 +70,93 @@ def test_an_unknown_format_is_a_start_up_error():
     assert load_config({"BROADCAST_LOG_FORMAT": "json"}).log_format == "json"
 
 
-def test_a_real_worker_logs_json(redis_server, workdir, service, user_id, receiver):
-    """A worker started with the setting logs JSON lines with the stable event names."""
-    from tasks import broadcast
+JSON_DELIVERY_FIELDS = {
+    "outcome", "destination", "type", "owner", "task", "traces", "requests", "status",
+    "duration_ms", "next", "error",
+}  # fmt: skip
 
-    # Its own queue, so this worker (not the session's) handles the events sent below.
-    queue = "bc-test.jsonlog"
-    env = dict(os.environ, BROADCAST_LOG_FORMAT="json")
-    worker = celery_worker(env, workdir, name="jsonlog", queues=queue, concurrency=2)
+
+def test_every_line_a_json_worker_and_beat_write_is_json(workdir):
+    """Issue 21 item 3: with `BROADCAST_LOG_FORMAT=json`, every line a prefork worker and
+    beat write on stdout and stderr is one JSON object, from the first (Celery's banner,
+    Python warnings) to the last (the shutdown notice); a delivery line names its owner,
+    destination id and type, task, duration, outcome and request ids."""
+    from broadcast_broker.task_client import task_client
+    from broadcast_engine.runtime import Runtime
+    from broadcast_interfaces.service import settings_service
+
+    root = workdir / "jsonlog"
+    root.mkdir(exist_ok=True)
+    server = RedisServer(root, name="redis")
+    env = {
+        **os.environ,
+        "BROADCAST_BROKER_URL": server.url,
+        "BROADCAST_STORE_URL": server.url,
+        "BROADCAST_LOG_FORMAT": "json",
+        # A warning before Celery sets up its logging: it must come out as JSON too.
+        "PYTHONWARNINGS": "always::DeprecationWarning",
+    }
+    worker = celery_worker(env, root, name="jsonlog", pool=None, concurrency=2)
+    beat = celery_beat(env, root)
+    sink = Receiver(lambda _r: Reply(200, b"{}")).start()
     try:
-        sink = receiver()
-        service.add_destination(f"user:{user_id}", "webhook", "json", {"url": sink.url})
-        broadcast.apply_async(args=[{"id": f"{user_id}-broken", "user_id": user_id}], queue=queue)
-        broadcast.apply_async(
-            args=[chat_event(1, user_id=user_id, id=f"{user_id}-j1")], queue=queue
-        )
-
-        def logged_events() -> set[str]:
-            lines = worker.log_path.read_text(errors="replace").splitlines()
-            documents = [json.loads(line) for line in lines if line.startswith("{")]
-            return {d["event"] for d in documents if "event" in d}
-
-        events = wait_for(
-            lambda: {"broadcast.event.rejected"} <= (found := logged_events()) and found,
-            timeout=30,
-            what="the worker's JSON log lines",
-        )
-        assert all(name.startswith("broadcast.") for name in events)
-        text_lines = [
-            line
-            for line in worker.log_path.read_text(errors="replace").splitlines()
-            if line.strip() and not line.startswith("{")
+        service = settings_service(Runtime(load_config(environ=env)))
+        service.set_enabled("user:ujson", True)
+        destination = service.add_destination("user:ujson", "webhook", "json", {"url": sink.url})[
+            "id"
         ]
-        # Celery's start-up banner is printed before logging is set up; everything after is JSON.
-        assert not [line for line in text_lines if "broadcast." in line and "=" in line]
+        client = task_client(server.url)
+        client.send_task("broadcast.fan_out", args=[{"id": "broken-1", "user_id": "ujson"}])
+        client.send_task("broadcast.fan_out", args=[chat_event(1, user_id="ujson", id="jl-1")])
+
+        def documents(process) -> list[dict]:
+            lines = process.log_path.read_text(errors="replace").splitlines()
+            return [json.loads(line) for line in lines if line.startswith("{")]
+
+        delivered = wait_for(
+            lambda: [
+                d for d in documents(worker) if d.get("event") == "broadcast.deliver.delivered"
+            ],
+            timeout=60,
+            what="the worker's JSON delivery line",
+        )
+        wait_for(
+            lambda: any(d.get("event") == "broadcast.event.rejected" for d in documents(worker)),
+            what="the rejection's JSON line",
+        )
+        wait_for(
+            lambda: any(d.get("event") == "broadcast.beat.starting" for d in documents(beat)),
+            what="beat's JSON start line",
+        )
     finally:
         worker.stop()
+        beat.stop()
+        sink.stop()
+        server.stop()
+    line = delivered[0]
+    assert JSON_DELIVERY_FIELDS <= set(line), line
+    assert line["level"] == "INFO" and line["destination"] == destination
+    assert line["event"] == "broadcast.deliver.delivered" and line["outcome"] == "delivered"
+    assert line["type"] == "webhook" and line["owner"] == "user:ujson"
+    assert line["requests"] == "jl-1" and line["traces"] == 1 and line["status"] == 200
+    assert isinstance(line["duration_ms"], float | int) and line["task"]
+    for process in (worker, beat):
+        lines = [x for x in process.log_path.read_text(errors="replace").splitlines() if x.strip()]
+        not_json = [x for x in lines if not _is_json_object(x)]
+        assert not not_json, f"{process.name} wrote text lines: {not_json[:5]}"
+        events = {d.get("event") for d in map(json.loads, lines)}
+        assert f"broadcast.{'worker' if process is worker else 'beat'}.starting" in events
+    worker_events = {
+        d.get("event") for d in map(json.loads, worker.log_path.read_text().splitlines())
+    }
+    assert "broadcast.worker.notice" in worker_events  # Celery's shutdown notice
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 # Logs that cannot be forged (issue 22): a value from outside stays inside its own line
@@ -193,3 +245,26 @@ def test_a_real_worker_logs_hostile_ids_on_their_own_line(worker, service, user_
     assert f"{user_id}-id\\n[2026" in log
     assert not [line for line in log.splitlines() if "dst_FORGED" in line or "dst_KEY" in line
                 if line.startswith("[2026-01-01")]  # fmt: skip
+
+
+def test_the_api_server_logs_json_when_asked(redis_server, workdir):
+    """`broadcast serve` with `BROADCAST_LOG_FORMAT=json`: its own lines and uvicorn's
+    (start, access log, shutdown) are JSON objects, one per line."""
+    import requests
+
+    from harness.api_server import ApiServer
+
+    server = ApiServer(dict(os.environ, BROADCAST_LOG_FORMAT="json"), workdir)
+    try:
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+        wait_for(
+            lambda: "/healthz" in server.process.log_path.read_text(errors="replace"),
+            what="the access log line",
+        )
+    finally:
+        server.stop()
+    lines = [x for x in server.process.log_path.read_text(errors="replace").splitlines() if x]
+    assert lines and all(_is_json_object(line) for line in lines), lines
+    documents = [json.loads(line) for line in lines]
+    assert any(d.get("event") == "broadcast.api.starting" for d in documents)
+    assert any(d["logger"] == "uvicorn.access" and "/healthz" in d["message"] for d in documents)

@@ -327,9 +327,24 @@ def test_inspection_endpoints(client, sink, service):
     error = client.error(
         "POST", f"/destinations/{dest_id}/dead-letters/replay", 404, json={"ids": ["1-0"]}
     )
-    assert error["message"] == "ids: no dead letter 1-0"
+    assert error["message"] == (
+        "ids: no dead letter has the id 1-0 (a request id or a dead-letter id)"
+    )
+    error = client.error(
+        "POST",
+        f"/destinations/{dest_id}/dead-letters/replay",
+        404,
+        json={"requestIds": ["gen-nope"], "again": True},
+    )
+    assert error["message"].startswith("ids: no dead letter has the id gen-nope")
     assert client.ok("POST", f"/destinations/{dest_id}/dead-letters/replay", json={}) == {
-        "data": {"replayed": 0, "requestIds": []}
+        "data": {
+            "sent": 0,
+            "skippedDelivered": 0,
+            "skippedNoTrace": 0,
+            "requestIds": [],
+            "skippedRequestIds": [],
+        }
     }
     client.error("GET", f"/destinations/{dest_id}/dead-letters?since=yesterday", 400)
     assert client.ok("GET", "/events")["data"] == []
@@ -483,7 +498,7 @@ def test_cli_filter_rules(service, sink, tmp_path):
         "destination", "add", "--owner", owner, "--type", "webhook", "--name", "Hook",
         "--config", config, "--filter-rules", f"@{rules_file}",
     )  # fmt: skip
-    assert added["filter_rules"]["groups"][0]["rules"][0]["value"] == "openai/"
+    assert added["filterRules"]["groups"][0]["rules"][0]["value"] == "openai/"
     bad = json.dumps({"groups": [{"rules": [{"field": "cost", "operator": "gt", "value": 1}]}]})
     message = refused("destination", "update", added["id"], "--filter-rules", bad)
     assert message.startswith(
@@ -492,7 +507,7 @@ def test_cli_filter_rules(service, sink, tmp_path):
     message = refused("destination", "update", added["id"], "--filter-rules", "[1]")
     assert message == "broadcast: error: --filter-rules must be a JSON object"
     cleared = cli("destination", "update", added["id"], "--filter-rules", "{}")
-    assert cleared["filter_rules"] is None
+    assert cleared["filterRules"] is None
 
 
 def test_types_are_listed_and_in_the_openapi_document(client, api):

@@ -529,3 +529,21 @@ def test_types_are_listed_and_in_the_openapi_document(client, api):
     create = document["components"]["schemas"]["DestinationCreate"]["properties"]["type"]
     assert create["enum"] == known_types()
     assert requests.get(api.url + API + "/types", timeout=10).status_code == 401
+
+
+def test_cli_json_has_the_api_field_names(client, sink):
+    """A script written against the API reads `broadcast ... --json` alike."""
+    created = client.ok("POST", "/destinations", 201, json=hook(sink, samplingRate=0.5))["data"]
+    shown = cli("destination", "show", created["id"])
+    assert shown == {**created, "owner": client.owner}
+    assert cli("destination", "list", "--owner", client.owner) == [shown]
+    sink.state["reply"] = Reply(401, b"no")
+    tested = client.ok("POST", f"/destinations/{created['id']}/test")["data"]
+    assert set(tested) == {"ok", "message", "statusCode"} and tested["ok"] is False
+    [api_event] = client.ok("GET", "/events")["data"]
+    [cli_event] = cli("events", "--owner", client.owner)
+    assert cli_event == api_event and api_event["at"].endswith("+00:00")
+    assert set(cli("replay", created["id"])) == {
+        "id",
+        *client.ok("POST", f"/destinations/{created['id']}/dead-letters/replay", json={})["data"],
+    }

@@ -219,12 +219,14 @@ def register(commands: Commands) -> None:
     schema.add_argument(
         "--type", required=True, help="the warehouse: clickhouse, snowflake or bigquery"
     )
+    schema.add_argument(
+        "--table", help="the table's name (default OPENROUTER_TRACES; bigquery: openrouter_traces)"
+    )
     for flag, text in (
-        ("--table", "the table's name"),
         ("--database", "the database (clickhouse, snowflake)"),
         ("--schema", "the schema (snowflake)"),
         ("--dataset", "the dataset (bigquery)"),
     ):
-        schema.add_argument(flag, help=f"{text} (default: the type's default)")
+        schema.add_argument(flag, help=f"qualify the table with {text}; default: unqualified")
 
     commands.add("types", _types, "destination types available", needs_service=False)

@@ -457,6 +457,7 @@ class SettingsService:
         delivered: list[str] = []
         no_trace: list[str] = []
         seen: set[str] = set()
+        went: set[str] = set()
         for letter in letters:
             request = letter.request_id
             if request not in seen:
@@ -464,11 +465,14 @@ class SettingsService:
                 if letter.replay_delivered_at is not None and not again:
                     delivered.append(request)
                 elif self._requeue(record, letter):
-                    now = self.clock().timestamp()
-                    self.dead_letter_store.mark_replayed(record.id, letter.id, now)
                     sent.append(request)
+                    went.add(request)
                 else:
                     no_trace.append(request)
+            if request in went:
+                # Every letter of a request sent is marked: its trace went out again.
+                now = self.clock().timestamp()
+                self.dead_letter_store.mark_replayed(record.id, letter.id, now)
             if on_progress is not None:
                 on_progress(letter)
         return ReplayOutcome(sent, delivered, no_trace)

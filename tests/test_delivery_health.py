@@ -383,6 +383,8 @@ def test_replay_by_request_id_resends_a_replay_that_failed_again(
     # Not delivered, so sent again: once, though two letters hold the request.
     result = replayed(destination_id, "--id", first)
     assert (result["sent"], result["requestIds"], result["skippedDelivered"]) == (1, [first], 0)
+    letters_of_first = service.dead_letters(destination_id, ids=[first])
+    assert len(letters_of_first) == 2 and all(x.replayed_at for x in letters_of_first)
     wait_for(lambda: counters()["replay_delivered"] == 1, timeout=60, what="the second replay")
     assert replayed(destination_id, "--id", first) == {
         "id": destination_id,

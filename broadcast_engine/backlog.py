@@ -162,14 +162,15 @@ return #ids
 """
 
 # KEYS: backlog, counters, latency, log, dead, attempts, retry, the window's bucket now,
-#       requests.
+#       requests, replay_delivered.
 # ARGV: group, waiting consumer, log entry, log size, "fresh" when no entry was ever tried,
 #       "ok" to count a delivered attempt in the circuit's window (else "-"), the batch's
-#       vendor requests ("CLASS|BOUND|MS" joined by spaces, or "-"), the bucket's TTL (ms);
-#       then per item: stream id, kind (d delivered / f dead letter / w wait after a failed
-#       attempt / g given back untried; D and F: a replayed entry delivered or
-#       dead-lettered again), request id, latency bucket, latency ms, letter JSON, due
-#       (unix seconds, for w and g).
+#       vendor requests ("CLASS|BOUND|MS" joined by spaces, or "-"), the bucket's TTL (ms),
+#       now (unix seconds: when a replayed entry was delivered); then per item: stream
+#       id, kind (d delivered / f dead letter / w wait after a failed attempt / g given
+#       back untried; D and F: a replayed entry delivered or dead-lettered again),
+#       request id, latency bucket, latency ms, letter JSON, due (unix seconds, for w
+#       and g).
 # Only entries still pending are settled, so an entry that two runs raced for (a run
 # slower than its lease) is counted once. Returns (delivered, dead-lettered) counted now,
 # then the request ids of the entries that ended now (each releases its trace once).
@@ -177,7 +178,7 @@ return #ids
 # their durations: per batch, not per trace), even when a raced duplicate settles nothing:
 # the request was made.
 _SETTLE = """
-local HEAD, SIZE = 8, 7
+local HEAD, SIZE = 9, 7
 local n = (#ARGV - HEAD) / SIZE
 local function call_with(head, ids, tail)
   local args = {}
@@ -233,6 +234,8 @@ for i = 0, n - 1 do
       latency_ms = latency_ms + tonumber(ARGV[b + 4])
     elseif kind == 'D' then
       replay_delivered = replay_delivered + 1
+      -- So that the next replay of this request's letters skips them (unless --again).
+      redis.call('HSET', KEYS[10], request, ARGV[9])
     elseif kind == 'f' or kind == 'F' then
       if kind == 'f' then failed = failed + 1 else replay_failed = replay_failed + 1 end
       redis.call('XADD', KEYS[5], '*', 'letter', ARGV[b + 5])
@@ -744,7 +747,9 @@ class Backlog:
         `delivered_attempt`: the request got through, one attempt for the circuit's window.
         `requests`: the vendor requests the batch made, counted by status class and
         duration. A replayed entry that ends is counted as `replay_delivered` or
-        `replay_failed`, never as `delivered` or `failed`: those count each trace once."""
+        `replay_failed`, never as `delivered` or `failed`: those count each trace once;
+        a replay delivered is also recorded per request id (`DeadLetters`), so the next
+        replay skips it."""
         made = " ".join(
             f"{status_class(r.status_code)}|{request_bucket(r.duration_ms / 1000.0)}|"
             f"{r.duration_ms:.3f}"
@@ -759,6 +764,7 @@ class Backlog:
             "ok" if delivered_attempt else "-",
             made or "-",
             circuit_window.ttl_ms(window_seconds),
+            repr(now),
         ]
         for item in settlements:
             kind = item.kind
@@ -784,6 +790,7 @@ class Backlog:
                 _key(destination_id, "retry"),
                 circuit_window.current_key(destination_id, now),
                 _key(destination_id, "requests"),
+                _key(destination_id, "replay_delivered"),
             ],
             args=args,
         )

@@ -5,8 +5,12 @@ One Redis stream per destination (`keys.destination_part(id, "dead")`), one fiel
 works for the whole retention even after the stored trace expired); stream ids are the
 time of dead-lettering, so retention is a `MINID` trim. Letters are written by the
 backlog's settle script, in the same atomic step that acknowledges the entry. Replay does
-not remove a letter: the vendor de-duplicates by our deterministic ids, so replaying twice
-delivers once, and the letter stays listed (marked replayed) until retention drops it.
+not remove a letter: it stays listed until retention drops it, marked replayed (hash
+`replayed`: letter id -> when) and, once the settle script delivered a replay of its
+request, marked delivered (hash `replay_delivered`: request id -> when; per request,
+because a replay that fails again makes a second letter of the same trace). A replay
+skips a request whose replay was delivered unless asked `again`; the vendor
+de-duplicates by our deterministic ids anyway, so a replay sent twice delivers once.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class DeadLetter:
     accepted_at: float
     attempts: int = 0
     replayed_at: float | None = None
+    replay_delivered_at: float | None = None
 
 
 def letter_json(
@@ -81,22 +86,24 @@ class DeadLetters:
         ids: list[str] | None = None,
         limit: int | None = None,
     ) -> list[DeadLetter]:
-        """Oldest first. `since`/`until` are unix seconds on the dead-lettering time."""
+        """Oldest first. `since`/`until` are unix seconds on the dead-lettering time;
+        `ids`: only letters whose letter id or request id is one of them."""
         start = f"{int(since * 1000)}-0" if since is not None else "-"
         end = f"{int(until * 1000)}-999999" if until is not None else "+"
-        raw = self.redis.xrange(keys.destination_part(destination_id, "dead"), start, end)
-        replayed = {
-            k.decode(): float(v)
-            for k, v in self.redis.hgetall(
-                keys.destination_part(destination_id, "replayed")
-            ).items()
-        }
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(keys.destination_part(destination_id, "dead"), start, end)
+            pipe.hgetall(keys.destination_part(destination_id, "replayed"))
+            pipe.hgetall(keys.destination_part(destination_id, "replay_delivered"))
+            raw, replayed_raw, delivered_raw = pipe.execute()
+        replayed = {k.decode(): float(v) for k, v in replayed_raw.items()}
+        delivered = {k.decode(): float(v) for k, v in delivered_raw.items()}
+        wanted = set(ids) if ids is not None else None
         letters = []
         for entry_id, fields in raw:
             letter_id = entry_id.decode()
-            if ids is not None and letter_id not in ids:
-                continue
             data = json.loads(fields[b"letter"])
+            if wanted is not None and not {letter_id, data["request_id"]} & wanted:
+                continue
             letters.append(
                 DeadLetter(
                     id=letter_id,
@@ -109,6 +116,7 @@ class DeadLetters:
                     accepted_at=float(data["accepted_at"]),
                     attempts=int(data.get("attempts", 0)),
                     replayed_at=replayed.get(letter_id),
+                    replay_delivered_at=delivered.get(data["request_id"]),
                 )
             )
         return letters[:limit] if limit is not None else letters
@@ -128,14 +136,19 @@ class DeadLetters:
         self.redis.hset(keys.destination_part(destination_id, "replayed"), letter_id, repr(now))
 
     def trim(self, destination_id: str, now: float) -> int:
-        """Drop letters older than the retention; returns how many went."""
+        """Drop letters older than the retention, and the replay marks of letters (and
+        requests) no longer kept; returns how many letters went."""
         key = keys.destination_part(destination_id, "dead")
         replayed_key = keys.destination_part(destination_id, "replayed")
+        delivered_key = keys.destination_part(destination_id, "replay_delivered")
         oldest_kept = f"{int((now - self.retention_seconds) * 1000)}-0"
         removed = int(self.redis.xtrim(key, minid=oldest_kept))
         if removed:
-            kept = {e[0].decode() for e in self.redis.xrange(key)}
-            stale = [k for k in self.redis.hkeys(replayed_key) if k.decode() not in kept]
-            if stale:
-                self.redis.hdel(replayed_key, *stale)
+            kept = self.redis.xrange(key)
+            kept_ids = {entry_id.decode() for entry_id, _ in kept}
+            kept_requests = {json.loads(fields[b"letter"])["request_id"] for _, fields in kept}
+            for hash_key, still in ((replayed_key, kept_ids), (delivered_key, kept_requests)):
+                stale = [k for k in self.redis.hkeys(hash_key) if k.decode() not in still]
+                if stale:
+                    self.redis.hdel(hash_key, *stale)
         return removed

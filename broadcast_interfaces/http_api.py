@@ -232,19 +232,25 @@ def create_app(
 
     @app.post(f"{PREFIX}/destinations/{{destination_id}}/dead-letters/replay", tags=["inspection"])
     def replay(destination_id: DestinationId, body: Replay, key: Caller) -> dict[str, Any]:
-        """Send dead letters again (vendor ids are derived, so a replay never duplicates)."""
+        """Send dead letters again, skipping a request whose replay was delivered unless
+        `again` (vendor ids are derived, so a replay never duplicates)."""
         checked = owned(destination_id, key)
+        wanted = [*(body.ids or ()), *(body.requestIds or ())] or None
         letters = service.dead_letters(
             checked,
             since=parse_time(body.since, "since"),
             until=parse_time(body.until, "until"),
-            ids=body.ids,
+            ids=wanted,
         )
-        missing = sorted(set(body.ids or ()) - {letter.id for letter in letters})
+        missing = service.unmatched_letter_ids(wanted or (), letters)
         if missing:
-            raise ApiError(404, "not_found", f"ids: no dead letter {', '.join(missing)}")
-        count = service.replay(checked, letters)
-        return {"data": {"replayed": count, "requestIds": [x.request_id for x in letters]}}
+            raise ApiError(
+                404,
+                "not_found",
+                f"ids: no dead letter has the id {', '.join(missing)} (a request id or a "
+                "dead-letter id)",
+            )
+        return {"data": service.replay(checked, letters, again=body.again).as_json()}
 
     @app.get(f"{PREFIX}/types", tags=["destinations"])
     def destination_types(key: Caller) -> dict[str, Any]:

@@ -105,9 +105,12 @@ class OwnerUpdate(_Body):
 
 
 class Replay(_Body):
-    """Which dead letters to send again: by id, and/or a time window (unix seconds or ISO
-    8601); nothing given = all of them."""
+    """Which dead letters to send again: by id (`ids` and `requestIds` each take request
+    ids and dead-letter ids), and/or a time window (unix seconds or ISO 8601); nothing
+    given = all of them. `again`: also the requests whose replay was delivered."""
 
     ids: Annotated[list[KeyId], Field(max_length=1000)] | None = None
+    requestIds: Annotated[list[KeyId], Field(max_length=1000)] | None = None
+    again: StrictBool = False
     since: StrictStr | StrictFloat | StrictInt | None = None
     until: StrictStr | StrictFloat | StrictInt | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from settings.filter_rules import FilterRulesError
 from settings.filter_rules import validate as validate_filter_rules
 from settings.masking import MASK_PREFIX, is_mask_of, mask_secrets
 from settings.models import OWNER_PATTERN, Circuit, DestinationRecord, Health, HealthRecord
-from settings.moments import iso_or_none
+from settings.moments import iso, iso_or_none
 from settings.redaction import redact
 from settings.store import SettingsStore, TooManyDestinations
 
@@ -54,6 +54,27 @@ MAX_CONFIG_BYTES = 64 * 1024
 READ, CHANGE = "read", "change"
 RELEASE_BATCH = 500
 ROLES = ("admin", "member")
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """What a replay did, by request id: `sent` again; `skipped_delivered`, whose earlier
+    replay was delivered (`again` sends those too); `skipped_no_trace`, whose letter kept
+    no trace of this destination's owner to send."""
+
+    sent: list[str]
+    skipped_delivered: list[str]
+    skipped_no_trace: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        """Counts and the request ids sent, with the HTTP API's field names."""
+        return {
+            "sent": len(self.sent),
+            "skippedDelivered": len(self.skipped_delivered),
+            "skippedNoTrace": len(self.skipped_no_trace),
+            "requestIds": self.sent,
+            "skippedRequestIds": self.skipped_delivered,
+        }
 
 
 class SettingsError(ValueError):
@@ -387,8 +408,12 @@ class SettingsService:
         }
 
     def events(self, owner: str, *, limit: int = 50, actor: str | None = None) -> list[dict]:
+        """The owner's latest health events, newest first; `at` in ISO 8601."""
         self._authorize(owner, actor, READ)
-        return self.health.notifications.events(owner, limit)
+        return [
+            {**event, "at": iso(float(event["at"]))}
+            for event in self.health.notifications.events(owner, limit)
+        ]
 
     def dead_letters(
         self,
@@ -405,27 +430,52 @@ class SettingsService:
             record.id, since=since, until=until, ids=list(ids) if ids else None, limit=limit
         )
 
+    @staticmethod
+    def unmatched_letter_ids(ids: Iterable[str], letters: Iterable[DeadLetter]) -> list[str]:
+        """The ids (request ids or dead-letter ids) that name none of `letters`."""
+        known = {name for letter in letters for name in (letter.id, letter.request_id)}
+        return sorted(set(ids) - known)
+
     def replay(
         self,
         destination_id: str,
         letters: Iterable[DeadLetter],
         *,
+        again: bool = False,
         on_progress: Callable[[DeadLetter], None] | None = None,
         actor: str | None = None,
-    ) -> int:
-        """Re-queue each dead letter that kept its trace; returns how many. Vendor ids are
-        derived from the request and destination, so replaying twice still delivers once."""
+    ) -> ReplayOutcome:
+        """Re-queue the trace of each request among `letters` once (a request dead-lettered
+        twice has two letters), skipping a request whose earlier replay was delivered
+        unless `again`; a replay queued but not delivered yet, or failed again, is sent
+        again. Vendor ids are derived from the request and destination, so a trace sent
+        twice still lands once."""
         record = self._record(destination_id, actor)
         if not record.enabled:
             raise SettingsError(f"destination {record.id} is disabled; enable it before replaying")
-        count = 0
+        sent: list[str] = []
+        delivered: list[str] = []
+        no_trace: list[str] = []
+        seen: set[str] = set()
+        went: set[str] = set()
         for letter in letters:
-            if self._requeue(record, letter):
-                self.dead_letter_store.mark_replayed(record.id, letter.id, self.clock().timestamp())
-                count += 1
+            request = letter.request_id
+            if request not in seen:
+                seen.add(request)
+                if letter.replay_delivered_at is not None and not again:
+                    delivered.append(request)
+                elif self._requeue(record, letter):
+                    sent.append(request)
+                    went.add(request)
+                else:
+                    no_trace.append(request)
+            if request in went:
+                # Every letter of a request sent is marked: its trace went out again.
+                now = self.clock().timestamp()
+                self.dead_letter_store.mark_replayed(record.id, letter.id, now)
             if on_progress is not None:
                 on_progress(letter)
-        return count
+        return ReplayOutcome(sent, delivered, no_trace)
 
     def _requeue(self, record: DestinationRecord, letter: DeadLetter) -> bool:
         """Append a dead letter's trace to the backlog again (stored anew if it expired,

@@ -30,6 +30,7 @@ of their own and are only ever touched alone.
 | `bc:{d:ID}:window:N` | hash | the circuit's window, one key per 5 s: `a` attempts, `f` failures |
 | `bc:{d:ID}:dead` | stream | dead letters |
 | `bc:{d:ID}:replayed` | hash | dead-letter id -> replay time |
+| `bc:{d:ID}:replay_delivered` | hash | request id -> when a replay of its letter was delivered |
 | `bc:{d:ID}:dead_since_notice` | string | dead letters since the owner was last told |
 | `bc:{t:OWNER/REQUEST}` | string | the stored trace (compact, compressed when large) |
 | `bc:{t:OWNER/REQUEST}:refs` | string | how many backlogs hold the trace (fan-out completed) |
@@ -84,6 +85,7 @@ DESTINATION_PARTS = (
     "failures",  # the circuit's window before 0.3 (a sorted set); deleted with the rest
     "dead",
     "replayed",
+    "replay_delivered",
     "dead_since_notice",
 )
 

@@ -334,7 +334,7 @@ def _status_text(destination_id: str) -> str:
 
     owner = runtime().store.get_destination(destination_id).owner
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "broadcast"), "status", "--owner", owner],
+        [str(Path(sys.executable).parent / "broadcast"), "status", "--verbose", "--owner", owner],
         capture_output=True,
         text=True,
         timeout=60,

@@ -75,8 +75,13 @@ BAD_HEADER_NAMES = {"non-ASCII": "X-Tökén", "space": "X Token", "colon": "X:To
         (["destination", "show", "dst_nope"], "no destination 'dst_nope'"),
         (["status", "--owner", "user:x\n"], "owner must be user:ID or org:ID"),
         (["enable", "--owner", "user:" + "x" * 129], "owner must be user:ID or org:ID"),
-        (["keys", "rotate", "--actor", "user:eve"], "keys rotate` is for the operator only"),
-        (["unreadable", "--actor", "user:eve"], "unreadable` is for the operator only"),
+        # Operator-only commands do not offer --actor at all.
+        (["keys", "rotate", "--actor", "user:eve"], "unrecognized arguments: --actor"),
+        (["unreadable", "--actor", "user:eve"], "unrecognized arguments: --actor"),
+        (["metrics", "serve", "--actor", "user:eve"], "unrecognized arguments: --actor"),
+        (["deliveries", "{id}", "--limit", "0"], "--limit: must be at least 1, not 0"),
+        (["events", "--owner", "user:x", "--limit", "-1"], "--limit: must be at least 1"),
+        (["replay", "{id}", "--id", "no-such-request"], "--id takes a request id or a"),
     ],
 )
 def test_cli_refuses_with_exit_2_naming_the_problem(service, hook, argv, words):

@@ -67,21 +67,21 @@ def test_full_operator_session(owner, receiver, tmp_path):
         "0.25",
         "--privacy",
     )
-    assert added["api_keys"] == ["k1", "k2"] and added["exclude_api_keys"] == ["k3"]
-    assert added["sampling_rate"] == 0.25 and added["privacy"] is True
+    assert added["apiKeys"] == ["k1", "k2"] and added["excludedApiKeys"] == ["k3"]
+    assert added["samplingRate"] == 0.25 and added["privacyMode"] is True
     assert added["config"]["headers"]["Authorization"] == "****" + token[-4:]
 
     human = run("destination", "list", "--owner", owner)
     assert added["id"] in human.stdout and token not in human.stdout
     assert ok("destination", "show", added["id"])["name"] == "Hook"
     updated = ok("destination", "update", added["id"], "--name", "Renamed", "--no-privacy")
-    assert (updated["name"], updated["privacy"]) == ("Renamed", False)
+    assert (updated["name"], updated["privacyMode"]) == ("Renamed", False)
     assert ok("destination", "test", added["id"])["ok"] is True
     [row] = ok("status", "--owner", owner)
     assert row["health"] == "healthy" and row["counters"]["delivered"] == 0
     assert ok("deliveries", added["id"]) == []
     assert "webhook" in ok("types")
-    assert ok("destination", "remove", added["id"]) == {"id": added["id"], "removed": True}
+    assert ok("destination", "remove", added["id"]) == {"id": added["id"], "deleted": True}
     assert ok("destination", "list", "--owner", owner) == []
 
 

@@ -137,4 +137,4 @@ def test_members_read_and_only_admins_change(world):
     line = refused("destination", "list", "--owner", world["alice"], "--actor", world["bob"])
     assert line == f"broadcast: error: {world['bob']} may not read the settings of {world['alice']}"
     updated = ok("destination", "update", org_dest, "--sampling", "0.5", "--actor", world["alice"])
-    assert updated["sampling_rate"] == 0.5
+    assert updated["samplingRate"] == 0.5

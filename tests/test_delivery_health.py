@@ -310,33 +310,104 @@ def test_concurrent_rejections_announce_one_outage_once(service, user_id, receiv
     assert kinds.count("destination.circuit_opened") == 1
 
 
-def test_replay_delivers_each_once_even_when_replayed_twice(worker, service, user_id, receiver, rt):
+def replay(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`broadcast replay ...` as a real process (the console script beside this Python)."""
+    command = [str(Path(sys.executable).parent / "broadcast"), "replay", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def replayed(*argv: str) -> dict:
+    run = replay(*argv, "--json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_replay_skips_what_a_replay_delivered_unless_again(worker, service, user_id, receiver, rt):
     vendor = Vendor()
     sink = receiver(vendor)
-    owner = f"user:{user_id}"
-    destination_id = hook(service, owner, sink)
+    destination_id = hook(service, f"user:{user_id}", sink)
     vendor.mode = "rejecting"  # a permanent failure: dead letters at once
     send(user_id, range(6))
     wait_for(lambda: rt.dead_letters.count(destination_id) == 6)
     vendor.mode = "up"
-    broadcast_cli = str(Path(sys.executable).parent / "broadcast")
-    for round_ in (1, 2):
-        run = subprocess.run(
-            [broadcast_cli, "replay", destination_id], capture_output=True, text=True, timeout=60
-        )
-        assert run.returncode == 0, run.stderr
-        assert f"replayed 6 dead letter(s) of {destination_id}" in run.stdout
-        wait_for(lambda n=round_: sum(vendor.accepted.values()) == 6 * n)
-    assert vendor.unique() == 6  # twice replayed, once at the vendor
-    listing = service.dead_letters(destination_id)
-    assert all(letter.replayed_at for letter in listing)
-    since_future = subprocess.run(
-        [broadcast_cli, "replay", destination_id, "--since", str(time.time() + 60), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+
+    def counters() -> dict[str, int]:
+        return service.store.counters(destination_id)
+
+    first = replayed(destination_id)
+    assert (first["sent"], first["skippedDelivered"]) == (6, 0)
+    assert sorted(first["requestIds"]) == sorted(f"{user_id}-{i}" for i in range(6))
+    wait_for(lambda: counters()["replay_delivered"] == 6, timeout=60, what="the replays")
+    assert sum(vendor.accepted.values()) == 6
+
+    second = replay(destination_id)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == (
+        f"sent 0 trace(s) of {destination_id} again; skipped 6 already replayed and "
+        "delivered (--again sends them anyway)\n"
     )
-    assert json.loads(since_future.stdout)["replayed"] == 0
+    assert counters()["replayed"] == 6 and backlog(rt, destination_id) == 0  # nothing queued
+
+    again = replayed(destination_id, "--again")
+    assert (again["sent"], again["skippedDelivered"]) == (6, 0)
+    wait_for(lambda: sum(vendor.accepted.values()) == 12, timeout=60, what="the forced replays")
+    assert vendor.unique() == 6  # replayed with --again, still once at the vendor
+    # `delivered` and `failed` count each trace once; replays are counted on their own.
+    wait_for(lambda: counters()["replay_delivered"] == 12, timeout=60)
+    final = counters()
+    assert (final["delivered"], final["failed"], final["replayed"]) == (0, 6, 12)
+    listing = service.dead_letters(destination_id)
+    assert all(letter.replayed_at and letter.replay_delivered_at for letter in listing)
+    assert replayed(destination_id, "--since", str(time.time() + 60))["sent"] == 0
+
+
+def test_replay_by_request_id_resends_a_replay_that_failed_again(
+    worker, service, user_id, receiver, rt
+):
+    vendor = Vendor()
+    sink = receiver(vendor)
+    destination_id = hook(service, f"user:{user_id}", sink)
+    vendor.mode = "rejecting"
+    send(user_id, range(2))
+    wait_for(lambda: rt.dead_letters.count(destination_id) == 2)
+    first, second = f"{user_id}-0", f"{user_id}-1"
+
+    def counters() -> dict[str, int]:
+        return service.store.counters(destination_id)
+
+    # Replayed while the vendor still refuses: it fails again, a second letter of `first`.
+    assert replayed(destination_id, "--id", first)["requestIds"] == [first]
+    wait_for(lambda: counters()["replay_failed"] == 1, timeout=60, what="the replay to fail again")
+    assert rt.dead_letters.count(destination_id) == 3
+    vendor.mode = "up"
+    # Not delivered, so sent again: once, though two letters hold the request.
+    result = replayed(destination_id, "--id", first)
+    assert (result["sent"], result["requestIds"], result["skippedDelivered"]) == (1, [first], 0)
+    letters_of_first = service.dead_letters(destination_id, ids=[first])
+    assert len(letters_of_first) == 2 and all(x.replayed_at for x in letters_of_first)
+    wait_for(lambda: counters()["replay_delivered"] == 1, timeout=60, what="the second replay")
+    assert replayed(destination_id, "--id", first) == {
+        "id": destination_id,
+        "sent": 0,
+        "skippedDelivered": 1,
+        "skippedNoTrace": 0,
+        "requestIds": [],
+        "skippedRequestIds": [first],
+    }
+
+    # A dead-letter id (the stream id `broadcast dead-letters` lists) works too.
+    [letter] = [x for x in service.dead_letters(destination_id) if x.request_id == second]
+    assert replayed(destination_id, "--id", letter.id)["requestIds"] == [second]
+    wait_for(lambda: counters()["replay_delivered"] == 2, timeout=60)
+    assert sorted(vendor.accepted.values()) == [1, 1]
+
+    unknown = replay(destination_id, "--id", "gen-nope", "--id", second)
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert unknown.stderr == (
+        f"broadcast: error: no dead letter of {destination_id} has the id gen-nope: --id "
+        "takes a request id or a dead-letter id (a stream id like 1733490000000-0, listed by "
+        f"`broadcast dead-letters {destination_id}`)\n"
+    )
 
 
 def unacknowledged(rt) -> int:

@@ -327,9 +327,24 @@ def test_inspection_endpoints(client, sink, service):
     error = client.error(
         "POST", f"/destinations/{dest_id}/dead-letters/replay", 404, json={"ids": ["1-0"]}
     )
-    assert error["message"] == "ids: no dead letter 1-0"
+    assert error["message"] == (
+        "ids: no dead letter has the id 1-0 (a request id or a dead-letter id)"
+    )
+    error = client.error(
+        "POST",
+        f"/destinations/{dest_id}/dead-letters/replay",
+        404,
+        json={"requestIds": ["gen-nope"], "again": True},
+    )
+    assert error["message"].startswith("ids: no dead letter has the id gen-nope")
     assert client.ok("POST", f"/destinations/{dest_id}/dead-letters/replay", json={}) == {
-        "data": {"replayed": 0, "requestIds": []}
+        "data": {
+            "sent": 0,
+            "skippedDelivered": 0,
+            "skippedNoTrace": 0,
+            "requestIds": [],
+            "skippedRequestIds": [],
+        }
     }
     client.error("GET", f"/destinations/{dest_id}/dead-letters?since=yesterday", 400)
     assert client.ok("GET", "/events")["data"] == []
@@ -483,7 +498,7 @@ def test_cli_filter_rules(service, sink, tmp_path):
         "destination", "add", "--owner", owner, "--type", "webhook", "--name", "Hook",
         "--config", config, "--filter-rules", f"@{rules_file}",
     )  # fmt: skip
-    assert added["filter_rules"]["groups"][0]["rules"][0]["value"] == "openai/"
+    assert added["filterRules"]["groups"][0]["rules"][0]["value"] == "openai/"
     bad = json.dumps({"groups": [{"rules": [{"field": "cost", "operator": "gt", "value": 1}]}]})
     message = refused("destination", "update", added["id"], "--filter-rules", bad)
     assert message.startswith(
@@ -492,7 +507,7 @@ def test_cli_filter_rules(service, sink, tmp_path):
     message = refused("destination", "update", added["id"], "--filter-rules", "[1]")
     assert message == "broadcast: error: --filter-rules must be a JSON object"
     cleared = cli("destination", "update", added["id"], "--filter-rules", "{}")
-    assert cleared["filter_rules"] is None
+    assert cleared["filterRules"] is None
 
 
 def test_types_are_listed_and_in_the_openapi_document(client, api):
@@ -514,3 +529,21 @@ def test_types_are_listed_and_in_the_openapi_document(client, api):
     create = document["components"]["schemas"]["DestinationCreate"]["properties"]["type"]
     assert create["enum"] == known_types()
     assert requests.get(api.url + API + "/types", timeout=10).status_code == 401
+
+
+def test_cli_json_has_the_api_field_names(client, sink):
+    """A script written against the API reads `broadcast ... --json` alike."""
+    created = client.ok("POST", "/destinations", 201, json=hook(sink, samplingRate=0.5))["data"]
+    shown = cli("destination", "show", created["id"])
+    assert shown == {**created, "owner": client.owner}
+    assert cli("destination", "list", "--owner", client.owner) == [shown]
+    sink.state["reply"] = Reply(401, b"no")
+    tested = client.ok("POST", f"/destinations/{created['id']}/test")["data"]
+    assert set(tested) == {"ok", "message", "statusCode"} and tested["ok"] is False
+    [api_event] = client.ok("GET", "/events")["data"]
+    [cli_event] = cli("events", "--owner", client.owner)
+    assert cli_event == api_event and api_event["at"].endswith("+00:00")
+    assert set(cli("replay", created["id"])) == {
+        "id",
+        *client.ok("POST", f"/destinations/{created['id']}/dead-letters/replay", json={})["data"],
+    }

@@ -263,7 +263,7 @@ def test_dead_letters_and_replays_are_counted_as_replays(
                  status_class="4xx") == 1  # fmt: skip
 
     vendor.status = 200
-    assert service.replay(dest, service.dead_letters(dest)) == 1
+    assert service.replay(dest, service.dead_letters(dest)).sent == [f"{user_id}-d0"]
     wait_for(lambda: service.store.counters(dest)["replay_delivered"] == 1, timeout=30)
     samples = scrape(metrics.url)
     replays = "broadcast_destination_replays_total"

@@ -253,7 +253,7 @@ def test_an_operator_resumes_an_open_circuit_and_the_backlog_drains_at_once(
         timeout=60,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["circuit_was_open"] is True
+    assert json.loads(resumed.stdout)["circuitWasOpen"] is True
     wait_for(lambda: len(vendor.delivered) == 3, timeout=15, what="the backlog to drain")
     assert shape.runtime.store.health(destination_id).circuit is Circuit.CLOSED
     status = {row["id"]: row for row in shape.service.status(f"user:{user_id}")}

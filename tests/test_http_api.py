@@ -17,6 +17,12 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from harness.api_server import ApiServer
 from harness.receiver import Reply
@@ -412,6 +418,12 @@ def test_openapi_document_is_served(api):
 # with hypothesis directly.) CI runs 15 examples per operation and mode; set
 # BROADCAST_SCHEMATHESIS_EXAMPLES=72 for a run of 2,016 requests (14 operations x 2 modes).
 SCHEMATHESIS_EXAMPLES = int(os.environ.get("BROADCAST_SCHEMATHESIS_EXAMPLES", "15"))
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -440,6 +452,9 @@ def test_no_generated_request_makes_a_server_error(api, service, mode):
             assert response.status_code < 500, (case.method, case.path, response.text)
             if response.status_code >= 400:
                 assert set(response.json()["error"]) == {"code", "message"}, response.text
+            # The answer is one the document declares: its status, content type, headers
+            # and body schema (errors and successes alike).
+            case.validate_response(response, checks=CONFORMANCE)
 
         no_server_error()
         checked.append(operation.label)

@@ -37,8 +37,9 @@ _STATUS_CODES = {
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="stable and machine-readable; the codes of each status "
-                                  "are listed with the status")  # fmt: skip
+    code: str = Field(
+        description="stable and machine-readable; each status lists the codes it carries"
+    )
     message: str = Field(description="for people; a bad field's path comes first")
 
 

@@ -17,6 +17,12 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from harness.api_server import ApiServer
 from harness.receiver import Reply
@@ -425,8 +431,14 @@ def test_openapi_document_is_served(api):
 # Property-based: requests generated from the served OpenAPI document, valid and not.
 # (schemathesis's own pytest plugin does not run on pytest 9, so the strategies are driven
 # with hypothesis directly.) CI runs 15 examples per operation and mode; set
-# BROADCAST_SCHEMATHESIS_EXAMPLES=72 for a run of 2,016 requests (14 operations x 2 modes).
+# BROADCAST_SCHEMATHESIS_EXAMPLES=72 for a run of 2,448 requests (17 operations x 2 modes).
 SCHEMATHESIS_EXAMPLES = int(os.environ.get("BROADCAST_SCHEMATHESIS_EXAMPLES", "15"))
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -455,10 +467,13 @@ def test_no_generated_request_makes_a_server_error(api, service, mode):
             assert response.status_code < 500, (case.method, case.path, response.text)
             if response.status_code >= 400:
                 assert set(response.json()["error"]) == {"code", "message"}, response.text
+            # The answer is one the document declares: its status, content type, headers
+            # and body schema (errors and successes alike).
+            case.validate_response(response, checks=CONFORMANCE)
 
         no_server_error()
         checked.append(operation.label)
-    assert len(checked) >= 13, checked
+    assert len(checked) >= 17, checked
     assert len(statuses) >= 5 * len(checked), len(statuses)
     print(f"{mode.value}: {len(statuses)} requests, statuses {sorted(set(statuses))}, "
           f"server errors {sum(status >= 500 for status in statuses)}")  # fmt: skip

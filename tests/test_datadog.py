@@ -441,7 +441,9 @@ def test_end_to_end_through_the_worker(
     )
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 1, what="delivered")
     first, second = datadog.intake_requests()
-    assert second.received_at - first.received_at >= 1.0  # X-RateLimit-Reset was honoured
+    # X-RateLimit-Reset was honoured; a run may start up to 50 ms before its wake time
+    # (broadcast_engine/backlog.py, `_BEGIN`), so 1 s less those 50 ms.
+    assert second.received_at - first.received_at >= 0.95
     assert [entry["status_code"] for entry in service.deliveries(view["id"])] == [202, 429]
     names = [span["name"] for span in datadog.spans()]
     assert names == ["Checkout", "Plan", "openai/gpt-4o"]

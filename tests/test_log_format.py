@@ -254,7 +254,9 @@ def test_the_api_server_logs_json_when_asked(redis_server, workdir):
 
     from harness.api_server import ApiServer
 
-    server = ApiServer(dict(os.environ, BROADCAST_LOG_FORMAT="json"), workdir)
+    own_dir = workdir / "json-api"  # workdir is the session's: api.log of other tests is there
+    own_dir.mkdir(exist_ok=True)
+    server = ApiServer(dict(os.environ, BROADCAST_LOG_FORMAT="json"), own_dir)
     try:
         assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
         wait_for(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from broadcast_broker.topology import TASK_QUEUES
 from settings import keys
@@ -85,14 +86,14 @@ class UnreadableMessages:
             pipe.hincrby(keys.UNREADABLE_COUNTS, queue, 1)
             pipe.execute()
 
-    def latest(self, queue: str | None = None, limit: int = 20) -> list[dict[str, object]]:
+    def latest(self, queue: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The newest entries first, of `queue` or of every queue."""
         queues = [self.queue_name(queue)] if queue else self.listed_queues(self.queues)
-        entries: list[dict[str, object]] = []
+        entries: list[dict[str, Any]] = []  # JSON documents
         for name in queues:
             for _id, fields in self.redis.xrevrange(keys.unreadable(name), count=limit):
                 entries.append(json.loads(fields[b"message"]))
-        entries.sort(key=lambda entry: float(entry["at"]), reverse=True)  # type: ignore[arg-type]
+        entries.sort(key=lambda entry: float(entry["at"]), reverse=True)
         return entries[:limit]
 
     def counts(self) -> dict[str, int]:

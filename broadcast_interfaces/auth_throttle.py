@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-import redis
-
 from settings import keys
+from settings.redis_commands import RedisClient
 
 DEFAULT_FAILURES = 10
 DEFAULT_WINDOW_SECONDS = 60.0
@@ -26,7 +25,7 @@ _ADDRESS = re.compile(r"[0-9A-Fa-f:.]{1,45}")
 class AuthThrottle:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         failures: int = DEFAULT_FAILURES,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,

@@ -15,15 +15,15 @@ The metrics server answers the same two paths (broadcast_interfaces/metrics.py).
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations.
 from typing import Any
 
-import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from broadcast_interfaces.probes import Unhealthy, check_store
+from settings.redis_commands import RedisClient
 
 
-def health_router(client: redis.Redis) -> APIRouter:
+def health_router(client: RedisClient) -> APIRouter:
     """The two probe routes, reading the store through `client`."""
     router = APIRouter(include_in_schema=False)
 

@@ -215,9 +215,9 @@ def _destination_families(sources: Sources, now: float) -> Iterator[Metric]:
                 size.add(labels, backlog.bytes)
                 accepted = backlog.oldest_accepted_at
                 oldest.add(labels, 0.0 if accepted is None else max(0.0, now - accepted))
-    count = GaugeMetricFamily("broadcast_destinations", "Destinations in the store.")
-    count.add_metric([], known)
-    yield count
+    destinations = GaugeMetricFamily("broadcast_destinations", "Destinations in the store.")
+    destinations.add_metric([], known)
+    yield destinations
     yield _family(
         CounterMetricFamily,
         "broadcast_destination_traces",
@@ -355,7 +355,7 @@ def _histogram(
 def cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
     """The store keeps a count per bucket (the last bound infinite); Prometheus wants
     cumulative ones, the last named `+Inf`."""
-    total, buckets = 0, []
+    total, buckets = 0, list[tuple[str, float]]()
     for upper, count in zip(bounds, counts, strict=True):
         total += count
         buckets.append(("+Inf" if math.isinf(upper) else repr(float(upper)), total))
@@ -433,7 +433,9 @@ def broker_queues(broker_url: str, queues: Sequence[str], timeout: float) -> dic
         connection.ensure_connection(max_retries=1)
         for queue in queues:
             # A failed passive declare closes an AMQP channel: one channel per queue.
-            channel = connection.channel()
+            # kombu types it as the abstract StdChannel; AMQP's and the virtual
+            # transports' channels (ours included) all declare queues.
+            channel: Any = connection.channel()
             try:
                 declared = channel.queue_declare(queue=queue, passive=True)
                 state_of = getattr(channel, "queue_state", None)  # the Redis stream transport

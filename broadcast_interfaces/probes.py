@@ -16,6 +16,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from settings import keys
+from settings.redis_commands import RedisClient
 
 
 class Unhealthy(Exception):
@@ -41,7 +42,7 @@ def check_worker(app: Celery, *, node: str | None, timeout: float) -> dict[str, 
     return {"ok": True, "workers": answered}
 
 
-def check_beat(client: redis.Redis, *, max_age_seconds: float, now: float) -> dict[str, Any]:
+def check_beat(client: RedisClient, *, max_age_seconds: float, now: float) -> dict[str, Any]:
     """Beat's sweep wrote its heartbeat (unix seconds) less than `max_age_seconds` ago."""
     try:
         raw = client.get(keys.BEAT_HEARTBEAT)
@@ -58,7 +59,7 @@ def check_beat(client: redis.Redis, *, max_age_seconds: float, now: float) -> di
     return {"ok": True, "last_sweep_seconds_ago": round(age, 1)}
 
 
-def check_store(client: redis.Redis) -> dict[str, Any]:
+def check_store(client: RedisClient) -> dict[str, Any]:
     """The settings store answers PING."""
     started = time.monotonic()
     try:

@@ -442,7 +442,7 @@ class SettingsService:
         letters: Iterable[DeadLetter],
         *,
         again: bool = False,
-        on_progress: Callable[[DeadLetter], None] | None = None,
+        on_progress: Callable[[DeadLetter], object] | None = None,
         actor: str | None = None,
     ) -> ReplayOutcome:
         """Re-queue the trace of each request among `letters` once (a request dead-lettered
@@ -600,7 +600,9 @@ class SettingsService:
     def _readable(self, owner: str | None, actor: str | None) -> bool:
         if actor is None:
             return True
-        return bool(owner and OWNER_PATTERN.match(owner)) and self._may(owner, actor, READ)
+        if owner is None or OWNER_PATTERN.match(owner) is None:
+            return False
+        return self._may(owner, actor, READ)
 
     def _record(
         self, destination_id: str, actor: str | None, action: str = CHANGE

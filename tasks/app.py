@@ -26,13 +26,18 @@ class BroadcastCelery(Celery):
     """Celery, whose worker and beat programs print JSON lines when asked
     (`tasks.process_output`, loaded by those commands only)."""
 
+    # Imported when a worker or beat starts: the gateway's `.delay()` never loads them.
     @cached_property
     def Worker(self) -> Any:
-        return self.subclass_with_self("tasks.process_output:BroadcastWorker")
+        from tasks.process_output import BroadcastWorker
+
+        return self.subclass_with_self(BroadcastWorker)
 
     @cached_property
     def Beat(self) -> Any:
-        return self.subclass_with_self("tasks.process_output:BroadcastBeat")
+        from tasks.process_output import BroadcastBeat
+
+        return self.subclass_with_self(BroadcastBeat)
 
 
 app = BroadcastCelery("broadcast")
@@ -52,9 +57,9 @@ class BroadcastTask(Task):
     # Sends the task event of a `FinalState` (REJECTED, or FAILURE without a traceback).
     Request = "tasks.outcome_request:OutcomeRequest"
 
-    def apply_async(
+    def apply_async(  # type: ignore[override]  # takes all Celery's options, passes them on
         self, args: Any = None, kwargs: Any = None, **options: Any
-    ) -> Any:  # Celery's own signature
+    ) -> Any:
         if self.describe_args is not None and "argsrepr" not in options:
             options["argsrepr"] = self.describe_args(*(args or ()), **(kwargs or {}))
             options.setdefault("kwargsrepr", "{}")

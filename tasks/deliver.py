@@ -35,8 +35,10 @@ def deliver(self: BroadcastTask, destination_id: str) -> dict[str, Any]:
     a batch and failed (every trace dead-lettered, a failed circuit probe, credentials
     rejected) ends FAILURE with that reason and the same result, without a traceback."""
     current = runtime()
+    token = self.request.id
+    assert token is not None  # Celery gives every run (a worker's or apply's) its task id
     try:
-        run = DeliveryRun(current, delivery_policy(current), destination_id, self.request.id)
+        run = DeliveryRun(current, delivery_policy(current), destination_id, token)
         summary = run.run()
     except redis.RedisError as exc:
         delay = STORE_RETRY.delay(self.request.retries)

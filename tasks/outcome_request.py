@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from billiard.einfo import ExceptionWithTraceback
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]  # untyped
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 

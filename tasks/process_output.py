@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import celery.apps.worker
 from celery.apps.beat import Beat
@@ -38,11 +38,15 @@ def _say_as_json(message: str, f: Any = sys.__stderr__) -> None:
 class BroadcastWorker(Worker):
     """`celery worker`; with JSON logs, its banner is a log line and its notices JSON."""
 
+    if TYPE_CHECKING:  # set by Celery's WorkController.setup_instance; not in celery-types
+        hostname: str
+        concurrency: int
+
     def on_before_init(self, quiet: bool = False, **kwargs: Any) -> None:
         if _json():
             json_before_setup()  # before Celery's SecurityWarning check
             # Celery prints its shutdown notices through this module-level function.
-            celery.apps.worker.safe_say = _say_as_json
+            celery.apps.worker.safe_say = _say_as_json  # type: ignore[attr-defined]  # not in celery-types
         super().on_before_init(quiet=quiet, **kwargs)
 
     def emit_banner(self) -> None:
@@ -59,6 +63,11 @@ class BroadcastWorker(Worker):
 
 class BroadcastBeat(Beat):
     """`celery beat`; with JSON logs, its banner is a log line."""
+
+    if TYPE_CHECKING:  # set by celery.apps.beat.Beat.__init__; not in celery-types
+        scheduler_cls: str
+        schedule: str
+        max_interval: float
 
     def run(self) -> None:
         if _json():

@@ -55,8 +55,7 @@ enable_utc = True
 
 # Each queue has its own direct exchange and routing key, so a message lands in one queue.
 task_queues = tuple(
-    Queue(name, Exchange(name, type="direct"), routing_key=name)
-    for name in TASK_QUEUES
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in TASK_QUEUES
 )
 task_default_queue = FANOUT_QUEUE
 task_default_exchange = FANOUT_QUEUE

@@ -718,9 +718,7 @@ class Backlog:
             )
         )
 
-    def give_back(
-        self, destination_id: str, entries: Sequence[BacklogEntry], now: float
-    ) -> None:
+    def give_back(self, destination_id: str, entries: Sequence[BacklogEntry], now: float) -> None:
         """Entries claimed but not tried: back to `waiting`, due at once (no attempt)."""
         if entries:
             ids = [entry.id for entry in entries]

@@ -64,9 +64,7 @@ class BeatLock:
         when the store cannot be reached."""
         try:
             return bool(
-                self._hold(
-                    keys=[keys.BEAT_LOCK], args=[self.token, int(self.lock_seconds * 1000)]
-                )
+                self._hold(keys=[keys.BEAT_LOCK], args=[self.token, int(self.lock_seconds * 1000)])
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning("broadcast.beat.store_unreachable error=%s", type(exc).__name__)

@@ -61,7 +61,6 @@ def sweep(current: Runtime, now: float) -> Counter[str]:
         redis_client.delete(lock)
 
 
-
 # Credential re-validation
 
 
@@ -102,8 +101,6 @@ def check_destination_now(
     return check
 
 
-
-
 # Owners' notifications
 
 
@@ -117,7 +114,6 @@ def flush_notifications(current: Runtime) -> int:
 def describe_notification(event: dict[str, Any]) -> str:
     """How a notification task's argument shows in Flower and task events."""
     return f"{event['type']} {event['id']} for {event['owner']}"
-
 
 
 def post_notification(current: Runtime, event: dict[str, Any], retries_so_far: int) -> float | None:
@@ -157,4 +153,3 @@ def trim_dead_letters(current: Runtime, now: float) -> int:
         current.dead_letters.trim(destination_id, now)
         for destination_id in current.store.all_destination_ids()
     )
-

@@ -550,8 +550,9 @@ def wsgi_app(
             try:
                 return _json(start_response, "200 OK", dict(ready()))
             except Unhealthy as exc:
-                return _json(start_response, "503 Service Unavailable", {"ok": False,
-                                                                          "error": str(exc)})
+                return _json(
+                    start_response, "503 Service Unavailable", {"ok": False, "error": str(exc)}
+                )
         return metrics(environ, start_response)
 
     return app

@@ -256,9 +256,7 @@ class HttpDestination(Destination):
         request = self.build_request(trace, context)
         return EncodedItem(request, len(request.body))
 
-    def batch_request(
-        self, payloads: Sequence[Any], context: DeliveryContext
-    ) -> HttpRequest:
+    def batch_request(self, payloads: Sequence[Any], context: DeliveryContext) -> HttpRequest:
         """Pure: the request carrying `payloads` (never more than `batch_limits` allows)."""
         request: HttpRequest
         (request,) = payloads  # without batching, the item is the whole request

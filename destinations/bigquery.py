@@ -283,7 +283,9 @@ class BigQueryDestination(HttpDestination):
             import google.auth.exceptions
         except ImportError:
             return DeliveryResult(
-                Outcome.PERMANENT, None, 0.0,
+                Outcome.PERMANENT,
+                None,
+                0.0,
                 error="the bigquery extra is not installed (pip install 'broadcast[bigquery]')",
             )
         try:
@@ -301,8 +303,10 @@ class BigQueryDestination(HttpDestination):
         raise NotImplementedError("BigQuery sends batches (deliver_batch)")
 
     def encode_item(self, trace: Trace, context: DeliveryContext) -> EncodedItem:
-        item = {"insertId": insert_id(trace, context.destination_id),
-                "json": encode_row(trace, context.destination_id)}
+        item = {
+            "insertId": insert_id(trace, context.destination_id),
+            "json": encode_row(trace, context.destination_id),
+        }
         return EncodedItem(item, len(compact_json(item)))
 
     def deliver_batch(
@@ -333,7 +337,10 @@ class BigQueryDestination(HttpDestination):
             "rows": list(payloads),
         }
         return HttpRequest(
-            "POST", self._table_url("/insertAll"), self._headers, compact_json(body),
+            "POST",
+            self._table_url("/insertAll"),
+            self._headers,
+            compact_json(body),
             response_limit=4 << 20,
         )
 
@@ -373,8 +380,11 @@ class BigQueryDestination(HttpDestination):
             unknown = any("no such field" in (p.get("message") or "") for p in problems)
             results.append(
                 DeliveryResult(
-                    Outcome.PERMANENT, result.status_code, result.duration_ms,
-                    error=f"BigQuery refused the row: {text}"[:400], config_error=unknown,
+                    Outcome.PERMANENT,
+                    result.status_code,
+                    result.duration_ms,
+                    error=f"BigQuery refused the row: {text}"[:400],
+                    config_error=unknown,
                 )
             )
         return results

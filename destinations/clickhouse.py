@@ -92,9 +92,7 @@ AUTH_CODES = frozenset({164, 192, 193, 194, 497, 516})
 # The table does not fit the rows: no such column, unknown table or database, a value the
 # column's type cannot hold, NULL into a non-Nullable column.
 SCHEMA_CODES = frozenset({6, 8, 10, 16, 26, 27, 38, 41, 47, 53, 60, 70, 72, 81, 117, 349})
-RETRYABLE_CODES = frozenset(
-    {159, 201, 202, 209, 210, 236, 241, 242, 252, 319, 394, 425, 439, 999}
-)
+RETRYABLE_CODES = frozenset({159, 201, 202, 209, 210, 236, 241, 242, 252, 319, 394, 425, 439, 999})
 _EXCEPTION_NAME = re.compile(r"\(([A-Z_]+)\)\s*(?:\(version [^)]*\))?\s*$")
 
 
@@ -111,8 +109,9 @@ class ClickHouseConfig(ConfigSchema):
     @validates("host")
     def _host_without_query(self, value: str, **_: Any) -> None:
         if urlsplit(value).query:
-            raise ValidationError("Must not carry a query string (credentials go in username "
-                                  "and password).")
+            raise ValidationError(
+                "Must not carry a query string (credentials go in username and password)."
+            )
 
     @validates("database")
     def _database_name(self, value: str, **_: Any) -> None:
@@ -194,9 +193,7 @@ class ClickHouseDestination(HttpDestination):
         request_ids = [request_id for request_id, _ in payloads]
         params = {
             "query": self._insert_query(),
-            "insert_deduplication_token": deduplication_token(
-                context.destination_id, request_ids
-            ),
+            "insert_deduplication_token": deduplication_token(context.destination_id, request_ids),
             **INSERT_SETTINGS,
         }
         return HttpRequest(
@@ -256,8 +253,7 @@ class ClickHouseDestination(HttpDestination):
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return ConnectionCheck(
                 Outcome.PERMANENT,
-                f"not a ClickHouse answer to a system.columns query "
-                f"({describe_response(result)})",
+                f"not a ClickHouse answer to a system.columns query ({describe_response(result)})",
                 result.status_code,
             )
         return found

@@ -170,4 +170,3 @@ class SentryDestination(OtlpDestination):
 
     def rejected_message(self) -> str:
         return "Sentry rejected the DSN's key"
-

@@ -138,7 +138,7 @@ def merge_statement(table: str, row_count: int) -> str:
     names = [f'"{column.name}"' for column in table_columns]
     row = "(" + ", ".join("?" for _ in table_columns) + ")"
     selected = ", ".join(
-        f'{_cast(column, f"v.{name}")} AS {name}'
+        f"{_cast(column, f'v.{name}')} AS {name}"
         for column, name in zip(table_columns, names, strict=True)
     )
     return (

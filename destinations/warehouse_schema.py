@@ -216,14 +216,12 @@ def check_bigquery_name(field: str, value: str) -> str:
 
 def clickhouse_table(table: str, database: str | None = None) -> str:
     """`database`.`table` (or just `table`), each checked."""
-    parts = ([check_name("database", database)] if database else []) + [
-        check_name("table", table)
-    ]
+    parts = ([check_name("database", database)] if database else []) + [check_name("table", table)]
     return ".".join(f"`{part}`" for part in parts)
 
 
 def snowflake_table(table: str, database: str | None = None, schema: str | None = None) -> str:
-    """"DATABASE"."SCHEMA"."TABLE" (as much as is given), each checked and quoted."""
+    """ "DATABASE"."SCHEMA"."TABLE" (as much as is given), each checked and quoted."""
     parts = [check_name("database", database)] if database else []
     if schema:
         parts.append(check_name("schema", schema))
@@ -275,7 +273,7 @@ def create_table(
             lines.append(f"  `{name}` {kind} COMMENT '{column.comment}'")
         elif warehouse == SNOWFLAKE:
             not_null = " NOT NULL" if column.required else ""
-            lines.append(f'  "{name}" {kind}{not_null} COMMENT \'{column.comment}\'')
+            lines.append(f"  \"{name}\" {kind}{not_null} COMMENT '{column.comment}'")
         else:
             not_null = " NOT NULL" if column.required and column.kind is not Kind.TAGS else ""
             lines.append(f"  `{name}` {kind}{not_null}")
@@ -425,4 +423,3 @@ def utc_text(moment: datetime, digits: int = 3) -> str:
     """`YYYY-MM-DD hh:mm:ss.fff` in UTC (ClickHouse DateTime64(3), Snowflake TIMESTAMP_NTZ)."""
     text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     return text[: len(text) - (6 - digits)] if digits < 6 else text
-

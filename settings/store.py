@@ -354,9 +354,7 @@ class SettingsStore:
             pipe.execute()
 
     def attempts(self, destination_id: str, limit: int) -> list[dict[str, Any]]:
-        raw = self.redis.lrange(
-            keys.destination_part(destination_id, "log"), 0, max(limit, 1) - 1
-        )
+        raw = self.redis.lrange(keys.destination_part(destination_id, "log"), 0, max(limit, 1) - 1)
         return [json.loads(item) for item in raw]
 
     def record_rejected_event(

@@ -30,10 +30,29 @@ pytestmark = pytest.mark.integration
 BROADCAST = str(Path(sys.executable).parent / "broadcast")
 # The columns OpenRouter's BigQuery page names (its queries, JSON columns and tags).
 DOCUMENTED_COLUMNS = {
-    "trace_id", "span_id", "user_id", "session_id", "api_key_name", "timestamp", "model",
-    "provider_name", "status", "level", "finish_reason", "duration_ms", "prompt_tokens",
-    "completion_tokens", "total_tokens", "total_cost", "attributes", "input", "output",
-    "metadata", "model_parameters", "resource_attributes", "tags",
+    "trace_id",
+    "span_id",
+    "user_id",
+    "session_id",
+    "api_key_name",
+    "timestamp",
+    "model",
+    "provider_name",
+    "status",
+    "level",
+    "finish_reason",
+    "duration_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "total_cost",
+    "attributes",
+    "input",
+    "output",
+    "metadata",
+    "model_parameters",
+    "resource_attributes",
+    "tags",
 }
 
 
@@ -115,22 +134,42 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
     assert view["config"]["service_account_json"].startswith("****")
     events = [
         recent_event(
-            i, user_id,
+            i,
+            user_id,
             model="anthropic/claude" if i % 4 == 0 else "openai/gpt-4o",
-            user=f"end-{i % 3}", api_key_name="prod" if i < 8 else "dev",
-            trace={"trace_name": "Revenue Forecasting", "department": "finance",
-                   "quarter": "Q2-2026", "model_version": "v3",
-                   **({"tags": ["beta", "forecast"]} if i == 3 else {})},
+            user=f"end-{i % 3}",
+            api_key_name="prod" if i < 8 else "dev",
+            trace={
+                "trace_name": "Revenue Forecasting",
+                "department": "finance",
+                "quarter": "Q2-2026",
+                "model_version": "v3",
+                **({"tags": ["beta", "forecast"]} if i == 3 else {}),
+            },
         )
         for i in range(16)
     ]
     events.append(
-        recent_event(16, user_id, trace={"trace_id": "wf-1", "span_name": "Retrieve",
-                                         "generation_name": "Answer", "custom_field": "v"})
+        recent_event(
+            16,
+            user_id,
+            trace={
+                "trace_id": "wf-1",
+                "span_name": "Retrieve",
+                "generation_name": "Answer",
+                "custom_field": "v",
+            },
+        )
     )
-    events.append(error_event(17, user_id=user_id, id=f"{user_id}-17",
-                              started_at=events[0]["started_at"],
-                              finished_at=events[0]["finished_at"]))
+    events.append(
+        error_event(
+            17,
+            user_id=user_id,
+            id=f"{user_id}-17",
+            started_at=events[0]["started_at"],
+            finished_at=events[0]["finished_at"],
+        )
+    )
     for event in events:
         broadcast.delay(event)
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 18, timeout=90)
@@ -148,8 +187,12 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
     assert (row["status"], row["level"], row["finish_reason"]) == ("ok", "DEFAULT", "stop")
     assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (21, 7, 28)
     assert row["duration_ms"] == pytest.approx(1700) and row["total_cost"] == 0.000123
-    assert row["metadata"] == {"trace_id": "wf-1", "span_name": "Retrieve",
-                               "generation_name": "Answer", "custom_field": "v"}
+    assert row["metadata"] == {
+        "trace_id": "wf-1",
+        "span_name": "Retrieve",
+        "generation_name": "Answer",
+        "custom_field": "v",
+    }
     assert row["input"]["messages"][1] == {"role": "user", "content": "What is 16 + 16?"}
     assert row["output"]["choices"][0]["message"]["content"] == "The answer is 32."
     assert row["model_parameters"] == {"temperature": 0.2, "max_tokens": 64}
@@ -178,13 +221,14 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
         GROUP BY user_id ORDER BY total_cost DESC""")
     by_user = {r["user_id"]: r for r in users}
     assert {u: r["trace_count"] for u, r in by_user.items()} == {
-        "end-0": 6, "end-1": 5, "end-2": 5, "end-user-7": 2,
+        "end-0": 6,
+        "end-1": 5,
+        "end-2": 5,
+        "end-user-7": 2,
     }
     assert by_user["end-0"]["session_count"] == 6  # sessions 0..5 (session-{i // 3})
     assert by_user["end-user-7"]["total_tokens"] == 28 + 21  # the error used no output
-    assert by_user["end-1"]["avg_duration_ms"] == pytest.approx(
-        (200 + 500 + 800 + 1100 + 1400) / 5
-    )
+    assert by_user["end-1"]["avg_duration_ms"] == pytest.approx((200 + 500 + 800 + 1100 + 1400) / 5)
 
     # Error analysis: the failed request, within the hour, content and metadata kept.
     errors = bigquery.query(f"""
@@ -209,7 +253,9 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
     gpt = sorted([100 * (i + 1) for i in range(16) if i % 4 != 0] + [1700])  # and wf-1
     (perf,) = latency
     assert (perf["provider_name"], perf["model"], perf["request_count"]) == (
-        "OpenAI", "openai/gpt-4o", 13
+        "OpenAI",
+        "openai/gpt-4o",
+        13,
     )
     assert perf["avg_duration_ms"] == pytest.approx(sum(gpt) / 13)
     assert perf["p50_duration_ms"] == gpt[6]  # the median of 13
@@ -223,7 +269,9 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
         FROM {name} WHERE timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 30 DAY)
         GROUP BY api_key_name ORDER BY total_cost DESC""")
     assert {r["api_key_name"]: (r["trace_count"], r["prompt_tokens"]) for r in keys} == {
-        "prod": (8, 21 * 8), "dev": (8, 21 * 8), "key_live_1": (2, 21 * 2),
+        "prod": (8, 21 * 8),
+        "dev": (8, 21 * 8),
+        "key_live_1": (2, 21 * 2),
     }
 
     # JSON columns: custom metadata, OTel attributes and messages.
@@ -231,9 +279,7 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
         SELECT trace_id, JSON_VALUE(metadata, '$.custom_field') as custom_value,
           JSON_VALUE(attributes, '$."gen_ai.request.model"') as requested_model
         FROM {name} WHERE JSON_VALUE(metadata, '$.custom_field') IS NOT NULL""")
-    assert custom == [
-        {"trace_id": "wf-1", "custom_value": "v", "requested_model": "openai/gpt-4o"}
-    ]
+    assert custom == [{"trace_id": "wf-1", "custom_value": "v", "requested_model": "openai/gpt-4o"}]
     messages = bigquery.query(f"""
         SELECT trace_id, JSON_VALUE(input, '$.messages[0].role') as first_message_role,
           JSON_VALUE(input, '$.messages[0].content') as first_message_content
@@ -263,9 +309,16 @@ def test_the_same_batch_sent_twice_is_one_row_each(bigquery, transport):
     again = writer.deliver_batch(traces[1:3], ctx)  # re-formed: two of the same traces
     same = writer.deliver_batch(traces, ctx)  # a retry of the whole batch
     assert {r.outcome for r in first + again + same} == {Outcome.DELIVERED}
-    assert len(bigquery.front.receiver.requests(f"/bigquery/v2/projects/{BIGQUERY_PROJECT}/"
-                                                f"datasets/{BIGQUERY_DATASET}/tables/{table}"
-                                                "/insertAll")) == 3
+    assert (
+        len(
+            bigquery.front.receiver.requests(
+                f"/bigquery/v2/projects/{BIGQUERY_PROJECT}/"
+                f"datasets/{BIGQUERY_DATASET}/tables/{table}"
+                "/insertAll"
+            )
+        )
+        == 3
+    )
     assert bigquery.query(f"SELECT COUNT(*) AS n FROM {qualified(table)}") == [{"n": 4}]
 
 
@@ -281,7 +334,10 @@ def test_a_refused_row_fails_only_its_trace(bigquery, transport):
     ]
     results = writer.deliver_batch(traces, context())
     assert [r.outcome for r in results] == [
-        Outcome.DELIVERED, Outcome.DELIVERED, Outcome.PERMANENT, Outcome.DELIVERED
+        Outcome.DELIVERED,
+        Outcome.DELIVERED,
+        Outcome.PERMANENT,
+        Outcome.DELIVERED,
     ]
     assert "session_id" in results[2].error and not results[2].config_error
     inserts = f"/bigquery/v2/projects/{BIGQUERY_PROJECT}/datasets/{BIGQUERY_DATASET}/tables/{table}"
@@ -323,8 +379,11 @@ def test_read_only_or_disabled_credentials_fail_test_connection(
 ):
     table = new_table(bigquery)
     reader = bigquery.account("reader", "dataViewer")
-    with pytest.raises(SettingsError, match=r"may read .* but not insert rows "
-                                            r"\(bigquery.tables.updateData missing"):
+    with pytest.raises(
+        SettingsError,
+        match=r"may read .* but not insert rows "
+        r"\(bigquery.tables.updateData missing",
+    ):
         add(service, user_id, bigquery, table, reader)
     # The permission is real: the reader's insertAll is refused as BigQuery refuses it.
     results = destination(bigquery, table, reader, transport).deliver_batch(
@@ -359,9 +418,7 @@ def test_privacy_mode_leaves_input_and_output_empty(worker, service, user_id, bi
     view = add(service, user_id, bigquery, table, key, privacy=True)
     broadcast.delay(recent_event(1, user_id))
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 1, timeout=30)
-    (row,) = bigquery.query(
-        f"SELECT input, output, total_tokens, metadata FROM {qualified(table)}"
-    )
+    (row,) = bigquery.query(f"SELECT input, output, total_tokens, metadata FROM {qualified(table)}")
     assert row["input"] is None and row["output"] is None
     assert row["total_tokens"] == 28 and row["metadata"]["feature"] == "arithmetic"
 

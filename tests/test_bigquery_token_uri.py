@@ -144,8 +144,10 @@ def test_the_token_request_goes_to_the_address_the_policy_resolved(token_endpoin
         allow_private_networks=True,
         resolver=lambda host, port: ["127.0.0.1"] if host == "pinned.invalid" else [],
     )
-    settings = {**config(token_uri, f"http://pinned.invalid:{api_port}"),
-                "service_account_json": key}
+    settings = {
+        **config(token_uri, f"http://pinned.invalid:{api_port}"),
+        "service_account_json": key,
+    }
     cls = BigQueryDestination
     destination = cls(cls.config_schema().load(settings), HttpTransport(policy))
     check = destination.test_connection(DeliveryContext("dst_pin", "user:u", datetime.now(UTC)))

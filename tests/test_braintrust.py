@@ -214,9 +214,7 @@ def test_requests_sharing_a_trace_id_each_send_their_own_top_row() -> None:
     assert first["root"]["id"] != second["root"]["id"]
     assert first["root"]["span_id"] != second["root"]["span_id"]
     assert first["root"]["metrics"] != second["root"]["metrics"]
-    assert {row["root_span_id"] for row in (*first.values(), *second.values())} == {
-        "workflow-42"
-    }
+    assert {row["root_span_id"] for row in (*first.values(), *second.values())} == {"workflow-42"}
     assert first["llm"]["span_parents"] == [first["root"]["span_id"]]
     assert first["root"]["input"] == "What is 7 + 7?"
 

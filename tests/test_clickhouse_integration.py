@@ -79,18 +79,39 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
     view = service.add_destination(f"user:{user_id}", "clickhouse", "CH", config(clickhouse, table))
     assert view["config"]["password"].startswith("****")
     events = [
-        recent_event(i, user_id, 5, model="openai/gpt-4o" if i % 2 else "anthropic/claude",
-                     user=f"end-{i % 3}", api_key_name="prod" if i < 6 else "dev",
-                     trace={"trace_name": "Pipeline", "team": "data", "n": i})
+        recent_event(
+            i,
+            user_id,
+            5,
+            model="openai/gpt-4o" if i % 2 else "anthropic/claude",
+            user=f"end-{i % 3}",
+            api_key_name="prod" if i < 6 else "dev",
+            trace={"trace_name": "Pipeline", "team": "data", "n": i},
+        )
         for i in range(10)
     ]
     events.append(
-        recent_event(10, user_id, 5, trace={"trace_id": "wf-1", "span_name": "Retrieve",
-                                            "generation_name": "Answer", "custom_field": "v"})
+        recent_event(
+            10,
+            user_id,
+            5,
+            trace={
+                "trace_id": "wf-1",
+                "span_name": "Retrieve",
+                "generation_name": "Answer",
+                "custom_field": "v",
+            },
+        )
     )
-    events.append(error_event(11, user_id=user_id, id=f"{user_id}-11",
-                              started_at=events[0]["started_at"],
-                              finished_at=events[0]["finished_at"]))
+    events.append(
+        error_event(
+            11,
+            user_id=user_id,
+            id=f"{user_id}-11",
+            started_at=events[0]["started_at"],
+            finished_at=events[0]["finished_at"],
+        )
+    )
     for event in events:
         broadcast.delay(event)
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 12, timeout=60)
@@ -118,7 +139,10 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
         FROM {table} WHERE TIMESTAMP >= now() - INTERVAL 7 DAY AND SPAN_TYPE = 'GENERATION'
         GROUP BY USER_ID ORDER BY USER_ID""")
     assert {r["USER_ID"]: int(r["trace_count"]) for r in users} == {
-        "end-0": 4, "end-1": 3, "end-2": 3, "end-user-7": 2,
+        "end-0": 4,
+        "end-1": 3,
+        "end-2": 3,
+        "end-user-7": 2,
     }
 
     # Error analysis: the failed request, within the hour.
@@ -144,7 +168,9 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
         WHERE TIMESTAMP >= now() - INTERVAL 30 DAY AND SPAN_TYPE = 'GENERATION'
         GROUP BY API_KEY_NAME ORDER BY API_KEY_NAME""")
     assert {r["API_KEY_NAME"]: int(r["trace_count"]) for r in keys} == {
-        "dev": 4, "prod": 6, "key_live_1": 2,  # no name: the key id
+        "dev": 4,
+        "prod": 6,
+        "key_live_1": 2,  # no name: the key id
     }
 
     # JSON columns: custom metadata, the reserved keys, OTel attributes and messages.

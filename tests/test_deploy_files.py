@@ -106,7 +106,9 @@ def test_dockerfile_parses_and_copies_what_the_image_runs_and_no_harness():
     cmd = json.loads(dict(final)["CMD"])
     assert cmd[:3] == ["celery", "-A", "tasks"]
     assert json.loads(dict(final)["HEALTHCHECK"].split("CMD", 1)[1])[:3] == [
-        "broadcast", "health", "worker"
+        "broadcast",
+        "health",
+        "worker",
     ]
 
 

@@ -147,8 +147,9 @@ def test_an_accepted_event_is_deliverable_to_every_vendor(event):
 def test_what_delivery_would_choke_on_is_refused_naming_the_field(overrides, words):
     event = chat_event(1, **overrides)
     if "started_at" in overrides and "finished_at" not in overrides:
-        event["finished_at"] = "2026-01-01T00:00:00Z" if "2015" in overrides["started_at"] else (
-            event["finished_at"])
+        event["finished_at"] = (
+            "2026-01-01T00:00:00Z" if "2015" in overrides["started_at"] else (event["finished_at"])
+        )
     with pytest.raises(InvalidEvent) as caught:
         build_trace(event)
     assert words in caught.value.reason, caught.value.reason

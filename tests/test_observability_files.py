@@ -105,7 +105,7 @@ def named_metrics() -> dict[str, str]:
 def test_the_metric_name_reader_reads_promql():
     assert metric_names(
         'histogram_quantile(0.95, sum by (type, le) (rate(a_bucket{type=~"$type"}'
-        '[$__rate_interval]))) / ignoring(x) b_total offset 5m and on(q) time() - c > 1e3'
+        "[$__rate_interval]))) / ignoring(x) b_total offset 5m and on(q) time() - c > 1e3"
     ) == {"a_bucket", "b_total", "c"}
 
 

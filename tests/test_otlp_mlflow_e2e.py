@@ -90,9 +90,7 @@ def traces_of(client: Any, experiment_id: str) -> list[Any]:
     return [
         trace
         for trace in traces
-        if not any(
-            span.attributes.get("broadcast.connection_test") for span in trace.data.spans
-        )
+        if not any(span.attributes.get("broadcast.connection_test") for span in trace.data.spans)
     ]
 
 

@@ -88,6 +88,7 @@ TRACE_METADATA = {"sentry", "ramp"}
 def metadata_key(slug: str, key: str) -> str:
     return ("trace.metadata." if slug in TRACE_METADATA else "broadcast.metadata.") + key
 
+
 # Attributes that carry prompt or completion content, per dialect.
 GENAI_CONTENT = {
     "gen_ai.input.messages",
@@ -340,7 +341,7 @@ def test_genai_generation_attributes(slug: str) -> None:
                     "content": "What's the weather where this photo was taken?\n[image]",
                 }
             ],
-        }
+        },
     ]
     assert json.loads(values["gen_ai.output.messages"]) == [
         {

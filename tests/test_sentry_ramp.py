@@ -105,9 +105,7 @@ def _spans(trace_event: dict[str, Any]) -> dict[str, Span]:
             "dsn": "https://k1@o1.ingest.us.sentry.io/4",
         }
     )
-    request = SentryDestination(config, TRANSPORT).build_request(
-        build_trace(trace_event), CONTEXT
-    )
+    request = SentryDestination(config, TRANSPORT).build_request(build_trace(trace_event), CONTEXT)
     assert request.headers["Content-Encoding"] == "gzip"
     export = parse(gzip.decompress(request.body), request.headers["Content-Type"])
     return {span.name: span for span in all_spans(export)}

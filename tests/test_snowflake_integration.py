@@ -74,14 +74,24 @@ def test_traces_become_rows_and_openrouter_queries_add_up(worker, service, user_
     view = service.add_destination(f"user:{user_id}", "snowflake", "SF", config(snowflake, table))
     assert view["config"]["token"].startswith("****")
     events = [
-        recent_event(i, user_id, model="openai/gpt-4o" if i % 2 else "anthropic/claude",
-                     trace={"department": "finance", "quarter": "Q2-2026"})
+        recent_event(
+            i,
+            user_id,
+            model="openai/gpt-4o" if i % 2 else "anthropic/claude",
+            trace={"department": "finance", "quarter": "Q2-2026"},
+        )
         for i in range(6)
     ]
     events.append(recent_event(6, user_id, trace={"span_name": "Plan", "custom_field": "v"}))
-    events.append(error_event(7, user_id=user_id, id=f"{user_id}-7",
-                              started_at=events[0]["started_at"],
-                              finished_at=events[0]["finished_at"]))
+    events.append(
+        error_event(
+            7,
+            user_id=user_id,
+            id=f"{user_id}-7",
+            started_at=events[0]["started_at"],
+            finished_at=events[0]["finished_at"],
+        )
+    )
     for event in events:
         broadcast.delay(event)
     wait_for(lambda: service.store.counters(view["id"])["delivered"] == 8, timeout=60)

@@ -314,9 +314,7 @@ def test_what_a_list_client_pushes_is_delivered(broker, queue_name):
     assert client.llen(queue_name) == 0 and client.xlen(stream_key(queue_name)) == 0
 
 
-def test_an_unreadable_entry_arrives_as_a_marked_stand_in_and_the_queue_goes_on(
-    broker, queue_name
-):
+def test_an_unreadable_entry_arrives_as_a_marked_stand_in_and_the_queue_goes_on(broker, queue_name):
     """What no envelope is (not zlib, nested past any recursion, a zlib bomb, headers that
     are not an object, a body that is not base64) is delivered as a stand-in with no body
     whose headers say why, with the entry's size and hash; acknowledging it removes the

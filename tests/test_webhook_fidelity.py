@@ -43,8 +43,9 @@ def test_unsigned_deliveries_carry_a_stable_webhook_id(
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
     assert "webhook-signature" not in first.headers
     other = build_trace(chat_event(2))
-    assert destination.build_request(other, CONTEXT).headers["webhook-id"] != (
-        first.headers["webhook-id"]
+    assert (
+        destination.build_request(other, CONTEXT).headers["webhook-id"]
+        != (first.headers["webhook-id"])
     )
 
 

@@ -48,14 +48,29 @@ def add_warehouse_destinations(
     bigquery.query(create_table(BIGQUERY, table=table.lower(), dataset=BIGQUERY_DATASET))
     key = bigquery.account("leakcheck", "dataEditor")
     configs = {
-        "clickhouse": {"host": clickhouse.url, "database": "default", "table": table,
-                       "username": "default", "password": CLICKHOUSE_PASSWORD},
-        "snowflake": {"account": "xy12345.us-east-1", "token": SNOWFLAKE_TOKEN,
-                      "database": "DB", "schema": "PUBLIC", "table": table,
-                      "warehouse": "COMPUTE_WH", "endpoint": snowflake.url},
-        "bigquery": {"project_id": BIGQUERY_PROJECT, "service_account_json": key,
-                     "dataset": BIGQUERY_DATASET, "table": table.lower(),
-                     "endpoint": bigquery.url},
+        "clickhouse": {
+            "host": clickhouse.url,
+            "database": "default",
+            "table": table,
+            "username": "default",
+            "password": CLICKHOUSE_PASSWORD,
+        },
+        "snowflake": {
+            "account": "xy12345.us-east-1",
+            "token": SNOWFLAKE_TOKEN,
+            "database": "DB",
+            "schema": "PUBLIC",
+            "table": table,
+            "warehouse": "COMPUTE_WH",
+            "endpoint": snowflake.url,
+        },
+        "bigquery": {
+            "project_id": BIGQUERY_PROJECT,
+            "service_account_json": key,
+            "dataset": BIGQUERY_DATASET,
+            "table": table.lower(),
+            "endpoint": bigquery.url,
+        },
     }
     ids = [
         service.add_destination(owner, type_, type_.title(), config)["id"]

@@ -65,9 +65,7 @@ def _methods(discovery: dict) -> list[Method]:
         for method in resource.get("methods", {}).values():
             template = method.get("flatPath") or method["path"]
             parts = re.split(r"(\{\+?[^}]+\})", template)
-            regex = "".join(
-                "[^/:]+" if part.startswith("{") else re.escape(part) for part in parts
-            )
+            regex = "".join("[^/:]+" if part.startswith("{") else re.escape(part) for part in parts)
             found.append(
                 Method(
                     method["id"],
@@ -111,20 +109,34 @@ class BigQueryFront(Emulator):
         path = request.path.split("?", 1)[0]
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return _error(401, "UNAUTHENTICATED", "required", "Request is missing required "
-                          "authentication credential. Expected OAuth 2 access token, login "
-                          "cookie or other valid authentication credential.")
+            return _error(
+                401,
+                "UNAUTHENTICATED",
+                "required",
+                "Request is missing required "
+                "authentication credential. Expected OAuth 2 access token, login "
+                "cookie or other valid authentication credential.",
+            )
         grant = self.tokens.grant(token)
         if grant is None:
-            return _error(401, "UNAUTHENTICATED", "authError", "Request had invalid "
-                          "authentication credentials. Expected OAuth 2 access token, login "
-                          "cookie or other valid authentication credential.")
+            return _error(
+                401,
+                "UNAUTHENTICATED",
+                "authError",
+                "Request had invalid "
+                "authentication credentials. Expected OAuth 2 access token, login "
+                "cookie or other valid authentication credential.",
+            )
         method = self._method(request.method, path)
         if method is None:
             return self._forward(request)
         if method.scopes and not method.scopes & grant.scopes:
-            return _error(403, "PERMISSION_DENIED", "insufficientPermissions",
-                          "Request had insufficient authentication scopes.")
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "insufficientPermissions",
+                "Request had insufficient authentication scopes.",
+            )
         with self._lock:
             held = self._roles.get(grant.email, frozenset())
         if method.id == "bigquery.tables.testIamPermissions":
@@ -134,9 +146,13 @@ class BigQueryFront(Emulator):
         needed = _PERMISSION.get(method.id, "*")
         if "*" not in held and needed not in held:
             table = _table(path)
-            return _error(403, "PERMISSION_DENIED", "accessDenied",
-                          f"Access Denied: Table {table}: Permission {needed} denied on "
-                          f"table {table} (or it may not exist).")
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "accessDenied",
+                f"Access Denied: Table {table}: Permission {needed} denied on "
+                f"table {table} (or it may not exist).",
+            )
         return self._forward(request)
 
     def _forward(self, request: ReceivedRequest) -> Reply:
@@ -146,8 +162,11 @@ class BigQueryFront(Emulator):
             if name in ("content-type", "accept")
         }
         answer = self._session.request(
-            request.method, self.engine_url + request.path, data=request.body,
-            headers=headers, timeout=60,
+            request.method,
+            self.engine_url + request.path,
+            data=request.body,
+            headers=headers,
+            timeout=60,
         )
         kept = {"Content-Type": answer.headers.get("content-type", "application/json")}
         return Reply(answer.status_code, answer.content, kept)

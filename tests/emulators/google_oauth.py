@@ -172,17 +172,19 @@ class GoogleTokenEndpoint(Emulator):
                 f"reasonable timeframe. ({text})",
             )
         if claims.get("exp", 0) - claims.get("iat", 0) > 3600:
-            return _oauth_error("invalid_grant", "Invalid JWT: Token must be a short-lived "
-                                "token (60 minutes) and in a reasonable timeframe.")
+            return _oauth_error(
+                "invalid_grant",
+                "Invalid JWT: Token must be a short-lived "
+                "token (60 minutes) and in a reasonable timeframe.",
+            )
         scopes = frozenset(str(claims.get("scope") or "").split())
         if not scopes:
-            return _oauth_error("invalid_scope", "Invalid OAuth scope or ID token audience "
-                                "provided.")
+            return _oauth_error(
+                "invalid_scope", "Invalid OAuth scope or ID token audience provided."
+            )
         token = "ya29." + secrets.token_urlsafe(48)
         with self._lock:
-            self._tokens[token] = Grant(
-                account.email, scopes, time.time() + TOKEN_LIFETIME_SECONDS
-            )
+            self._tokens[token] = Grant(account.email, scopes, time.time() + TOKEN_LIFETIME_SECONDS)
             self.issued.append(account.email)
         return json_reply(
             200,

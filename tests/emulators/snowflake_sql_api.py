@@ -105,16 +105,23 @@ def handler_for(engine: Engine, tokens: dict[str, dict]) -> type[BaseHTTPRequest
             ):
                 self._answer(
                     401,
-                    {"code": "390303", "message": "Invalid OAuth access token. "
-                     "[The programmatic access token is invalid or expired.]"},
+                    {
+                        "code": "390303",
+                        "message": "Invalid OAuth access token. "
+                        "[The programmatic access token is invalid or expired.]",
+                    },
                 )
                 return
             if grant.get("role") == "reader" and _WRITES.match(body.get("statement", "")):
                 self._answer(
                     422,
-                    {"code": "003001", "sqlState": "42501", "statementHandle": str(uuid.uuid4()),
-                     "message": "SQL access control error:\nInsufficient privileges to operate "
-                     "on table"},
+                    {
+                        "code": "003001",
+                        "sqlState": "42501",
+                        "statementHandle": str(uuid.uuid4()),
+                        "message": "SQL access control error:\nInsufficient privileges to operate "
+                        "on table",
+                    },
                 )
                 return
             query = dict(parse_qsl(urlsplit(self.path).query))

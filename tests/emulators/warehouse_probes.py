@@ -21,13 +21,15 @@ def probe_reply(request: ReceivedRequest) -> Reply | None:
     query = parse_qs(urlsplit(request.path).query).get("query", [""])[0]
     if b"system.columns" in request.body:
         rows = [
-            json.dumps({"name": c.name, "type": _clickhouse_type(c)})
-            for c in columns(CLICKHOUSE)
+            json.dumps({"name": c.name, "type": _clickhouse_type(c)}) for c in columns(CLICKHOUSE)
         ]
         return Reply(200, "\n".join(rows).encode())
     if query.startswith("INSERT") and not request.body:
-        return Reply(500, b"Code: 108. DB::Exception: No data to insert. (NO_DATA_TO_INSERT)",
-                     {"X-ClickHouse-Exception-Code": "108"})
+        return Reply(
+            500,
+            b"Code: 108. DB::Exception: No data to insert. (NO_DATA_TO_INSERT)",
+            {"X-ClickHouse-Exception-Code": "108"},
+        )
     if urlsplit(request.path).path == "/api/v2/statements" and b"INFORMATION_SCHEMA" in (
         request.body
     ):
@@ -35,14 +37,21 @@ def probe_reply(request: ReceivedRequest) -> Reply | None:
         return Reply(200, json.dumps({"data": rows}).encode())
     path = urlsplit(request.path).path
     if path == "/token":
-        return Reply(200, json.dumps({"access_token": "ya29.probe", "expires_in": 3600,
-                                      "token_type": "Bearer"}).encode())
+        return Reply(
+            200,
+            json.dumps(
+                {"access_token": "ya29.probe", "expires_in": 3600, "token_type": "Bearer"}
+            ).encode(),
+        )
     if path.endswith(":testIamPermissions"):
         return Reply(200, request.body)  # every permission asked for
     if "/bigquery/v2/" in path and request.method == "GET":
         fields = [
-            {"name": c.name.lower(), "type": _BIGQUERY_INFO[c.kind],
-             "mode": "REPEATED" if c.kind is Kind.TAGS else "NULLABLE"}
+            {
+                "name": c.name.lower(),
+                "type": _BIGQUERY_INFO[c.kind],
+                "mode": "REPEATED" if c.kind is Kind.TAGS else "NULLABLE",
+            }
             for c in columns(BIGQUERY)
         ]
         return Reply(200, json.dumps({"schema": {"fields": fields}}).encode())
@@ -50,13 +59,25 @@ def probe_reply(request: ReceivedRequest) -> Reply | None:
 
 
 _BIGQUERY_INFO = {
-    Kind.ID: "STRING", Kind.TEXT: "STRING", Kind.CODE: "STRING", Kind.TIMESTAMP: "TIMESTAMP",
-    Kind.DURATION: "FLOAT", Kind.COUNT: "INTEGER", Kind.COST: "FLOAT", Kind.JSON: "JSON",
+    Kind.ID: "STRING",
+    Kind.TEXT: "STRING",
+    Kind.CODE: "STRING",
+    Kind.TIMESTAMP: "TIMESTAMP",
+    Kind.DURATION: "FLOAT",
+    Kind.COUNT: "INTEGER",
+    Kind.COST: "FLOAT",
+    Kind.JSON: "JSON",
     Kind.TAGS: "STRING",
 }
 _SNOWFLAKE_INFO = {
-    Kind.ID: "TEXT", Kind.TEXT: "TEXT", Kind.CODE: "TEXT", Kind.TIMESTAMP: "TIMESTAMP_NTZ",
-    Kind.DURATION: "NUMBER", Kind.COUNT: "NUMBER", Kind.COST: "FLOAT", Kind.JSON: "VARIANT",
+    Kind.ID: "TEXT",
+    Kind.TEXT: "TEXT",
+    Kind.CODE: "TEXT",
+    Kind.TIMESTAMP: "TIMESTAMP_NTZ",
+    Kind.DURATION: "NUMBER",
+    Kind.COUNT: "NUMBER",
+    Kind.COST: "FLOAT",
+    Kind.JSON: "VARIANT",
 }
 
 

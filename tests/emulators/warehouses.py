@@ -136,9 +136,7 @@ class SnowflakeServer:
                 "statement": sql,
                 "database": database,
                 "schema": schema,
-                "bindings": {
-                    str(i): {"type": "TEXT", "value": v} for i, v in enumerate(values, 1)
-                },
+                "bindings": {str(i): {"type": "TEXT", "value": v} for i, v in enumerate(values, 1)},
             },
             headers={
                 "Authorization": f"Bearer {self.admin}",

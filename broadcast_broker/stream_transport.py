@@ -50,12 +50,12 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kombu
 from kombu.transport import redis as redis_transport
@@ -68,12 +68,21 @@ from broadcast_broker import wire_json
 from broadcast_broker.bounded_compression import InflateRefused, inflate
 from broadcast_broker.message_vetting import UNREADABLE_CONTENT_TYPE, RawFacts, unreadable_headers
 from broadcast_broker.topology import FANOUT_QUEUE, TASK_QUEUES
+from settings.redis_commands import Key, RedisClient, RedisScript, Value, typed_client
+
+if TYPE_CHECKING:
+    from collections import OrderedDict
+
+    from kombu.asynchronous.timer import Entry
+    from kombu.utils.scheduling import round_robin_cycle
 
 log = logging.getLogger(__name__)
 
 # kombu's private attributes this transport overrides or calls, by class: class-level
-# ones (methods, class attributes), then instance attributes that `__init__` sets.
-PRIVATE_KOMBU_ATTRIBUTES = {
+# ones (methods, class attributes), then instance attributes that `__init__` sets. Keyed
+# by classes of unrelated types: `type[Any]`, as `missing_kombu_attributes` reads each
+# one's `__init__` (its source, never calling it).
+PRIVATE_KOMBU_ATTRIBUTES: dict[type[Any], tuple[str, ...]] = {
     redis_transport.Channel: (
         "_brpop_start",
         "_brpop_read",
@@ -100,7 +109,7 @@ PRIVATE_KOMBU_ATTRIBUTES = {
     virtual.QoS: ("_flush", "can_consume_max_estimate"),
     virtual.Transport: ("_deliver",),
 }
-PRIVATE_KOMBU_INSTANCE_ATTRIBUTES = {
+PRIVATE_KOMBU_INSTANCE_ATTRIBUTES: dict[type[Any], tuple[str, ...]] = {
     redis_transport.Channel: ("_queue_cycle",),
     virtual.QoS: ("_delivered",),
     redis_transport.MultiChannelPoller: ("_channels",),
@@ -123,8 +132,10 @@ def missing_kombu_attributes() -> list[str]:
 
 if _missing := missing_kombu_attributes():
     raise ImportError(
-        f"Broadcast's Redis stream transport does not support kombu {kombu.__version__}: it "
-        f"lacks {', '.join(_missing)}. Install the kombu version pyproject.toml pins."
+        "Broadcast's Redis stream transport does not support kombu "
+        # celery-types' kombu stub omits `__version__`, which kombu/__init__.py sets.
+        f"{kombu.__version__}: it lacks {', '.join(_missing)}. "  # type: ignore[attr-defined]
+        "Install the kombu version pyproject.toml pins."
     )
 
 GROUP = "workers"
@@ -182,8 +193,9 @@ def split_delivery_tag(tag: str) -> tuple[str, str]:
     return queue, entry_id
 
 
-def entry_fields(message: dict[str, Any]) -> dict[bytes, bytes]:
-    """A kombu envelope as stream fields: the body raw, the rest as JSON.
+def entry_fields(message: dict[str, Any]) -> dict[Key, Value]:
+    """A kombu envelope as stream fields (bytes, typed as `XADD` takes them): the body
+    raw, the rest as JSON.
 
     kombu base64-encodes bodies for its JSON envelope; a stream field holds bytes, so the
     body is stored decoded (a third smaller) and handed back decoded."""
@@ -191,7 +203,7 @@ def entry_fields(message: dict[str, Any]) -> dict[bytes, bytes]:
     body = envelope.pop("body", None)
     properties = dict(envelope.get("properties") or {})
     properties.pop("delivery_tag", None)  # a delivery's tag is its stream entry
-    fields: dict[bytes, bytes] = {}
+    fields: dict[Key, Value] = {}
     if isinstance(body, str) and properties.get("body_encoding") == "base64":
         fields[BODY] = base64.b64decode(body)
         properties["body_encoding"] = None
@@ -404,7 +416,41 @@ return moved
 """
 
 
-class QoS(virtual.QoS):
+if TYPE_CHECKING:
+    # kombu's private members this module uses (`PRIVATE_KOMBU_ATTRIBUTES`), which
+    # celery-types does not declare, as kombu 5.7 (the minor version pyproject.toml pins)
+    # defines them. For the checker only: at run time the bases are kombu's classes.
+
+    class _KombuQoS(virtual.QoS):
+        # Set by `__init__` (only the class attribute is None).
+        _delivered: OrderedDict[str, Any]
+
+        def _flush(self) -> None: ...
+
+    class _KombuRedisChannel(redis_transport.Channel):
+        # Set by `__init__`: the transport's connection errors, the queues' read order.
+        connection_errors: tuple[type[BaseException], ...]
+        _queue_cycle: round_robin_cycle[str]
+
+        def _create_client(self, asynchronous: bool = False) -> Redis: ...
+        def _disconnect_pools(self) -> None: ...
+        def _brpop_start(self, timeout: float | None = None) -> None: ...
+        def _brpop_read(self, **options: Any) -> bool: ...
+        def _flush_brpop_reauth(self) -> None: ...
+        def _q_for_pri(self, queue: str, pri: int) -> str: ...
+
+    class _KombuPoller(redis_transport.MultiChannelPoller):
+        # kombu's: the channels polled (this transport's, so this module's Channel).
+        _channels: set[Channel]
+        # This module's: the timer that moves list messages (`register_with_event_loop`).
+        _move_lists_tref: Entry
+
+else:
+    _KombuQoS = virtual.QoS
+    _KombuRedisChannel = redis_transport.Channel
+
+
+class QoS(_KombuQoS):
     """Acknowledgements on the stream: the group's pending list is the unacked record.
 
     An acknowledgement or a requeue that cannot reach Redis (it is restarting) is kept and
@@ -413,6 +459,8 @@ class QoS(virtual.QoS):
     visibility timeout. Both are idempotent, so doing one twice is harmless."""
 
     restore_at_shutdown = True
+    # Built by this module's Channel (its `QoS`), for itself.
+    channel: Channel
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -471,7 +519,9 @@ class QoS(virtual.QoS):
         with self._unsettled_lock:
             return tags | set(self._unsettled)
 
-    def restore_unacked(self, client: Any = None) -> list[Any]:
+    # kombu's `restore_unacked_once` reads the (error, message) pairs this returns (none
+    # here); celery-types declares the method as returning None.
+    def restore_unacked(self, client: Any = None) -> list[Any]:  # type: ignore[override]
         """At shutdown: every delivery not acknowledged goes back to its queue."""
         self._flush()
         tags = list(self._delivered)
@@ -489,8 +539,15 @@ class QoS(virtual.QoS):
         self.channel._restore_idle()
 
 
-class Channel(redis_transport.Channel):
-    QoS = QoS
+if TYPE_CHECKING:
+    # This module's QoS, by a name that Channel's own `QoS` attribute does not shadow.
+    _StreamQoS = QoS
+
+
+class Channel(_KombuRedisChannel):
+    # celery-types wants a subclass of kombu's Redis QoS; this one is a virtual QoS on
+    # purpose (kombu's Redis QoS keeps the unacked hash the stream's pending list replaces).
+    QoS = QoS  # type: ignore[assignment]
     stream_queues: tuple[str, ...] = TASK_QUEUES
     # Read first whenever they hold messages (see `_brpop_start`): fan-out, because the
     # gateway's messages are the only copy of its events and each is a few milliseconds of
@@ -533,20 +590,25 @@ class Channel(redis_transport.Channel):
         self._reads = 0
         self._heartbeat: Heartbeat | None = None
 
+    if TYPE_CHECKING:
+        # kombu's `qos` builds this channel's `QoS` once: this module's.
+        @property
+        def qos(self) -> _StreamQoS: ...
+
     # --- one client for the channel's synchronous commands
 
     @cached_property
-    def _sync_client(self) -> Redis:
+    def _sync_client(self) -> RedisClient:
         if self.connection is None:
             # Closed by kombu after a connection error whose reconnection failed, yet still
             # held by a long-lived producer (beat's): a connection error, which kombu's
             # publish retry answers by reconnecting and reviving the producer. Anything
             # else (AttributeError) would fail every later publish for ever.
             raise redis_errors.ConnectionError("the broker channel was closed; reconnecting")
-        return self._create_client()
+        return typed_client(self._create_client())
 
     @contextmanager
-    def conn_or_acquire(self, client: Redis | None = None) -> Iterator[Redis]:
+    def conn_or_acquire(self, client: Redis | None = None) -> Iterator[Redis | RedisClient]:
         # kombu builds a new client object per command (about 100 us of every publish);
         # a client is thread-safe over its pool, so one serves the channel.
         yield client or self._sync_client
@@ -558,7 +620,7 @@ class Channel(redis_transport.Channel):
         super()._disconnect_pools()
 
     @cached_property
-    def _scripts(self) -> dict[str, Any]:
+    def _scripts(self) -> dict[str, RedisScript]:
         client = self._sync_client
         return {
             "requeue": client.register_script(REQUEUE),
@@ -633,7 +695,7 @@ class Channel(redis_transport.Channel):
         first = client.xrange(key, min=b"(" + last, count=1)
         oldest = None
         if first:
-            entry_id = first[0][0]
+            entry_id: bytes | str = first[0][0]
             entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             oldest = int(entry_id.split("-", 1)[0]) / 1000.0
         return StreamQueueState(consumers=self._live_consumers(queue), oldest_waiting_at=oldest)
@@ -679,7 +741,7 @@ class Channel(redis_transport.Channel):
 
     # --- consume
 
-    def _stream_consumption(self, queues: list[str]) -> bool:
+    def _stream_consumption(self, queues: Collection[str]) -> bool:
         streams = [q for q in queues if self.is_stream(q)]
         if streams and len(streams) != len(queues):
             lists = [q for q in queues if not self.is_stream(q)]
@@ -727,8 +789,7 @@ class Channel(redis_transport.Channel):
         if self._read_blocks or not first or self._reads % PRIORITY_YIELD_EVERY == 0:
             # Nothing was waiting at the last look (or it is the other queues' turn): one
             # entry from each queue that has some, else wait for the next on any of them.
-            queues = self._queue_cycle.consume(len(queues))
-            keys = [stream_key(queue) for queue in queues]
+            keys = [stream_key(queue) for queue in self._queue_cycle.consume(len(queues))]
             self.client.connection.send_command(
                 "XREADGROUP", "GROUP", GROUP, self.consumer_name, "COUNT", 1,
                 "BLOCK", int((timeout or 0) * 1000), "STREAMS", *keys, *([">"] * len(keys)),
@@ -794,7 +855,9 @@ class Channel(redis_transport.Channel):
                 )  # fmt: skip
                 yield unreadable_stand_in(queue, entry_id, fields, str(exc))
 
-    def _get(self, queue: str) -> dict[str, Any]:
+    # kombu's Redis channel's `_get` takes no timeout either (kombu never passes one);
+    # celery-types gives it the virtual channel's signature, which has one.
+    def _get(self, queue: str) -> dict[str, Any]:  # type: ignore[override]
         if not self.is_stream(queue):
             return super()._get(queue)
         self._ensure_group(queue)
@@ -809,6 +872,7 @@ class Channel(redis_transport.Channel):
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         message = super().basic_get(queue, no_ack=no_ack, **kwargs)
         if message is not None and no_ack and self.is_stream(queue):
+            assert message.delivery_tag is not None  # a stream message's is its entry's
             self._acknowledge(message.delivery_tag)
         return message
 
@@ -994,6 +1058,8 @@ class Heartbeat:
 
 class Transport(redis_transport.Transport):
     Channel = Channel
+    # kombu's Redis transport sets it in `__init__`: a MultiChannelPoller (never None).
+    cycle: _KombuPoller
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -1005,13 +1071,14 @@ class Transport(redis_transport.Transport):
 
     def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
         client = self.client
+        assert client is not None  # the Connection that built this transport
         password = client.password if include_password else (mask if client.password else None)
         auth = f"{client.userid or ''}:{password}@" if password or client.userid else ""
         return f"redis://{auth}{client.hostname or 'localhost'}:{client.port or 6379}/" + str(
             client.virtual_host or 0
         )
 
-    def _deliver(self, message: Any, queue: str) -> None:
+    def _deliver(self, message: Any, queue: str | None) -> None:
         """Every message kombu delivers passes here. Stream entries are envelopes already
         (or stand-ins); a fanout message (Celery's remote control, events) that is no
         envelope is dropped with a log line instead of raising in the worker."""

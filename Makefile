@@ -24,10 +24,13 @@ wheel-smoke: setup
 bench: setup
 	$(PY) bench/bench.py
 
-# Style and structure: ruff, and the layer contracts (import-linter, pyproject.toml).
+# Style, structure and types: ruff (rules and format), the layer contracts
+# (import-linter, pyproject.toml) and mypy.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # Types: mypy over every application package ([tool.mypy] in pyproject.toml: standard mode,
 # strict for destinations/ and broadcast_engine/).

@@ -90,7 +90,6 @@ def accept(
     intake = Intake(trace.request_id)
     snapshot = _owner_cache().snapshot(trace.owner)
     kick: list[str] = []
-    types = {route.id: route.type for route in snapshot.routes}
     for route in snapshot.routes:
         decision = decide(route, trace) if snapshot.enabled else Decision.OWNER_DISABLED
         if decision is Decision.ELIGIBLE:
@@ -123,8 +122,10 @@ def accept(
         stored.size,
         completion=current.traces.completion(stored, len(intake.appended)),
     )
-    for destination_id in to_kick:
-        _kick(destination_id, types[destination_id], trace.request_id)
+    if to_kick:  # most events find their destinations' tasks already queued
+        types = {route.id: route.type for route in snapshot.routes}
+        for destination_id in to_kick:
+            _kick(destination_id, types[destination_id], trace.request_id)
     tally().add("fanned_out")
     logger.info(
         "broadcast.fan_out.accepted request=%s owner=%s destinations=%d skipped=%d",

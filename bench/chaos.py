@@ -293,7 +293,7 @@ class Chaos:
         still hold it, whether a fan-out message for it waits in the broker."""
         from settings import keys
 
-        redis_client = self.runtime.store.redis
+        redis_client, traces = self.runtime.store.redis, self.runtime.traces
         settled = set()
         for destination_id, vendor in zip(ids, self.vendors, strict=True):
             dead = {letter.request_id for letter in self.runtime.dead_letters.list(destination_id)}
@@ -305,10 +305,9 @@ class Chaos:
             for destination_id in ids:
                 entries = redis_client.xrange(keys.destination_part(destination_id, "backlog"))
                 held += [destination_id for _, f in entries if f[b"r"].decode() == request_id]
-            trace = keys.trace("user:chaos", request_id)
             print(
-                f"  {request_id}: stored={bool(redis_client.exists(trace))} "
-                f"holds={redis_client.get(keys.trace_refs('user:chaos', request_id))} "
+                f"  {request_id}: holds={traces.holds('user:chaos', request_id)} "
+                "(None: not stored) "
                 f"in backlogs={held}"
             )
         for queue in ("broadcast.fanout", "broadcast.deliver"):

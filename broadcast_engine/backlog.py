@@ -38,7 +38,7 @@ from typing import Any
 import redis
 
 from broadcast_engine import circuit_window
-from broadcast_engine.trace_store import Completion
+from broadcast_engine.trace_store import TraceWrite, Written
 from settings import keys
 from settings.models import HealthRecord
 from settings.redis_commands import RedisClient
@@ -354,18 +354,38 @@ return 0
 """
 )
 
-# KEYS: the completion key, then per destination its backlog and queued flag.
-# ARGV: request id, accepted at, trace bytes, completion value, completion TTL ms, lease
-# ms, then per destination "1" to SET NX its queued flag. Returns per destination 1 when
-# its flag was set now (a deliver task must be sent), else 0.
+# KEYS: the trace (broadcast_engine/trace_store.py), then per destination its backlog and
+# queued flag. ARGV: request id, accepted at, trace bytes, hold count, lease ms, the
+# trace's stored value (with that count), its TTL ms, then per destination "1" to set its
+# queued flag unless it is set. Stores the trace unless it is stored (SET NX); one stored
+# by a fan-out that completed makes this a duplicate: nil, nothing appended. Else returns
+# per destination 1 when its flag was set now (a deliver task must be sent), else 0.
+# With several flags to set, one MGET reads them all: under traffic nearly every event
+# finds its destinations' tasks queued, so it costs one command instead of a SET NX each.
 _APPEND_EVENT = """
-local out = {}
-for i = 1, (#KEYS - 1) / 2 do
-  redis.call('XADD', KEYS[2 * i], '*', 'r', ARGV[1], 'a', ARGV[2], 'n', ARGV[3])
-  local set = ARGV[6 + i] == '1' and redis.call('SET', KEYS[2 * i + 1], '1', 'NX', 'PX', ARGV[6])
-  out[i] = set and 1 or 0
+if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'PX', ARGV[7]) then
+  -- trace_store's hold count: NOT_COMPLETE (-1) until the fan-out that stored it completed
+  if redis.call('BITFIELD_RO', KEYS[1], 'GET', 'i32', 8)[1] ~= -1 then return false end
+  redis.call('BITFIELD', KEYS[1], 'SET', 'i32', 8, ARGV[4])
 end
-redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+local n = (#KEYS - 1) / 2
+local wanted = {}
+for i = 1, n do
+  if ARGV[7 + i] == '1' then wanted[#wanted + 1] = KEYS[2 * i + 1] end
+end
+local held = {}
+if #wanted > 1 then held = redis.call('MGET', unpack(wanted)) end
+local out, w = {}, 0
+for i = 1, n do
+  redis.call('XADD', KEYS[2 * i], '*', 'r', ARGV[1], 'a', ARGV[2], 'n', ARGV[3])
+  out[i] = 0
+  if ARGV[7 + i] == '1' then
+    w = w + 1
+    if not held[w] and redis.call('SET', KEYS[2 * i + 1], '1', 'NX', 'PX', ARGV[5]) then
+      out[i] = 1
+    end
+  end
+end
 return out
 """
 
@@ -566,23 +586,26 @@ class Backlog:
         destinations: Sequence[tuple[str, bool]],
         request_id: str,
         accepted_at: float,
-        size: int,
-        *,
-        completion: Completion,
-    ) -> list[str]:
-        """Append one trace to each destination's backlog and set `completion`, all or
-        nothing, so a crash between them cannot leave half the appends to be made twice;
-        with a destination's `kick`, also `SET NX` its queued flag. Returns the destinations
-        whose flag this set: the caller sends each a deliver task.
+        trace: TraceWrite,
+    ) -> list[str] | None:
+        """Store the trace unless a fan-out that completed stored it (then None: a
+        duplicate, nothing appended), append it to each destination's backlog and set its
+        hold count, all or nothing, so a crash between them cannot leave half the appends
+        to be made twice; with a destination's `kick`, also set its queued flag unless it
+        is set. Returns the destinations whose flag this set: the caller sends each a
+        deliver task.
 
         On one Redis this is one script (one round trip, no MULTI/EXEC around it); a Redis
-        Cluster cannot run it across slots, so there it is a pipeline, whose crash window
-        is the pipeline's own."""
+        Cluster cannot run it across slots, so there the trace is stored first and the
+        rest is a pipeline, whose crash window is the pipeline's own."""
+        size = len(trace.blob)
         if isinstance(self.redis, redis.RedisCluster):
+            if trace.claim(self.redis) is Written.COMPLETE:
+                return None
             with self.redis.pipeline(transaction=False) as pipe:
                 for destination_id, kick in destinations:
                     self.append(pipe, destination_id, request_id, accepted_at, size, kick=kick)
-                pipe.set(completion.key, completion.value, px=completion.ttl_ms)
+                trace.set_holds(pipe)
                 replies = iter(pipe.execute())
             kicked = []
             for destination_id, kick in destinations:
@@ -591,7 +614,7 @@ class Backlog:
                     kicked.append(destination_id)
             return kicked
         set_flags = self._append_event(
-            keys=[completion.key]
+            keys=[trace.key]
             + [
                 _key(destination_id, part)
                 for destination_id, _kick in destinations
@@ -601,12 +624,15 @@ class Backlog:
                 request_id,
                 f"{accepted_at:.3f}",
                 size,
-                completion.value,
-                completion.ttl_ms,
+                trace.holders,
                 int(self.lease_seconds * 1000),
+                trace.value(trace.holders),
+                trace.ttl_ms,
                 *("1" if kick else "0" for _destination_id, kick in destinations),
             ],
         )
+        if set_flags is None:
+            return None
         return [d for (d, _kick), set_now in zip(destinations, set_flags, strict=True) if set_now]
 
     def queue_flag(self, pipe: Any, destination_id: str) -> None:

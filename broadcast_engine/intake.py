@@ -4,13 +4,13 @@ destination's backlog, and make sure a deliver task is queued for each.
 Imported by the worker only (it loads validation, the store and the settings cache), so
 the gateway's `from tasks import broadcast` stays light.
 
-Redis work per accepted event, in two round trips: `SET NX` of the trace, then one atomic
-step (`Backlog.append_event`) with an `XADD` and a `SET NX` of the queued flag per
-destination and the trace's hold count (one per backlog), which also marks that fan-out
-completed. A
-redelivered fan-out (its worker died, or the gateway sent the event twice) finds the
-trace: with a hold count there is nothing to do; without one, the earlier run died before
-the transaction, and the appends are made now. What became of each event (fanned out,
+Redis work per accepted event, in one round trip: one atomic step (`Backlog.append_event`)
+stores the trace (`SET NX`, with its hold count: one per backlog), and appends it with
+an `XADD` per destination; one `MGET` finds which destinations' queued flags are set,
+and each flag that is not is set there. A redelivered fan-out (its worker died, or the
+gateway sent the event twice) finds the trace stored with its count, and does nothing.
+(On a Redis Cluster the trace is stored first and marked complete with the appends; a
+fan-out that died in between is redone.) What became of each event (fanned out,
 filtered, duplicate) is counted in the process and written about once a second
 (`broadcast_engine.event_tally`), not with a command per event; a rejection is counted by
 reason class in the write that records it.
@@ -34,7 +34,6 @@ from broadcast_engine.event_tally import tally
 from broadcast_engine.events import InvalidEvent, RejectReason, build_trace, event_id_of
 from broadcast_engine.owner_cache import OwnerCache
 from broadcast_engine.runtime import runtime
-from broadcast_engine.trace_store import Written
 from settings.event_limits import EventLimits
 from settings.models import OWNER_PATTERN
 from settings.store import UNKNOWN_OWNER
@@ -105,8 +104,14 @@ def accept(
             current.store.count_many(intake.skipped.items())
         tally().add("filtered")
         return intake
-    written, stored = current.traces.claim(trace)
-    if written is Written.COMPLETE:
+    write = current.traces.write_for(trace, len(intake.appended))[0]
+    to_kick = current.backlog.append_event(
+        [(destination_id, destination_id in kick) for destination_id in intake.appended],
+        trace.request_id,
+        time.time(),
+        write,
+    )
+    if to_kick is None:
         logger.info(
             "broadcast.fan_out.duplicate request=%s owner=%s", trace.request_id, trace.owner
         )
@@ -115,13 +120,6 @@ def accept(
         return intake
     if intake.skipped:
         current.store.count_many(intake.skipped.items())
-    to_kick = current.backlog.append_event(
-        [(destination_id, destination_id in kick) for destination_id in intake.appended],
-        trace.request_id,
-        time.time(),
-        stored.size,
-        completion=current.traces.completion(stored, len(intake.appended)),
-    )
     if to_kick:  # most events find their destinations' tasks already queued
         types = {route.id: route.type for route in snapshot.routes}
         for destination_id in to_kick:

@@ -1,13 +1,16 @@
 """Stored traces: each accepted trace is written once and read by every destination's batch.
 
-A trace is stored as compact JSON of `Trace.to_wire()`, zlib-compressed when that pays,
-under `keys.trace(owner, request_id)`. Backlog entries, deliver tasks and dead letters refer
-to it by (owner, request id); no task message carries a trace.
+A trace is stored under `keys.trace(owner, request_id)` as one string: the marker byte
+`h`, its hold count (a signed 32-bit big-endian integer that `BITFIELD` changes in place),
+then compact JSON of `Trace.to_wire()`, zlib-compressed when that pays (a codec byte says
+which). Backlog entries, deliver tasks and dead letters refer to it by (owner, request
+id); no task message carries a trace.
 
 How long it lives: while some backlog still needs it.
-- Fan-out writes it with a TTL that covers the retry horizon (`lifetime_seconds`), then,
-  in the transaction that appends it to the backlogs, its hold count (`keys.trace_refs`):
-  one per backlog it was appended to.
+- Fan-out writes it with a TTL that covers the retry horizon (`lifetime_seconds`) and a
+  count of one per backlog it is appended to, in the step that appends it (`TraceWrite`;
+  on a Redis Cluster it is written first with the count `NOT_COMPLETE`, which that step
+  then sets).
 - Each backlog entry that ends (delivered, dead-lettered, dropped) releases one hold,
   exactly once: the backlog's own scripts say which entries they settled now. The last
   release keeps the trace only `keep_after_seconds` more, so a redelivered fan-out or an
@@ -17,13 +20,22 @@ How long it lives: while some backlog still needs it.
 - A hold lost to a crash between a settlement and its release only lets the trace live to
   its TTL. Nothing here needs beat.
 
-The hold count doubles as fan-out's completion mark: a trace stored without one means the
-fan-out that wrote it died before its appends; with one, the fan-out completed.
+The count doubles as fan-out's completion mark: a trace stored means a redelivered
+fan-out has nothing to do, unless its count is `NOT_COMPLETE` (the fan-out that wrote it
+died before its appends: they are made now).
+
+Why one key: a count of its own (`keys.legacy_trace_refs`, with the trace at
+`keys.legacy_trace`, as earlier versions stored them) cost a `SET` per event and a
+second `PEXPIRE` at the last release (bench D2). Traces an earlier version stored are
+still read and released where they are, so a rolling upgrade loses none; a fan-out
+message an earlier version had taken and a later one redelivers is not recognised as a
+duplicate, though (the two versions look at different keys).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,10 +48,16 @@ import redis
 from destinations.json_body import compact_json
 from destinations.trace import Trace
 from settings import keys
-from settings.redis_commands import RedisClient
+from settings.redis_commands import RedisClient, RedisPipeline
 
 COMPRESS_FROM_BYTES = 1024
 RAW, ZLIB = b"j", b"z"
+# The stored value: HELD, the hold count (BITFIELD type and bit offset), the encoded trace.
+HELD = b"h"
+COUNT_TYPE, COUNT_OFFSET = "i32", 8
+_COUNT = struct.Struct(">i")
+_HEADER_BYTES = len(HELD) + _COUNT.size
+NOT_COMPLETE = -1
 # Upper case: written by an earlier version, which marked a fan-out in progress that way.
 _CODECS = {b"j": RAW, b"J": RAW, b"z": ZLIB, b"Z": ZLIB}
 
@@ -70,8 +88,16 @@ def encode(wire: dict[str, Any]) -> bytes:
     return RAW + raw
 
 
+def stored_value(blob: bytes, holds: int) -> bytes:
+    """What is stored under `keys.trace`: the header with `holds`, then `encode`'s bytes."""
+    return HELD + _COUNT.pack(holds) + blob
+
+
 def decode(blob: bytes) -> dict[str, Any]:
-    """Inverse of `encode` (pending or not). Raises `ValueError` on bytes it did not write."""
+    """Inverse of `encode`, or of `stored_value` (a trace stored by an earlier version has
+    no header). Raises `ValueError` on bytes neither wrote."""
+    if blob[:1] == HELD:
+        blob = blob[_HEADER_BYTES:]
     codec, body = _CODECS.get(blob[:1]), blob[1:]
     if codec is None:
         raise ValueError("not a stored trace")
@@ -82,12 +108,35 @@ def decode(blob: bytes) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Completion:
-    """A key to set to `value` (with a TTL) in the same atomic step as fan-out's appends."""
+class TraceWrite:
+    """A trace as fan-out stores it: under `key`, its encoded `blob` (`encode`) after the
+    header, with a TTL of `ttl_ms`. Its hold count is `holders` (one per backlog it is
+    appended to), set in the same atomic step as the appends: on one Redis, the trace is
+    written by that step (`value(holders)`, `broadcast_engine.backlog`'s append script);
+    on a Redis Cluster, `claim` writes it first and `set_holds` then sets the count."""
 
     key: str
-    value: int
+    blob: bytes
+    holders: int
     ttl_ms: int
+
+    def value(self, holds: int) -> bytes:
+        return stored_value(self.blob, holds)
+
+    def claim(self, client: RedisClient) -> Written:
+        """Store the trace with the count `NOT_COMPLETE` unless it is stored already (one
+        round trip, two when it is: then whether the fan-out that stored it completed)."""
+        if client.set(self.key, self.value(NOT_COMPLETE), nx=True, px=self.ttl_ms):
+            return Written.NEW
+        header = client.getrange(self.key, 0, _HEADER_BYTES - 1)
+        if len(header) < _HEADER_BYTES:  # it expired since: store it now
+            return self.claim(client)
+        holds = _COUNT.unpack(header[len(HELD) :])[0]
+        return Written.INTERRUPTED if holds == NOT_COMPLETE else Written.COMPLETE
+
+    def set_holds(self, pipe: RedisPipeline) -> None:
+        """Queue the hold count on `pipe`: the mark that fan-out completed."""
+        pipe.execute_command("BITFIELD", self.key, "SET", COUNT_TYPE, COUNT_OFFSET, self.holders)
 
 
 class TraceStore:
@@ -100,43 +149,38 @@ class TraceStore:
 
     # Fan-out
 
-    def claim(self, trace: Trace) -> tuple[Written, StoredTrace]:
-        """Store the trace unless it is stored already (one round trip, two when it is:
-        then whether the fan-out that stored it completed)."""
+    def write_for(self, trace: Trace, holders: int) -> tuple[TraceWrite, StoredTrace]:
+        """How fan-out stores `trace` for `holders` backlogs (see `TraceWrite`)."""
         blob = encode(trace.to_wire())
         stored = StoredTrace(trace.owner, trace.request_id, len(blob), blob[:1])
         key = keys.trace(trace.owner, trace.request_id)
-        if self.redis.set(key, blob, nx=True, px=_ms(self.lifetime_seconds)):
-            return Written.NEW, stored
-        holds = keys.trace_refs(trace.owner, trace.request_id)
-        return (Written.COMPLETE if self.redis.exists(holds) else Written.INTERRUPTED), stored
+        return TraceWrite(key, blob, holders, _ms(self.lifetime_seconds)), stored
 
-    def completion(self, stored: StoredTrace, holders: int) -> Completion:
-        """The hold count fan-out writes with its appends, in the same atomic step: one per
-        backlog the trace was appended to (also the mark that fan-out completed)."""
-        return Completion(
-            keys.trace_refs(stored.owner, stored.request_id), holders, _ms(self.lifetime_seconds)
-        )
+    def claim(self, trace: Trace) -> tuple[Written, StoredTrace]:
+        """Store the trace, not yet complete, unless it is stored already (a fan-out's
+        first step where one script cannot store it with its appends; tests)."""
+        write, stored = self.write_for(trace, 0)
+        return write.claim(self.redis), stored
 
-    def complete(self, pipe: Any, stored: StoredTrace, holders: int) -> None:
-        """Queue the hold count (`completion`) on `pipe`."""
-        completion = self.completion(stored, holders)
-        pipe.set(completion.key, completion.value, px=completion.ttl_ms)
+    def holds(self, owner: str, request_id: str) -> int | None:
+        """The trace's hold count (`NOT_COMPLETE` while its fan-out has not completed);
+        None when it is not stored. For tests and diagnostics."""
+        header = self.redis.getrange(keys.trace(owner, request_id), 0, _HEADER_BYTES - 1)
+        if len(header) < _HEADER_BYTES or header[:1] != HELD:
+            return None
+        holds: int = _COUNT.unpack(header[len(HELD) :])[0]
+        return holds
 
     def restore(self, trace: Trace) -> StoredTrace:
         """Store a trace again for a replay (unless it is still stored) with one more hold:
         the caller appends it to one backlog."""
         blob = encode(trace.to_wire())
-        key, holds = (
-            keys.trace(trace.owner, trace.request_id),
-            keys.trace_refs(trace.owner, trace.request_id),
-        )
+        key = keys.trace(trace.owner, trace.request_id)
         lifetime = _ms(self.lifetime_seconds)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, blob, px=lifetime, nx=True)
+            pipe.set(key, stored_value(blob, 0), px=lifetime, nx=True)
             pipe.pexpire(key, lifetime)
-            pipe.incr(holds)
-            pipe.pexpire(holds, lifetime)
+            pipe.execute_command("BITFIELD", key, "INCRBY", COUNT_TYPE, COUNT_OFFSET, 1)
             pipe.execute()
         return StoredTrace(trace.owner, trace.request_id, len(blob), blob[:1])
 
@@ -147,17 +191,22 @@ class TraceStore:
         if not request_ids:
             return {}
         names = [keys.trace(owner, request_id) for request_id in request_ids]
+        blobs = dict(zip(request_ids, self._mget(names), strict=True))
+        missing = [request_id for request_id, blob in blobs.items() if blob is None]
+        if missing:  # stored by an earlier version, or expired
+            legacy = self._mget([keys.legacy_trace(owner, r) for r in missing])
+            blobs.update(zip(missing, legacy, strict=True))
+        return {request_id: _trace_or_none(blob) for request_id, blob in blobs.items()}
+
+    def _mget(self, names: list[str]) -> list[bytes | None]:
         if isinstance(self.redis, redis.RedisCluster):
-            blobs = self.redis.mget_nonatomic(names)  # one slot per trace: split by node
-        else:
-            blobs = self.redis.mget(names)
-        return {
-            request_id: _trace_or_none(blob)
-            for request_id, blob in zip(request_ids, blobs, strict=True)
-        }
+            return self.redis.mget_nonatomic(names)  # one slot per trace: split by node
+        return self.redis.mget(names)
 
     def get_wire(self, owner: str, request_id: str) -> dict[str, Any] | None:
         blob = self.redis.get(keys.trace(owner, request_id))
+        if blob is None:
+            blob = self.redis.get(keys.legacy_trace(owner, request_id))
         return decode(blob) if blob is not None else None
 
     # Backlog entries that ended
@@ -165,22 +214,42 @@ class TraceStore:
     def release(self, owner: str, request_ids: Iterable[str]) -> None:
         """One backlog is done with each of these traces (call once per ended entry). A
         trace no backlog holds any more is kept `keep_after_seconds` longer, then expires.
-        A trace without a hold count (stored by an earlier version) keeps its own TTL."""
+        One command per trace, and one more for the last hold."""
         request_ids = list(request_ids)
         if not request_ids:
             return
         with self.redis.pipeline(transaction=False) as pipe:
             for request_id in request_ids:
-                pipe.decr(keys.trace_refs(owner, request_id))
-            left = pipe.execute()
+                key = keys.trace(owner, request_id)
+                pipe.execute_command("BITFIELD", key, "INCRBY", COUNT_TYPE, COUNT_OFFSET, -1)
+            left = [reply[0] for reply in pipe.execute()]
         keep = _ms(self.keep_after_seconds)
+        legacy: list[str] = []  # their DECR replies come last, in this order
         with self.redis.pipeline(transaction=False) as pipe:
             for request_id, holds in zip(request_ids, left, strict=True):
                 if holds == 0:
                     pipe.pexpire(keys.trace(owner, request_id), keep)
-                    pipe.pexpire(keys.trace_refs(owner, request_id), keep)
+                elif holds < 0:
+                    # Not stored here: BITFIELD just wrote a count into an empty key. The
+                    # trace is an earlier version's (or expired): release it there.
+                    pipe.delete(keys.trace(owner, request_id))
+                    legacy.append(request_id)
+            for request_id in legacy:
+                pipe.decr(keys.legacy_trace_refs(owner, request_id))
+            replies = pipe.execute()
+        if legacy:
+            self._release_legacy(owner, legacy, replies[-len(legacy) :])
+
+    def _release_legacy(self, owner: str, request_ids: list[str], left: list[int]) -> None:
+        """The release of traces an earlier version stored (trace and count in two keys)."""
+        keep = _ms(self.keep_after_seconds)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for request_id, holds in zip(request_ids, left, strict=True):
+                if holds == 0:
+                    pipe.pexpire(keys.legacy_trace(owner, request_id), keep)
+                    pipe.pexpire(keys.legacy_trace_refs(owner, request_id), keep)
                 elif holds < 0:  # no count was kept: DECR just created one
-                    pipe.delete(keys.trace_refs(owner, request_id))
+                    pipe.delete(keys.legacy_trace_refs(owner, request_id))
             pipe.execute()
 
 

@@ -31,7 +31,6 @@ from functools import cached_property
 from typing import Any
 
 from celery import signals
-from celery.worker.consumer import Consumer
 from kombu.exceptions import OperationalError
 from redis import RedisError
 
@@ -46,6 +45,7 @@ from broadcast_broker.message_vetting import (
     transport_mark,
 )
 from broadcast_broker.stream_transport import TAG_SEPARATOR, split_delivery_tag
+from broadcast_engine.task_event_batching import EventBatchingConsumer
 from broadcast_engine.unreadable_messages import UnreadableMessage
 from settings.event_limits import EventLimits
 
@@ -59,8 +59,9 @@ DECODED_BODY_FACTOR = 2
 INFRASTRUCTURE_ERRORS = (OperationalError, RedisError, OSError)
 
 
-class VettingConsumer(Consumer):
-    """Celery's consumer with every task message vetted first (see the module docstring)."""
+class VettingConsumer(EventBatchingConsumer):
+    """Celery's consumer with every task message vetted first (see the module docstring),
+    its task events published in batches (broadcast_engine/task_event_batching.py)."""
 
     # Set by Celery's `Consumer.__init__` from the broker connection (celery-types omits
     # them): what a failing connection or channel raises.

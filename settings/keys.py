@@ -123,13 +123,20 @@ def window_bucket(destination_id: str, bucket: int) -> str:
 
 
 def trace(owner_id: str, request_id: str) -> str:
-    """The stored trace of one request. Keyed by owner too: a request id that another
-    account also sent can never make one account's trace reach the other's destinations."""
+    """The stored trace of one request, with its hold count (broadcast_engine/trace_store.py).
+    Keyed by owner too: a request id that another account also sent can never make one
+    account's trace reach the other's destinations."""
+    return f"{legacy_trace(owner_id, request_id)}:h"
+
+
+def legacy_trace(owner_id: str, request_id: str) -> str:
+    """Where earlier versions stored a trace, its hold count apart (`legacy_trace_refs`);
+    still read and released, never written."""
     return f"{PREFIX}{{t:{owner_id}/{request_id}}}"
 
 
-def trace_refs(owner_id: str, request_id: str) -> str:
-    return f"{trace(owner_id, request_id)}:refs"
+def legacy_trace_refs(owner_id: str, request_id: str) -> str:
+    return f"{legacy_trace(owner_id, request_id)}:refs"
 
 
 # Management API keys (settings/api_keys.py) share one hash tag: a key is created and

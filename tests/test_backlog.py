@@ -20,7 +20,7 @@ from broadcast_engine.backlog import Backlog, Begin, ClaimKind, Settled, Settlem
 from broadcast_engine.backlog_upkeep import drop_oldest, enforce_budget, enforce_caps
 from broadcast_engine.delivery_run import DeliveryRun, delivery_policy
 from broadcast_engine.events import build_trace
-from broadcast_engine.trace_store import Written
+from broadcast_engine.trace_store import Written, encode
 from harness.samples import chat_event
 from harness.waiting import wait_for
 from settings import keys
@@ -49,7 +49,7 @@ def stored_trace(rt, user_id: str, index: int, holders: int = 1, **event):
     written, stored = rt.traces.claim(trace)
     assert written is Written.NEW
     with rt.store.redis.pipeline(transaction=False) as pipe:
-        rt.traces.complete(pipe, stored, holders)
+        rt.traces.write_for(trace, holders)[0].set_holds(pipe)
         pipe.execute()
     return trace, stored.size
 
@@ -279,8 +279,41 @@ def test_a_stored_trace_lives_while_a_backlog_holds_it(service, user_id, receive
     record = rt.store.get_destination(lagging)
     assert drop_oldest(rt, record, 1, "test drop", time.time()) == 1
     assert 0 < rt.store.redis.ttl(key) <= rt.config.trace_keep_after_seconds
-    assert rt.store.redis.get(keys.trace_refs(owner, trace.request_id)) == b"0"
+    assert rt.traces.holds(owner, trace.request_id) == 0
     assert rt.traces.claim(trace)[0] is Written.COMPLETE  # a redelivered fan-out: nothing to do
+
+
+def test_a_trace_an_earlier_version_stored_is_read_and_released_where_it_is(
+    service, user_id, receiver, rt
+):
+    """Earlier versions stored a trace and its hold count under two keys; a rolling upgrade leaves
+    some: a run of this version delivers them and releases the count they have."""
+    owner = f"user:{user_id}"
+    sink = receiver()
+    destination_id = service.add_destination(owner, "webhook", "old", {"url": sink.url})["id"]
+    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-old"))
+    blob = encode(trace.to_wire())
+    legacy, legacy_refs = (
+        keys.legacy_trace(owner, trace.request_id),
+        keys.legacy_trace_refs(owner, trace.request_id),
+    )
+    redis_client = rt.store.redis
+    with redis_client.pipeline(transaction=False) as pipe:
+        pipe.set(legacy, blob, px=3_600_000)
+        pipe.set(legacy_refs, 2, px=3_600_000)
+        rt.backlog.append(
+            pipe, destination_id, trace.request_id, time.time(), len(blob), kick=False
+        )
+        pipe.execute()
+    summary = DeliveryRun(rt, delivery_policy(rt), destination_id, "unit-run").run()
+    assert summary.outcomes == {"delivered": 1}
+    [sent] = [r for r in sink.requests() if not r.headers.get("x-test-connection")]
+    assert trace.request_id.encode() in sent.body
+    assert redis_client.get(legacy_refs) == b"1"  # one release, where the count was
+    assert not redis_client.exists(keys.trace(owner, trace.request_id))  # none written here
+    rt.traces.release(owner, [trace.request_id])
+    assert redis_client.get(legacy_refs) == b"0"
+    assert 0 < redis_client.ttl(legacy) <= rt.config.trace_keep_after_seconds
 
 
 def test_a_fan_out_that_died_before_its_appends_is_seen_as_interrupted(service, user_id, rt):

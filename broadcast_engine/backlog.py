@@ -365,7 +365,7 @@ return 0
 _APPEND_EVENT = """
 if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'PX', ARGV[7]) then
   -- trace_store's hold count: NOT_COMPLETE (-1) until the fan-out that stored it completed
-  if redis.call('BITFIELD_RO', KEYS[1], 'GET', 'i32', 8)[1] ~= -1 then return false end
+  if redis.call('BITFIELD', KEYS[1], 'GET', 'i32', 8)[1] ~= -1 then return false end
   redis.call('BITFIELD', KEYS[1], 'SET', 'i32', 8, ARGV[4])
 end
 local n = (#KEYS - 1) / 2

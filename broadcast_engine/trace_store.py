@@ -93,6 +93,14 @@ def stored_value(blob: bytes, holds: int) -> bytes:
     return HELD + _COUNT.pack(holds) + blob
 
 
+def _holds_in(header: bytes) -> int | None:
+    """The hold count in a stored value's first bytes; None when they are no header."""
+    if len(header) < _HEADER_BYTES or header[:1] != HELD:
+        return None
+    holds: int = _COUNT.unpack_from(header, len(HELD))[0]
+    return holds
+
+
 def decode(blob: bytes) -> dict[str, Any]:
     """Inverse of `encode`, or of `stored_value` (a trace stored by an earlier version has
     no header). Raises `ValueError` on bytes neither wrote."""
@@ -129,10 +137,9 @@ class TraceWrite:
         if client.set(self.key, self.value(NOT_COMPLETE), nx=True, px=self.ttl_ms):
             return Written.NEW
         header = client.getrange(self.key, 0, _HEADER_BYTES - 1)
-        if len(header) < _HEADER_BYTES:  # it expired since: store it now
+        if not header:  # it expired since: store it now
             return self.claim(client)
-        holds = _COUNT.unpack(header[len(HELD) :])[0]
-        return Written.INTERRUPTED if holds == NOT_COMPLETE else Written.COMPLETE
+        return Written.INTERRUPTED if _holds_in(header) == NOT_COMPLETE else Written.COMPLETE
 
     def set_holds(self, pipe: RedisPipeline) -> None:
         """Queue the hold count on `pipe`: the mark that fan-out completed."""
@@ -165,11 +172,7 @@ class TraceStore:
     def holds(self, owner: str, request_id: str) -> int | None:
         """The trace's hold count (`NOT_COMPLETE` while its fan-out has not completed);
         None when it is not stored. For tests and diagnostics."""
-        header = self.redis.getrange(keys.trace(owner, request_id), 0, _HEADER_BYTES - 1)
-        if len(header) < _HEADER_BYTES or header[:1] != HELD:
-            return None
-        holds: int = _COUNT.unpack(header[len(HELD) :])[0]
-        return holds
+        return _holds_in(self.redis.getrange(keys.trace(owner, request_id), 0, _HEADER_BYTES - 1))
 
     def restore(self, trace: Trace) -> StoredTrace:
         """Store a trace again for a replay (unless it is still stored) with one more hold:

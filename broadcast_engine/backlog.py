@@ -38,7 +38,13 @@ from typing import Any
 import redis
 
 from broadcast_engine import circuit_window
-from broadcast_engine.trace_store import TraceWrite, Written
+from broadcast_engine.trace_store import (
+    COUNT_OFFSET,
+    COUNT_TYPE,
+    NOT_COMPLETE,
+    TraceWrite,
+    Written,
+)
 from settings import keys
 from settings.models import HealthRecord
 from settings.redis_commands import RedisClient
@@ -354,6 +360,9 @@ return 0
 """
 )
 
+# The trace's hold count where trace_store keeps it (BITFIELD type and bit offset).
+_HOLDS = f"'{COUNT_TYPE}', {COUNT_OFFSET}"
+
 # KEYS: the trace (broadcast_engine/trace_store.py), then per destination its backlog and
 # queued flag. ARGV: request id, accepted at, trace bytes, hold count, lease ms, the
 # trace's stored value (with that count), its TTL ms, then per destination "1" to set its
@@ -362,12 +371,15 @@ return 0
 # per destination 1 when its flag was set now (a deliver task must be sent), else 0.
 # With several flags to set, one MGET reads them all: under traffic nearly every event
 # finds its destinations' tasks queued, so it costs one command instead of a SET NX each.
-_APPEND_EVENT = """
+_APPEND_EVENT = (
+    f"""
 if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'PX', ARGV[7]) then
-  -- trace_store's hold count: NOT_COMPLETE (-1) until the fan-out that stored it completed
-  if redis.call('BITFIELD', KEYS[1], 'GET', 'i32', 8)[1] ~= -1 then return false end
-  redis.call('BITFIELD', KEYS[1], 'SET', 'i32', 8, ARGV[4])
+  -- stored already: a duplicate, unless the fan-out that stored it never completed
+  if redis.call('BITFIELD', KEYS[1], 'GET', {_HOLDS})[1] ~= {NOT_COMPLETE} then return false end
+  redis.call('BITFIELD', KEYS[1], 'SET', {_HOLDS}, ARGV[4])
 end
+"""
+    + """
 local n = (#KEYS - 1) / 2
 local wanted = {}
 for i = 1, n do
@@ -388,6 +400,7 @@ for i = 1, n do
 end
 return out
 """
+)
 
 # KEYS: retry. ARGV: now. Every waiting retry falls due now.
 _MAKE_DUE = """

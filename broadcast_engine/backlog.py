@@ -38,13 +38,7 @@ from typing import Any
 import redis
 
 from broadcast_engine import circuit_window
-from broadcast_engine.trace_store import (
-    COUNT_OFFSET,
-    COUNT_TYPE,
-    NOT_COMPLETE,
-    TraceWrite,
-    Written,
-)
+from broadcast_engine.trace_store import COUNT_OFFSET, COUNT_TYPE, TraceWrite, Written
 from settings import keys
 from settings.models import HealthRecord
 from settings.redis_commands import RedisClient
@@ -375,7 +369,7 @@ _APPEND_EVENT = (
     f"""
 if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'PX', ARGV[7]) then
   -- stored already: a duplicate, unless the fan-out that stored it never completed
-  if redis.call('BITFIELD', KEYS[1], 'GET', {_HOLDS})[1] ~= {NOT_COMPLETE} then return false end
+  if redis.call('BITFIELD', KEYS[1], 'GET', {_HOLDS})[1] >= 0 then return false end
   redis.call('BITFIELD', KEYS[1], 'SET', {_HOLDS}, ARGV[4])
 end
 """

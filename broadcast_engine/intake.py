@@ -104,7 +104,7 @@ def accept(
             current.store.count_many(intake.skipped.items())
         tally().add("filtered")
         return intake
-    write = current.traces.write_for(trace, len(intake.appended))[0]
+    write = current.traces.write_for(trace, len(intake.appended))
     to_kick = current.backlog.append_event(
         [(destination_id, destination_id in kick) for destination_id in intake.appended],
         trace.request_id,

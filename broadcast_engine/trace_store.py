@@ -21,8 +21,11 @@ How long it lives: while some backlog still needs it.
   its TTL. Nothing here needs beat.
 
 The count doubles as fan-out's completion mark: a trace stored means a redelivered
-fan-out has nothing to do, unless its count is `NOT_COMPLETE` (the fan-out that wrote it
-died before its appends: they are made now).
+fan-out has nothing to do, unless its count is below zero (`NOT_COMPLETE`, less any
+releases that came first): the fan-out that wrote it died before its appends, and they
+are made now. On a Redis Cluster a deliver run may settle an entry of a fan-out whose
+count is not set yet (the appends and the count are a pipeline across nodes); its release
+leaves the trace where it is, and the count the fan-out then sets makes it live to its TTL.
 
 Why one key: a count of its own (`keys.legacy_trace_refs`, with the trace at
 `keys.legacy_trace`, as earlier versions stored them) cost a `SET` per event and a
@@ -58,6 +61,9 @@ COUNT_TYPE, COUNT_OFFSET = "i32", 8
 _COUNT = struct.Struct(">i")
 _HEADER_BYTES = len(HELD) + _COUNT.size
 NOT_COMPLETE = -1
+# A release's count when the key was not there (BITFIELD counts from a zeroed string);
+# a not-yet-complete trace released reads below it.
+_ABSENT_RELEASED = -1
 # Upper case: written by an earlier version, which marked a fan-out in progress that way.
 _CODECS = {b"j": RAW, b"J": RAW, b"z": ZLIB, b"Z": ZLIB}
 
@@ -139,7 +145,8 @@ class TraceWrite:
         header = client.getrange(self.key, 0, _HEADER_BYTES - 1)
         if not header:  # it expired since: store it now
             return self.claim(client)
-        return Written.INTERRUPTED if _holds_in(header) == NOT_COMPLETE else Written.COMPLETE
+        holds = _holds_in(header)
+        return Written.INTERRUPTED if holds is not None and holds < 0 else Written.COMPLETE
 
     def set_holds(self, pipe: RedisPipeline) -> None:
         """Queue the hold count on `pipe`: the mark that fan-out completed."""
@@ -156,21 +163,19 @@ class TraceStore:
 
     # Fan-out
 
-    def write_for(self, trace: Trace, holders: int) -> tuple[TraceWrite, StoredTrace]:
+    def write_for(self, trace: Trace, holders: int) -> TraceWrite:
         """How fan-out stores `trace` for `holders` backlogs (see `TraceWrite`)."""
-        blob = encode(trace.to_wire())
-        stored = StoredTrace(trace.owner, trace.request_id, len(blob), blob[:1])
         key = keys.trace(trace.owner, trace.request_id)
-        return TraceWrite(key, blob, holders, _ms(self.lifetime_seconds)), stored
+        return TraceWrite(key, encode(trace.to_wire()), holders, _ms(self.lifetime_seconds))
 
     def claim(self, trace: Trace) -> tuple[Written, StoredTrace]:
         """Store the trace, not yet complete, unless it is stored already (a fan-out's
         first step where one script cannot store it with its appends; tests)."""
-        write, stored = self.write_for(trace, 0)
-        return write.claim(self.redis), stored
+        write = self.write_for(trace, 0)
+        return write.claim(self.redis), _stored(trace, write.blob)
 
     def holds(self, owner: str, request_id: str) -> int | None:
-        """The trace's hold count (`NOT_COMPLETE` while its fan-out has not completed);
+        """The trace's hold count (below zero while its fan-out has not completed);
         None when it is not stored. For tests and diagnostics."""
         return _holds_in(self.redis.getrange(keys.trace(owner, request_id), 0, _HEADER_BYTES - 1))
 
@@ -185,7 +190,7 @@ class TraceStore:
             pipe.pexpire(key, lifetime)
             pipe.execute_command("BITFIELD", key, "INCRBY", COUNT_TYPE, COUNT_OFFSET, 1)
             pipe.execute()
-        return StoredTrace(trace.owner, trace.request_id, len(blob), blob[:1])
+        return _stored(trace, blob)
 
     # Deliver tasks
 
@@ -232,11 +237,12 @@ class TraceStore:
             for request_id, holds in zip(request_ids, left, strict=True):
                 if holds == 0:
                     pipe.pexpire(keys.trace(owner, request_id), keep)
-                elif holds < 0:
+                elif holds == _ABSENT_RELEASED:
                     # Not stored here: BITFIELD just wrote a count into an empty key. The
                     # trace is an earlier version's (or expired): release it there.
                     pipe.delete(keys.trace(owner, request_id))
                     legacy.append(request_id)
+                # Below that: its fan-out has not set the count yet (module docstring).
             for request_id in legacy:
                 pipe.decr(keys.legacy_trace_refs(owner, request_id))
             replies = pipe.execute()
@@ -254,6 +260,11 @@ class TraceStore:
                 elif holds < 0:  # no count was kept: DECR just created one
                     pipe.delete(keys.legacy_trace_refs(owner, request_id))
             pipe.execute()
+
+
+def _stored(trace: Trace, blob: bytes) -> StoredTrace:
+    """What the caller needs to know of `trace` stored as `blob` (`encode`'s bytes)."""
+    return StoredTrace(trace.owner, trace.request_id, len(blob), blob[:1])
 
 
 def _ms(seconds: float) -> int:

@@ -49,7 +49,7 @@ def stored_trace(rt, user_id: str, index: int, holders: int = 1, **event):
     written, stored = rt.traces.claim(trace)
     assert written is Written.NEW
     with rt.store.redis.pipeline(transaction=False) as pipe:
-        rt.traces.write_for(trace, holders)[0].set_holds(pipe)
+        rt.traces.write_for(trace, holders).set_holds(pipe)
         pipe.execute()
     return trace, stored.size
 
@@ -320,6 +320,23 @@ def test_a_fan_out_that_died_before_its_appends_is_seen_as_interrupted(service, 
     trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-cut"))
     assert rt.traces.claim(trace)[0] is Written.NEW  # then the worker dies
     assert rt.traces.claim(trace)[0] is Written.INTERRUPTED
+
+
+def test_a_release_before_fan_out_sets_the_count_leaves_the_trace(service, user_id, rt):
+    """On a Redis Cluster, fan-out stores the trace not yet complete, then appends and sets
+    the count in a pipeline across nodes: a deliver run may settle one entry first. Its
+    release must not take the trace from the other backlogs, and a redelivered fan-out still
+    finds the fan-out interrupted."""
+    owner = f"user:{user_id}"
+    trace = build_trace(chat_event(1, user_id=user_id, id=f"{user_id}-early"))
+    assert rt.traces.claim(trace)[0] is Written.NEW
+    rt.traces.release(owner, [trace.request_id])  # a deliver run settled its entry first
+    assert rt.traces.get_many(owner, [trace.request_id])[trace.request_id] == trace
+    assert rt.traces.claim(trace)[0] is Written.INTERRUPTED
+    with rt.store.redis.pipeline(transaction=False) as pipe:  # the fan-out completes
+        rt.traces.write_for(trace, 2).set_holds(pipe)
+        pipe.execute()
+    assert rt.traces.claim(trace)[0] is Written.COMPLETE
 
 
 def test_items_settle_on_their_own_inside_one_batch(service, user_id, rt):

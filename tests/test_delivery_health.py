@@ -466,7 +466,7 @@ def test_a_claimed_batch_whose_task_was_lost_comes_back_once(
         rt.backlog.append(
             pipe, destination_id, trace.request_id, time.time(), stored.size, kick=False
         )
-        rt.traces.write_for(trace, 1)[0].set_holds(pipe)
+        rt.traces.write_for(trace, 1).set_holds(pipe)
         pipe.execute()
     [claimed] = rt.backlog.claim(destination_id, "a-worker-that-died", 10, time.time()).entries
     assert claimed.request_id == trace.request_id
@@ -525,7 +525,7 @@ def test_real_beat_restarts_a_backlog_whose_task_was_lost(
         rt.backlog.append(
             pipe, destination_id, trace.request_id, time.time(), stored.size, kick=False
         )
-        rt.traces.write_for(trace, 1)[0].set_holds(pipe)
+        rt.traces.write_for(trace, 1).set_holds(pipe)
         pipe.execute()
     beat = celery_beat(os.environ, workdir)
     try:
